@@ -1,0 +1,320 @@
+//! Hook points: every place an activation can be read or changed, named as in TransformerLens.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{nearest_hint, Error, Result};
+use crate::model::Config;
+
+/// Which norm a `hook_scale` / `hook_normalized` belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NormSite {
+    /// Before attention (`blocks.L.ln1`).
+    Ln1,
+    /// Before the MLP (`blocks.L.ln2`).
+    Ln2,
+}
+
+/// A place in the forward pass where an activation passes through `Hooks::at`.
+///
+/// Shapes use TransformerLens's conventions: `[batch, pos, ...]`, heads before `d_head`,
+/// attention maps as `[batch, head, query_pos, key_pos]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookPoint {
+    /// `hook_embed` — token embeddings `[batch, pos, d_model]`.
+    Embed,
+    /// `hook_pos_embed` — learned position embeddings `[batch, pos, d_model]`.
+    PosEmbed,
+    /// `blocks.L.hook_resid_pre` — residual stream entering block L.
+    ResidPre(usize),
+    /// `blocks.L.ln1|ln2.hook_scale` — the norm's divisor `[batch, pos, 1]`.
+    NormScale(usize, NormSite),
+    /// `blocks.L.ln1|ln2.hook_normalized` — the norm's output `[batch, pos, d_model]`.
+    NormNormalized(usize, NormSite),
+    /// `blocks.L.attn.hook_q` — queries `[batch, pos, n_heads, d_head]`.
+    Q(usize),
+    /// `blocks.L.attn.hook_k` — keys `[batch, pos, n_kv_heads, d_head]`.
+    K(usize),
+    /// `blocks.L.attn.hook_v` — values `[batch, pos, n_kv_heads, d_head]`.
+    V(usize),
+    /// `blocks.L.attn.hook_rot_q` — queries after rotary embedding.
+    RotQ(usize),
+    /// `blocks.L.attn.hook_rot_k` — keys after rotary embedding.
+    RotK(usize),
+    /// `blocks.L.attn.hook_attn_scores` — scaled, masked scores `[batch, head, q, k]`.
+    AttnScores(usize),
+    /// `blocks.L.attn.hook_pattern` — attention probabilities `[batch, head, q, k]`.
+    Pattern(usize),
+    /// `blocks.L.attn.hook_z` — pattern-weighted values `[batch, pos, n_heads, d_head]`.
+    Z(usize),
+    /// `blocks.L.attn.hook_result` — each head's output `[batch, pos, n_heads, d_model]`.
+    Result(usize),
+    /// `blocks.L.hook_attn_out` — attention output added to the residual.
+    AttnOut(usize),
+    /// `blocks.L.hook_resid_mid` — residual between attention and MLP.
+    ResidMid(usize),
+    /// `blocks.L.mlp.hook_pre` — MLP (gate) pre-activation `[batch, pos, d_mlp]`.
+    MlpPre(usize),
+    /// `blocks.L.mlp.hook_pre_linear` — gated MLP's linear (up) branch `[batch, pos, d_mlp]`.
+    MlpPreLinear(usize),
+    /// `blocks.L.mlp.hook_post` — MLP hidden activation `[batch, pos, d_mlp]`.
+    MlpPost(usize),
+    /// `blocks.L.hook_mlp_out` — MLP output added to the residual.
+    MlpOut(usize),
+    /// `blocks.L.hook_resid_post` — residual leaving block L.
+    ResidPost(usize),
+    /// `ln_final.hook_scale`.
+    FinalScale,
+    /// `ln_final.hook_normalized`.
+    FinalNormalized,
+    /// `logits` — the output `[batch, pos, d_vocab]`.
+    Logits,
+}
+
+/// Per-layer point kinds, in forward order, with their TransformerLens suffixes.
+const LAYER_KINDS: &[(&str, fn(usize) -> HookPoint)] = &[
+    ("hook_resid_pre", HookPoint::ResidPre),
+    ("ln1.hook_scale", |l| HookPoint::NormScale(l, NormSite::Ln1)),
+    ("ln1.hook_normalized", |l| HookPoint::NormNormalized(l, NormSite::Ln1)),
+    ("attn.hook_q", HookPoint::Q),
+    ("attn.hook_k", HookPoint::K),
+    ("attn.hook_v", HookPoint::V),
+    ("attn.hook_rot_q", HookPoint::RotQ),
+    ("attn.hook_rot_k", HookPoint::RotK),
+    ("attn.hook_attn_scores", HookPoint::AttnScores),
+    ("attn.hook_pattern", HookPoint::Pattern),
+    ("attn.hook_z", HookPoint::Z),
+    ("attn.hook_result", HookPoint::Result),
+    ("hook_attn_out", HookPoint::AttnOut),
+    ("hook_resid_mid", HookPoint::ResidMid),
+    ("ln2.hook_scale", |l| HookPoint::NormScale(l, NormSite::Ln2)),
+    ("ln2.hook_normalized", |l| HookPoint::NormNormalized(l, NormSite::Ln2)),
+    ("mlp.hook_pre", HookPoint::MlpPre),
+    ("mlp.hook_pre_linear", HookPoint::MlpPreLinear),
+    ("mlp.hook_post", HookPoint::MlpPost),
+    ("hook_mlp_out", HookPoint::MlpOut),
+    ("hook_resid_post", HookPoint::ResidPost),
+];
+
+/// Global point kinds with their names.
+const GLOBAL_KINDS: &[(&str, HookPoint)] = &[
+    ("hook_embed", HookPoint::Embed),
+    ("hook_pos_embed", HookPoint::PosEmbed),
+    ("ln_final.hook_scale", HookPoint::FinalScale),
+    ("ln_final.hook_normalized", HookPoint::FinalNormalized),
+    ("logits", HookPoint::Logits),
+];
+
+impl HookPoint {
+    /// The block this point belongs to, if any.
+    pub fn layer(&self) -> Option<usize> {
+        use HookPoint::*;
+        match *self {
+            ResidPre(l) | NormScale(l, _) | NormNormalized(l, _) | Q(l) | K(l) | V(l) | RotQ(l)
+            | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | Result(l) | AttnOut(l) | ResidMid(l)
+            | MlpPre(l) | MlpPreLinear(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            Embed | PosEmbed | FinalScale | FinalNormalized | Logits => None,
+        }
+    }
+
+    /// The name without the `blocks.L.` prefix (`attn.hook_z`, `hook_embed`).
+    pub fn kind_name(&self) -> &'static str {
+        if let Some(l) = self.layer() {
+            LAYER_KINDS.iter().find(|(_, f)| f(l) == *self).map(|(n, _)| *n).unwrap_or("?")
+        } else {
+            GLOBAL_KINDS.iter().find(|(_, p)| p == self).map(|(n, _)| *n).unwrap_or("?")
+        }
+    }
+
+    /// Whether heads index a dimension of this activation.
+    pub fn has_heads(&self) -> bool {
+        use HookPoint::*;
+        matches!(
+            self,
+            Q(_) | K(_) | V(_) | RotQ(_) | RotK(_) | AttnScores(_) | Pattern(_) | Z(_) | Result(_)
+        )
+    }
+
+    /// Every hook point `cfg` has, in forward order.
+    pub fn all(cfg: &Config) -> Vec<HookPoint> {
+        let mut out = vec![HookPoint::Embed];
+        if cfg.positions == crate::model::Positions::Learned {
+            out.push(HookPoint::PosEmbed);
+        }
+        for l in 0..cfg.n_layers {
+            for (_, f) in LAYER_KINDS {
+                let p = f(l);
+                if p.exists_in(cfg) {
+                    out.push(p);
+                }
+            }
+        }
+        if cfg.final_norm && cfg.has_norm() {
+            out.push(HookPoint::FinalScale);
+            out.push(HookPoint::FinalNormalized);
+        }
+        out.push(HookPoint::Logits);
+        out
+    }
+
+    /// Whether this point exists in a model of config `cfg`.
+    pub fn exists_in(&self, cfg: &Config) -> bool {
+        use HookPoint::*;
+        if let Some(l) = self.layer() {
+            if l >= cfg.n_layers {
+                return false;
+            }
+        }
+        match self {
+            PosEmbed => cfg.positions == crate::model::Positions::Learned,
+            NormScale(_, NormSite::Ln1) | NormNormalized(_, NormSite::Ln1) => cfg.has_norm(),
+            NormScale(_, NormSite::Ln2) | NormNormalized(_, NormSite::Ln2) => {
+                cfg.has_norm() && cfg.has_mlp()
+            }
+            RotQ(_) | RotK(_) => cfg.rotary().is_some(),
+            ResidMid(_) | MlpPre(_) | MlpPost(_) | MlpOut(_) => cfg.has_mlp(),
+            MlpPreLinear(_) => cfg.gated_mlp(),
+            FinalScale | FinalNormalized => cfg.final_norm && cfg.has_norm(),
+            _ => true,
+        }
+    }
+
+    /// The activation's shape for a `batch × pos` input.
+    pub fn shape(&self, cfg: &Config, batch: usize, pos: usize) -> Vec<usize> {
+        use HookPoint::*;
+        let (d, h, kv, dh) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        match self {
+            Embed | PosEmbed | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_)
+            | MlpOut(_) | NormNormalized(..) | FinalNormalized => vec![batch, pos, d],
+            NormScale(..) | FinalScale => vec![batch, pos, 1],
+            Q(_) | RotQ(_) | Z(_) => vec![batch, pos, h, dh],
+            K(_) | V(_) | RotK(_) => vec![batch, pos, kv, dh],
+            AttnScores(_) | Pattern(_) => vec![batch, h, pos, pos],
+            Result(_) => vec![batch, pos, h, d],
+            MlpPre(_) | MlpPreLinear(_) | MlpPost(_) => vec![batch, pos, cfg.d_mlp],
+            Logits => vec![batch, pos, cfg.d_vocab],
+        }
+    }
+
+    /// Parses `name` and checks it exists in `cfg`, with a helpful error otherwise.
+    pub fn parse_for(name: &str, cfg: &Config) -> Result<HookPoint> {
+        let p: HookPoint = name.parse()?;
+        if let Some(l) = p.layer() {
+            if l >= cfg.n_layers {
+                return Err(Error::OutOfRange {
+                    what: "layer",
+                    index: l as i64,
+                    limit: format!("{} layers (0..={})", cfg.n_layers, cfg.n_layers - 1),
+                });
+            }
+        }
+        if !p.exists_in(cfg) {
+            let names: Vec<String> = HookPoint::all(cfg).iter().map(|p| p.to_string()).collect();
+            return Err(Error::UnknownHook {
+                name: format!("{name}' (this model has no such point"),
+                near: nearest_hint(name, names.iter().map(|s| s.as_str()), 3)
+                    .replacen("; did", "); did", 1),
+            });
+        }
+        Ok(p)
+    }
+
+    /// Canonical names of every point of a generic 1-layer model, for suggestions.
+    fn vocabulary() -> Vec<String> {
+        let mut v: Vec<String> = GLOBAL_KINDS.iter().map(|(n, _)| n.to_string()).collect();
+        for (n, _) in LAYER_KINDS {
+            v.push(format!("blocks.0.{n}"));
+        }
+        v
+    }
+}
+
+impl fmt::Display for HookPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.layer() {
+            Some(l) => write!(f, "blocks.{l}.{}", self.kind_name()),
+            None => f.write_str(self.kind_name()),
+        }
+    }
+}
+
+impl FromStr for HookPoint {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        let unknown = || {
+            let vocab = HookPoint::vocabulary();
+            // Suggest with the user's layer number kept, so "blocks.3.attn.hook_zz" suggests
+            // "blocks.3.attn.hook_z".
+            let layer = name.strip_prefix("blocks.").and_then(|r| r.split('.').next());
+            let vocab: Vec<String> = match layer {
+                Some(l) if l.parse::<usize>().is_ok() => vocab
+                    .iter()
+                    .map(|v| v.replacen("blocks.0.", &format!("blocks.{l}."), 1))
+                    .collect(),
+                _ => vocab,
+            };
+            Error::UnknownHook {
+                name: name.to_string(),
+                near: nearest_hint(name, vocab.iter().map(|s| s.as_str()), 3),
+            }
+        };
+        if let Some(&(_, p)) = GLOBAL_KINDS.iter().find(|(n, _)| *n == name) {
+            return Ok(p);
+        }
+        // TransformerLens spells the final norm "ln_final"; accept the bare logits alias too.
+        if name == "hook_logits" || name == "unembed.hook_out" {
+            return Ok(HookPoint::Logits);
+        }
+        let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
+        let (layer, kind) = rest.split_once('.').ok_or_else(unknown)?;
+        let layer: usize = layer.parse().map_err(|_| unknown())?;
+        LAYER_KINDS
+            .iter()
+            .find(|(n, _)| *n == kind)
+            .map(|(_, f)| f(layer))
+            .ok_or_else(unknown)
+    }
+}
+
+impl Serialize for HookPoint {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HookPoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for (n, f) in LAYER_KINDS {
+            let p = f(7);
+            assert_eq!(p.to_string(), format!("blocks.7.{n}"));
+            assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
+        }
+        for (n, p) in GLOBAL_KINDS {
+            assert_eq!(p.to_string(), *n);
+            assert_eq!(n.parse::<HookPoint>().unwrap(), *p);
+        }
+    }
+
+    #[test]
+    fn unknown_name_suggests_nearest_with_layer_kept() {
+        let e = "blocks.3.attn.hook_zz".parse::<HookPoint>().unwrap_err().to_string();
+        assert!(e.contains("unknown hook point 'blocks.3.attn.hook_zz'"), "{e}");
+        assert!(e.contains("'blocks.3.attn.hook_z'"), "{e}");
+        let e = "hook_embd".parse::<HookPoint>().unwrap_err().to_string();
+        assert!(e.contains("'hook_embed'"), "{e}");
+    }
+}
