@@ -1,0 +1,73 @@
+//! The activation cache: exactly the activations a run asked for, keyed by hook point.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::hooks::HookPoint;
+
+/// Recorded activations, in forward order.
+#[derive(Debug, Default, Clone)]
+pub struct ActivationCache {
+    map: BTreeMap<HookPoint, Tensor>,
+}
+
+impl ActivationCache {
+    /// Stores (or overwrites) the activation at `point`.
+    pub fn insert(&mut self, point: HookPoint, x: Tensor) {
+        self.map.insert(point, x);
+    }
+
+    /// The activation at `point`, if recorded.
+    pub fn get(&self, point: HookPoint) -> Option<&Tensor> {
+        self.map.get(&point)
+    }
+
+    /// The activation named `name` (a TransformerLens hook name), with a clear error if absent.
+    pub fn by_name(&self, name: &str) -> Result<&Tensor> {
+        let p: HookPoint = name.parse()?;
+        self.map.get(&p).ok_or_else(|| Error::UnknownHook {
+            name: format!("{name}' (not recorded in this cache"),
+            near: ")".into(),
+        })
+    }
+
+    /// Recorded points and activations in forward order.
+    pub fn iter(&self) -> impl Iterator<Item = (&HookPoint, &Tensor)> {
+        self.map.iter()
+    }
+
+    /// Number of recorded activations.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes held by the recorded tensors.
+    pub fn nbytes(&self) -> usize {
+        self.map.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+    }
+
+    /// Writes one safetensors file keyed by TransformerLens names, plus `extra` tensors
+    /// (e.g. `tokens`), atomically.
+    pub fn save_safetensors(&self, path: &Path, extra: &[(&str, Tensor)]) -> Result<()> {
+        let mut named: Vec<(String, Tensor)> =
+            self.map.iter().map(|(p, t)| (p.to_string(), t.clone())).collect();
+        for (k, t) in extra {
+            named.push((k.to_string(), t.clone()));
+        }
+        let bytes = safetensors::serialize(
+            named.iter().map(|(k, t)| (k.as_str(), t)),
+            None,
+        )
+        .map_err(|e| Error::Safetensors { path: path.into(), msg: e.to_string() })?;
+        write_atomic(path, &bytes)
+    }
+}

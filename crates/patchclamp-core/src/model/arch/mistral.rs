@@ -1,0 +1,11 @@
+//! Mistral: Llama with sliding-window attention.
+
+use crate::error::Result;
+use crate::model::arch::{llama, Fields};
+use crate::model::config::Config;
+
+pub(super) fn config(f: &Fields) -> Result<Config> {
+    let mut cfg = llama::config(f, "mistral")?;
+    cfg.sliding_window = f.opt_usize("sliding_window")?;
+    Ok(cfg)
+}

@@ -1,0 +1,12 @@
+//! The model: canonical config, families, weights, rotary tables, the forward pass, processing.
+
+pub mod arch;
+mod config;
+mod process;
+pub mod rope;
+mod transformer;
+mod weights;
+
+pub use config::{Activation, Config, MlpKind, NormKind, Positions, Processing, Rope, RopeScaling};
+pub use transformer::{activation, ensure_finite, linear, softmax_last_dim, Model};
+pub use weights::{AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights};

@@ -1,0 +1,366 @@
+//! The one transformer: a config-driven forward pass whose every activation passes `hooks.at`.
+//!
+//! Shapes: B = batch, S = positions, D = d_model, H = heads, K = kv heads, E = d_head,
+//! M = d_mlp, V = d_vocab.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::hooks::{HookPoint as P, Hooks, NormSite};
+use crate::input::Input;
+use crate::model::config::{Activation, Config, MlpKind, NormKind, Positions};
+use crate::model::rope;
+use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
+
+/// A transformer: its canonical config and weights.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub cfg: Config,
+    pub weights: Weights,
+    device: Device,
+}
+
+/// Per-forward state shared by every block.
+struct Context {
+    /// Additive attention mask `[B, 1, S, S]`: 0 where allowed, -inf where not.
+    mask: Tensor,
+    /// Rotary tables `[B, S, 1, rotary_dim]`.
+    rope: Option<(Tensor, Tensor)>,
+}
+
+impl Model {
+    /// Wraps a config and weights, checking that they agree.
+    pub fn new(cfg: Config, weights: Weights) -> Result<Self> {
+        cfg.validate()?;
+        let device = weights.w_e.device().clone();
+        let model = Model { cfg, weights, device };
+        model.check_shapes()?;
+        Ok(model)
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs the model on `input`; returns logits `[B, S, V]`.
+    pub fn forward(&self, input: &Input, hooks: &mut Hooks) -> Result<Tensor> {
+        hooks.prepare(&self.cfg)?;
+        self.check_input(input)?;
+        let (b, s) = input.dims()?;
+        let w = &self.weights;
+
+        let embed = w.w_e.index_select(&input.tokens.flatten_all()?, 0)?.reshape((b, s, ()))?;
+        let mut resid = hooks.at(P::Embed, embed)?;
+        if let Some(w_pos) = &w.w_pos {
+            let pos = w_pos.index_select(&input.positions.flatten_all()?, 0)?.reshape((b, s, ()))?;
+            resid = (resid + hooks.at(P::PosEmbed, pos)?)?;
+        }
+
+        let ctx = Context {
+            mask: self.attention_mask(input)?,
+            rope: match self.cfg.rotary() {
+                Some(r) => Some(rope::tables(r, &input.positions, &self.device)?),
+                None => None,
+            },
+        };
+        for (l, block) in w.blocks.iter().enumerate() {
+            resid = self.block(l, block, resid, &ctx, hooks)?;
+        }
+
+        let x = if self.cfg.final_norm {
+            self.norm(&resid, &w.ln_final, P::FinalScale, P::FinalNormalized, hooks)?
+        } else {
+            resid
+        };
+        let logits = matmul(&x, &w.unembed())?;
+        let logits = match &w.b_u {
+            Some(b_u) => logits.broadcast_add(b_u)?,
+            None => logits,
+        };
+        hooks.at(P::Logits, logits)
+    }
+
+    /// One block: `resid += attn(ln1(resid)); resid += mlp(ln2(resid))`.
+    fn block(
+        &self,
+        l: usize,
+        w: &BlockWeights,
+        resid: Tensor,
+        ctx: &Context,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        let resid = hooks.at(P::ResidPre(l), resid)?;
+        let x = self.norm(&resid, &w.ln1, P::NormScale(l, NormSite::Ln1), P::NormNormalized(l, NormSite::Ln1), hooks)?;
+        let attn_out = self.attention(l, &w.attn, &x, ctx, hooks)?;
+        let attn_out = hooks.at(P::AttnOut(l), attn_out)?;
+        let resid = (resid + attn_out)?;
+        let Some(mlp) = &w.mlp else {
+            return hooks.at(P::ResidPost(l), resid);
+        };
+        let resid = hooks.at(P::ResidMid(l), resid)?;
+        let x = self.norm(&resid, &w.ln2, P::NormScale(l, NormSite::Ln2), P::NormNormalized(l, NormSite::Ln2), hooks)?;
+        let mlp_out = self.mlp(l, mlp, &x, hooks)?;
+        let mlp_out = hooks.at(P::MlpOut(l), mlp_out)?;
+        hooks.at(P::ResidPost(l), (resid + mlp_out)?)
+    }
+
+    /// `scale = sqrt(mean(x²) + eps)` (after centring for LayerNorm); `x / scale · w + b`.
+    fn norm(
+        &self,
+        x: &Tensor,
+        w: &NormWeights,
+        scale_point: P,
+        normalized_point: P,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        let kind = self.cfg.norm;
+        if kind == NormKind::None {
+            return Ok(x.clone());
+        }
+        let x = match kind {
+            NormKind::LayerNorm | NormKind::LayerNormPre => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+            _ => x.clone(),
+        };
+        let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.cfg.norm_eps)?.sqrt()?;
+        let scale = hooks.at(scale_point, scale)?;
+        let x = x.broadcast_div(&scale)?;
+        // TransformerLens 4 records `hook_normalized` before the gain and bias, for both norms.
+        let x = hooks.at(normalized_point, x)?;
+        let x = match &w.w { Some(g) => x.broadcast_mul(g)?, None => x };
+        Ok(match &w.b { Some(b) => x.broadcast_add(b)?, None => x })
+    }
+
+    /// Multi-head (grouped-query) causal attention; returns the output added to the residual.
+    fn attention(
+        &self,
+        l: usize,
+        w: &AttnWeights,
+        x: &Tensor,
+        ctx: &Context,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, s, _) = x.dims3()?;
+        let (h, k_h, e) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+
+        let q = linear(x, &w.w_q, w.b_q.as_ref())?.reshape((b, s, h, e))?; // [B, S, H, E]
+        let k = linear(x, &w.w_k, w.b_k.as_ref())?.reshape((b, s, k_h, e))?; // [B, S, K, E]
+        let v = linear(x, &w.w_v, w.b_v.as_ref())?.reshape((b, s, k_h, e))?; // [B, S, K, E]
+        let mut q = hooks.at(P::Q(l), q)?;
+        let mut k = hooks.at(P::K(l), k)?;
+        let v = hooks.at(P::V(l), v)?;
+        if let Some((cos, sin)) = &ctx.rope {
+            q = hooks.at(P::RotQ(l), rope::apply(&q, cos, sin)?)?;
+            k = hooks.at(P::RotK(l), rope::apply(&k, cos, sin)?)?;
+        }
+
+        let q = q.transpose(1, 2)?.contiguous()?; // [B, H, S, E]
+        let k = repeat_kv(&k.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
+        let v = repeat_kv(&v.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
+        let scores = (q.matmul(&k.t()?)? / cfg.attn_scale)?; // [B, H, S, S]
+        let scores = hooks.at(P::AttnScores(l), scores.broadcast_add(&ctx.mask)?)?;
+        let pattern = hooks.at(P::Pattern(l), softmax_last_dim(&scores)?)?;
+        let z = pattern.matmul(&v)?.transpose(1, 2)?; // [B, S, H, E]
+        let z = hooks.at(P::Z(l), z)?;
+
+        if hooks.wants(P::Result(l)) {
+            // Per-head outputs z_h · W_O[h], only computed when someone asks for them.
+            let d = cfg.d_model;
+            let zh = z.permute((2, 0, 1, 3))?.reshape((h, b * s, e))?; // [H, B·S, E]
+            let w_o = w.w_o.reshape((h, e, d))?; // [H, E, D]
+            let result = zh.matmul(&w_o)?.reshape((h, b, s, d))?.permute((1, 2, 0, 3))?; // [B, S, H, D]
+            let result = hooks.at(P::Result(l), result)?;
+            let out = result.sum(2)?;
+            return Ok(match &w.b_o { Some(b_o) => out.broadcast_add(b_o)?, None => out });
+        }
+        linear(&z.reshape((b, s, h * e))?, &w.w_o, w.b_o.as_ref())
+    }
+
+    /// Dense `W_out·act(W_in·x)` or gated `W_out·(act(W_gate·x) ⊙ W_in·x)`.
+    fn mlp(&self, l: usize, w: &MlpWeights, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        let post = match &self.cfg.mlp {
+            MlpKind::Dense { act, .. } => {
+                let pre = hooks.at(P::MlpPre(l), linear(x, &w.w_in, w.b_in.as_ref())?)?;
+                activation(&pre, *act)?
+            }
+            MlpKind::Gated { act, .. } => {
+                let w_gate = w.w_gate.as_ref().ok_or_else(|| Error::Input("gated MLP without a gate".into()))?;
+                let pre = hooks.at(P::MlpPre(l), linear(x, w_gate, w.b_gate.as_ref())?)?;
+                let pre_linear = hooks.at(P::MlpPreLinear(l), linear(x, &w.w_in, w.b_in.as_ref())?)?;
+                (activation(&pre, *act)? * pre_linear)?
+            }
+            MlpKind::None => unreachable!("blocks without an MLP carry no MlpWeights"),
+        };
+        let post = hooks.at(P::MlpPost(l), post)?;
+        linear(&post, &w.w_out, w.b_out.as_ref())
+    }
+
+    /// Causal (optionally sliding-window) mask that also hides padding keys.
+    fn attention_mask(&self, input: &Input) -> Result<Tensor> {
+        let (b, s) = input.dims()?;
+        let key_ok: Option<Vec<u8>> = match &input.mask {
+            Some(m) => Some(m.flatten_all()?.to_vec1::<u8>()?),
+            None => None,
+        };
+        let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
+        let mut mask = vec![0f32; b * s * s];
+        for row in 0..b {
+            for q in 0..s {
+                for k in 0..s {
+                    let causal = k <= q && q - k < window;
+                    let valid = key_ok.as_ref().is_none_or(|m| m[row * s + k] == 1);
+                    // A padding query attends to itself so its softmax stays finite.
+                    if !(causal && valid) && k != q {
+                        mask[(row * s + q) * s + k] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(mask, (b, 1, s, s), &self.device)?)
+    }
+
+    /// Rejects inputs the model cannot run: ids outside the vocabulary, too many positions.
+    fn check_input(&self, input: &Input) -> Result<()> {
+        let (_, s) = input.dims()?;
+        if s > self.cfg.n_ctx {
+            return Err(Error::Input(format!(
+                "the input has {s} positions but the model's context is {} tokens",
+                self.cfg.n_ctx
+            )));
+        }
+        let max = input.tokens.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        if max as usize >= self.cfg.d_vocab {
+            return Err(Error::OutOfRange {
+                what: "token id",
+                index: max as i64,
+                limit: format!("a vocabulary of {} tokens", self.cfg.d_vocab),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks each weight has the shape the config implies.
+    fn check_shapes(&self) -> Result<()> {
+        let c = &self.cfg;
+        let w = &self.weights;
+        let (d, qd, kvd) = (c.d_model, c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
+        let mut expect: Vec<(String, &Tensor, Vec<usize>)> = vec![("W_E".into(), &w.w_e, vec![c.d_vocab, d])];
+        if let Some(p) = &w.w_pos {
+            expect.push(("W_pos".into(), p, vec![c.n_ctx, d]));
+        }
+        if let Some(u) = &w.w_u {
+            expect.push(("W_U".into(), u, vec![d, c.d_vocab]));
+        }
+        if w.blocks.len() != c.n_layers {
+            return Err(Error::Input(format!("config has {} layers but weights have {}", c.n_layers, w.blocks.len())));
+        }
+        for (l, blk) in w.blocks.iter().enumerate() {
+            let a = &blk.attn;
+            expect.push((format!("blocks.{l}.attn.W_Q"), &a.w_q, vec![d, qd]));
+            expect.push((format!("blocks.{l}.attn.W_K"), &a.w_k, vec![d, kvd]));
+            expect.push((format!("blocks.{l}.attn.W_V"), &a.w_v, vec![d, kvd]));
+            expect.push((format!("blocks.{l}.attn.W_O"), &a.w_o, vec![qd, d]));
+            if let Some(m) = &blk.mlp {
+                expect.push((format!("blocks.{l}.mlp.W_in"), &m.w_in, vec![d, c.d_mlp]));
+                expect.push((format!("blocks.{l}.mlp.W_out"), &m.w_out, vec![c.d_mlp, d]));
+            }
+        }
+        for (name, t, shape) in expect {
+            if t.dims() != shape.as_slice() {
+                return Err(Error::WeightShape { name, expected: shape, found: t.dims().to_vec() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails with the first tensor that holds a NaN or infinity.
+    pub fn check_finite(&self) -> Result<()> {
+        let w = &self.weights;
+        let mut named: Vec<(String, &Tensor)> = vec![("W_E".into(), &w.w_e)];
+        if let Some(u) = &w.w_u {
+            named.push(("W_U".into(), u));
+        }
+        for (l, b) in w.blocks.iter().enumerate() {
+            named.push((format!("blocks.{l}.attn.W_Q"), &b.attn.w_q));
+            named.push((format!("blocks.{l}.attn.W_K"), &b.attn.w_k));
+            named.push((format!("blocks.{l}.attn.W_V"), &b.attn.w_v));
+            named.push((format!("blocks.{l}.attn.W_O"), &b.attn.w_o));
+            if let Some(m) = &b.mlp {
+                named.push((format!("blocks.{l}.mlp.W_in"), &m.w_in));
+                named.push((format!("blocks.{l}.mlp.W_out"), &m.w_out));
+            }
+        }
+        for (name, t) in named {
+            ensure_finite(t, &name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Errors if `t` holds a NaN or an infinity.
+pub fn ensure_finite(t: &Tensor, what: &str) -> Result<()> {
+    let sum = t.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !sum.is_finite() {
+        return Err(Error::Numeric(format!("{what} contains NaN or infinite values")));
+    }
+    Ok(())
+}
+
+/// `x @ w + b` for `x` `[..., in]` and `w` `[in, out]`, as one 2-D matrix product.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = matmul(x, w)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// `x @ w` over the last dimension of `x`, flattening leading dims into one GEMM.
+fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let din = *dims.last().expect("non-scalar input");
+    let rows = x.elem_count() / din;
+    let x2 = if x.is_contiguous() { x.reshape((rows, din))? } else { x.contiguous()?.reshape((rows, din))? };
+    let y = x2.matmul(w)?;
+    let mut out = dims;
+    *out.last_mut().expect("non-scalar") = w.dim(1)?;
+    Ok(y.reshape(out)?)
+}
+
+/// `[B, K, S, E]` → `[B, K·g, S, E]`, repeating each kv head for its `g` query heads.
+fn repeat_kv(x: &Tensor, g: usize) -> Result<Tensor> {
+    if g == 1 {
+        return Ok(x.contiguous()?);
+    }
+    let (b, k, s, e) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.expand((b, k, g, s, e))?.reshape((b, k * g, s, e))?)
+}
+
+/// Softmax over the last dimension; the fused kernel when no gradient is tracked.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    // candle's fused softmax has no backward: compose it from differentiable ops.
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// The element-wise activations of the MLP.
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::GeluNew => x.gelu()?,
+        Activation::Relu => x.relu()?,
+        Activation::Silu => x.silu()?,
+    })
+}
+
+impl Positions {
+    /// Whether this is a learned position table.
+    pub fn is_learned(&self) -> bool {
+        matches!(self, Positions::Learned)
+    }
+}
