@@ -35,6 +35,25 @@ impl ActivationCache {
         })
     }
 
+    /// One head's slice of a per-head activation (`hook_z`, `hook_pattern`, …), head dim kept out.
+    pub fn head(&self, point: HookPoint, head: usize) -> Result<Tensor> {
+        let x = self.map.get(&point).ok_or_else(|| Error::UnknownHook {
+            name: format!("{point}' (not recorded in this cache"),
+            near: ")".into(),
+        })?;
+        // Attention maps are [batch, head, q, k]; the others [batch, pos, head, ...].
+        let dim = match point {
+            HookPoint::AttnScores(_) | HookPoint::Pattern(_) => 1,
+            p if p.has_heads() => 2,
+            p => return Err(Error::Input(format!("{p} has no head dimension"))),
+        };
+        let n = x.dim(dim)?;
+        if head >= n {
+            return Err(Error::OutOfRange { what: "head", index: head as i64, limit: format!("{n} heads at {point}") });
+        }
+        Ok(x.narrow(dim, head, 1)?.squeeze(dim)?)
+    }
+
     /// Recorded points and activations in forward order.
     pub fn iter(&self) -> impl Iterator<Item = (&HookPoint, &Tensor)> {
         self.map.iter()
