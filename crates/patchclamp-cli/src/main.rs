@@ -1,1 +1,92 @@
-fn main(){}
+//! `patchclamp`: the command line on top of patchclamp-core and patchclamp-lab.
+
+mod bench;
+mod inspect;
+mod lab;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  patchclamp lab induction                       # the flagship experiment (embedded, no files)
+  patchclamp inspect tests/fixtures/models/gpt2  # config, parameters, every hook point
+  patchclamp inspect openai-community/gpt2       # a model in the Hugging Face cache
+  patchclamp run tests/fixtures/models/llama --prompt 'The cat sat' --top-k 5
+  patchclamp run MODEL --prompt 'Hello' --cache 'blocks.*.attn.hook_pattern' --out acts.safetensors
+  patchclamp bench forward --shape gpt2-small --batch 8 --seq 128 --threads 2";
+
+/// Patch-clamp electrophysiology for transformers: record, patch, clamp, and train under clamps.
+#[derive(Parser)]
+#[command(name = "patchclamp", version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// Log more (-v: debug, -vv: trace); RUST_LOG works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show a model's config, parameter count and every hook point with its shape.
+    Inspect(inspect::Args),
+    /// Run a prompt: next-token predictions, optionally caching activations to safetensors.
+    Run(run::Args),
+    /// Measure speed and memory (prints numbers; compare with tools/bench/).
+    #[command(subcommand)]
+    Bench(bench::Cmd),
+    /// Experiments on the embedded default (no download): `patchclamp lab` lists them.
+    Lab(lab::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.cmd {
+        Cmd::Inspect(a) => inspect::main(a),
+        Cmd::Run(a) => run::main(a),
+        Cmd::Bench(c) => bench::main(c),
+        Cmd::Lab(a) => lab::main(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole cause chain, as `error: outer: inner`.
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Sets the number of CPU threads candle's kernels use (must run before the first op).
+pub(crate) fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        // SAFETY: called at start-up, before any other thread exists.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+}
+
+/// Loads a model for a command, with processing if asked.
+pub(crate) fn load_model(spec: &str, processed: bool) -> anyhow::Result<patchclamp_core::Loaded> {
+    use anyhow::Context;
+    let mut m = patchclamp_core::load(spec, &candle_core::Device::Cpu).with_context(|| format!("loading {spec}"))?;
+    if processed {
+        m.model.process(patchclamp_core::Processing::all())?;
+    }
+    Ok(m)
+}

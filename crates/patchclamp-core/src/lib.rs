@@ -18,6 +18,7 @@ pub mod hub;
 pub mod input;
 pub mod load;
 pub mod model;
+pub mod rng;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -2,6 +2,7 @@
 
 pub mod arch;
 mod config;
+mod init;
 mod process;
 pub mod rope;
 mod transformer;

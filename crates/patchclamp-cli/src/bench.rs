@@ -1,0 +1,151 @@
+//! `patchclamp bench`: speed and memory, printed as numbers (no timed assertions anywhere).
+
+use std::time::Instant;
+
+use anyhow::bail;
+use candle_core::{Device, Tensor};
+use patchclamp_core::model::Weights;
+use patchclamp_core::rng::Rng;
+use patchclamp_core::{Config, Hooks, Input, Model};
+use serde_json::json;
+
+/// What to benchmark.
+#[derive(clap::Subcommand)]
+pub enum Cmd {
+    /// Forward pass: plain, and caching every hook point.
+    Forward(ForwardArgs),
+}
+
+/// Arguments of `bench forward`.
+#[derive(clap::Args)]
+pub struct ForwardArgs {
+    /// Random model shape: `gpt2-small` (12 layers, d_model 768) or `tiny` (2 layers, d_model 128).
+    #[arg(long, default_value = "gpt2-small")]
+    shape: String,
+    /// Benchmark a model from disk instead of a random one.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Timed iterations per mode (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// CPU threads for the kernels.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The tiny benchmark shape (tools/bench/forward.py builds the same).
+pub fn tiny() -> Config {
+    Config::gpt2_like(2, 128, 4, 1000, 256)
+}
+
+pub fn main(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Forward(a) => forward(a),
+    }
+}
+
+fn forward(a: ForwardArgs) -> anyhow::Result<()> {
+    crate::set_threads(Some(a.threads));
+    if a.iters == 0 || a.batch == 0 || a.seq == 0 {
+        bail!("--iters, --batch and --seq must be positive");
+    }
+    let dev = Device::Cpu;
+    let (model, label) = match &a.model {
+        Some(spec) => (crate::load_model(spec, false)?.model, spec.clone()),
+        None => {
+            let cfg = match a.shape.as_str() {
+                "gpt2-small" => Config::gpt2_small(),
+                "tiny" => tiny(),
+                other => bail!("unknown --shape '{other}'; use gpt2-small or tiny"),
+            };
+            (Model::new(cfg.clone(), Weights::random(&cfg, 0, &dev)?)?, a.shape.clone())
+        }
+    };
+    let cfg = &model.cfg;
+    let mut rng = Rng::new(1);
+    let ids: Vec<u32> = (0..a.batch * a.seq).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
+    let input = Input {
+        tokens: Tensor::from_vec(ids, (a.batch, a.seq), &dev)?,
+        positions: Tensor::arange(0u32, a.seq as u32, &dev)?.unsqueeze(0)?.repeat((a.batch, 1))?,
+        mask: None,
+        lengths: vec![a.seq; a.batch],
+        padding: Default::default(),
+    };
+    let base_rss = rss_kib("VmRSS");
+    let mut rows = Vec::new();
+    for mode in ["plain", "cache-all"] {
+        reset_peak_rss();
+        let bar = indicatif::ProgressBar::new((a.warmup + a.iters) as u64)
+            .with_message(format!("{label} {mode}"));
+        bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}")?);
+        let mut times = Vec::new();
+        let mut cache_bytes = 0;
+        for i in 0..a.warmup + a.iters {
+            let mut hooks = if mode == "plain" { Hooks::none() } else { Hooks::none().capture_all() };
+            let t = Instant::now();
+            let logits = model.forward(&input, &mut hooks)?;
+            // Materialise the result so lazy work (none today) cannot hide.
+            let _ = logits.dims();
+            let dt = t.elapsed().as_secs_f64();
+            cache_bytes = hooks.cache().nbytes();
+            drop(hooks);
+            if i >= a.warmup {
+                times.push(dt);
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        times.sort_by(|x, y| x.total_cmp(y));
+        let median = times[times.len() / 2];
+        let peak = rss_kib("VmHWM");
+        rows.push(json!({
+            "model": label, "mode": mode, "batch": a.batch, "seq": a.seq, "threads": a.threads,
+            "median_ms": median * 1e3, "tokens_per_s": (a.batch * a.seq) as f64 / median,
+            "peak_rss_mib": peak.map(|k| k as f64 / 1024.0),
+            "base_rss_mib": base_rss.map(|k| k as f64 / 1024.0),
+            "cache_mib": cache_bytes as f64 / (1024.0 * 1024.0),
+        }));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<10} {:>10} {:>12} {:>14} {:>12} {:>11}",
+        "model", "mode", "median ms", "tokens/s", "peak RSS MiB", "base MiB", "cache MiB"
+    );
+    for r in rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<12} {:<10} {:>10.1} {:>12.0} {:>14.1} {:>12.1} {:>11.1}",
+            r["model"].as_str().unwrap_or(""),
+            r["mode"].as_str().unwrap_or(""),
+            f("median_ms"),
+            f("tokens_per_s"),
+            f("peak_rss_mib"),
+            f("base_rss_mib"),
+            f("cache_mib")
+        );
+    }
+    Ok(())
+}
+
+/// A `/proc/self/status` memory field in KiB (Linux only).
+fn rss_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets the peak-RSS counter (VmHWM) so each mode reports its own peak (Linux only).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
