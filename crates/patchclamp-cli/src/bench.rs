@@ -66,15 +66,22 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
                 "tiny" => tiny(),
                 other => bail!("unknown --shape '{other}'; use gpt2-small or tiny"),
             };
-            (Model::new(cfg.clone(), Weights::random(&cfg, 0, &dev)?)?, a.shape.clone())
+            (
+                Model::new(cfg.clone(), Weights::random(&cfg, 0, &dev)?)?,
+                a.shape.clone(),
+            )
         }
     };
     let cfg = &model.cfg;
     let mut rng = Rng::new(1);
-    let ids: Vec<u32> = (0..a.batch * a.seq).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
+    let ids: Vec<u32> = (0..a.batch * a.seq)
+        .map(|_| rng.below(cfg.d_vocab as u64) as u32)
+        .collect();
     let input = Input {
         tokens: Tensor::from_vec(ids, (a.batch, a.seq), &dev)?,
-        positions: Tensor::arange(0u32, a.seq as u32, &dev)?.unsqueeze(0)?.repeat((a.batch, 1))?,
+        positions: Tensor::arange(0u32, a.seq as u32, &dev)?
+            .unsqueeze(0)?
+            .repeat((a.batch, 1))?,
         mask: None,
         lengths: vec![a.seq; a.batch],
         padding: Default::default(),
@@ -85,11 +92,17 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
         reset_peak_rss();
         let bar = indicatif::ProgressBar::new((a.warmup + a.iters) as u64)
             .with_message(format!("{label} {mode}"));
-        bar.set_style(indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}")?);
+        bar.set_style(indicatif::ProgressStyle::with_template(
+            "{msg} {bar:30} {pos}/{len}",
+        )?);
         let mut times = Vec::new();
         let mut cache_bytes = 0;
         for i in 0..a.warmup + a.iters {
-            let mut hooks = if mode == "plain" { Hooks::none() } else { Hooks::none().capture_all() };
+            let mut hooks = if mode == "plain" {
+                Hooks::none()
+            } else {
+                Hooks::none().capture_all()
+            };
             let t = Instant::now();
             let logits = model.forward(&input, &mut hooks)?;
             // Materialise the result so lazy work (none today) cannot hide.

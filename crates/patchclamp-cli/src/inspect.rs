@@ -48,12 +48,19 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     println!("model      {}", m.files.dir.display());
     println!("family     {}", cfg.family);
-    println!("params     {} ({:.2} M)", cfg.n_params(), cfg.n_params() as f64 / 1e6);
+    println!(
+        "params     {} ({:.2} M)",
+        cfg.n_params(),
+        cfg.n_params() as f64 / 1e6
+    );
     println!(
         "shape      {} layers, d_model {}, {} heads ({} kv) × d_head {}, d_mlp {}, vocab {}, context {}",
         cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab, cfg.n_ctx
     );
-    println!("norm       {:?} (eps {:e}), final norm: {}", cfg.norm, cfg.norm_eps, cfg.final_norm);
+    println!(
+        "norm       {:?} (eps {:e}), final norm: {}",
+        cfg.norm, cfg.norm_eps, cfg.final_norm
+    );
     println!("positions  {}", serde_json::to_string(&cfg.positions)?);
     println!("mlp        {}", serde_json::to_string(&cfg.mlp)?);
     println!(
@@ -63,9 +70,18 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         cfg.o_bias,
         cfg.sliding_window.map_or("none".into(), |w| w.to_string())
     );
-    println!("embedding  tied: {}, prepend BOS by default: {}", cfg.tied_embeddings, cfg.default_prepend_bos);
+    println!(
+        "embedding  tied: {}, prepend BOS by default: {}",
+        cfg.tied_embeddings, cfg.default_prepend_bos
+    );
     println!("processing {}", serde_json::to_string(&cfg.processing)?);
-    println!("tokenizer  {}", m.files.tokenizer.as_ref().map_or("none".into(), |p| p.display().to_string()));
+    println!(
+        "tokenizer  {}",
+        m.files
+            .tokenizer
+            .as_ref()
+            .map_or("none".into(), |p| p.display().to_string())
+    );
     println!("\n{} hook points:", points.len());
     let width = points.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
     for (name, shape) in points {

@@ -25,7 +25,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     };
     let Some((_, what)) = EXPERIMENTS.iter().find(|(n, _)| *n == name) else {
         let names: Vec<&str> = EXPERIMENTS.iter().map(|(n, _)| *n).collect();
-        anyhow::bail!("unknown experiment '{name}'; available: {}", names.join(", "));
+        anyhow::bail!(
+            "unknown experiment '{name}'; available: {}",
+            names.join(", ")
+        );
     };
     // The trainer lands with the training-lab issue; until then say so plainly.
     println!("patchclamp lab {name}: {what}");

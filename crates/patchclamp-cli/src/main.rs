@@ -70,7 +70,10 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Sets the number of CPU threads candle's kernels use (must run before the first op).
@@ -84,7 +87,8 @@ pub(crate) fn set_threads(threads: Option<usize>) {
 /// Loads a model for a command, with processing if asked.
 pub(crate) fn load_model(spec: &str, processed: bool) -> anyhow::Result<patchclamp_core::Loaded> {
     use anyhow::Context;
-    let mut m = patchclamp_core::load(spec, &candle_core::Device::Cpu).with_context(|| format!("loading {spec}"))?;
+    let mut m = patchclamp_core::load(spec, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading {spec}"))?;
     if processed {
         m.model.process(patchclamp_core::Processing::all())?;
     }

@@ -54,7 +54,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
 
     let mut hooks = Hooks::none();
     for pattern in &a.cache {
-        hooks = hooks.capture(Selector::parse(pattern).with_context(|| format!("--cache {pattern}"))?);
+        hooks =
+            hooks.capture(Selector::parse(pattern).with_context(|| format!("--cache {pattern}"))?);
     }
     if let Some(pos) = &a.positions {
         hooks = hooks.at_positions(pos.clone());
@@ -65,17 +66,31 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let last = logits.squeeze(0)?.get(ids.len() - 1)?; // [V]
     let probs = candle_nn::ops::softmax_last_dim(&last.unsqueeze(0)?)?.squeeze(0)?;
     let k = a.top_k.min(cfg.d_vocab);
-    let order = last.arg_sort_last_dim(false)?.narrow(D::Minus1, 0, k)?.to_vec1::<u32>()?;
+    let order = last
+        .arg_sort_last_dim(false)?
+        .narrow(D::Minus1, 0, k)?
+        .to_vec1::<u32>()?;
     let (logit_v, prob_v) = (last.to_vec1::<f32>()?, probs.to_vec1::<f32>()?);
     let top: Vec<(u32, String, f32, f32)> = order
         .iter()
-        .map(|&i| Ok((i, tok.decode(&[i])?, logit_v[i as usize], prob_v[i as usize])))
+        .map(|&i| {
+            Ok((
+                i,
+                tok.decode(&[i])?,
+                logit_v[i as usize],
+                prob_v[i as usize],
+            ))
+        })
         .collect::<anyhow::Result<_>>()?;
 
     let cache = hooks.take_cache();
     if let Some(out) = &a.out {
-        let tokens = Tensor::new(ids.as_slice(), &dev)?.to_dtype(DType::I64)?.unsqueeze(0)?;
-        cache.save_safetensors(out, &[("tokens", tokens)]).with_context(|| format!("writing {}", out.display()))?;
+        let tokens = Tensor::new(ids.as_slice(), &dev)?
+            .to_dtype(DType::I64)?
+            .unsqueeze(0)?;
+        cache
+            .save_safetensors(out, &[("tokens", tokens)])
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     if a.json {
         let out = json!({
@@ -89,7 +104,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     println!("{} tokens: {:?}", ids.len(), ids);
     println!("next-token predictions after {:?}:", a.prompt);
-    println!("  {:>4}  {:>7}  {:>9}  {:>8}  token", "rank", "id", "logit", "prob");
+    println!(
+        "  {:>4}  {:>7}  {:>9}  {:>8}  token",
+        "rank", "id", "logit", "prob"
+    );
     for (r, (i, s, l, p)) in top.iter().enumerate() {
         println!("  {:>4}  {:>7}  {:>9.4}  {:>8.4}  {:?}", r + 1, i, l, p, s);
     }

@@ -8,15 +8,22 @@ pub enum Error {
     // --- finding and reading files ---
     /// A model folder, file or cache entry is not on disk.
     #[error("{what} not found: {path}{hint}")]
-    NotFound { what: &'static str, path: PathBuf, hint: String },
+    NotFound {
+        what: &'static str,
+        path: PathBuf,
+        hint: String,
+    },
 
     /// A model was asked for by repo id but no local copy exists.
-    #[error("model '{repo}' is not on disk; looked in:\n{looked}\npatchclamp never downloads: fetch it once elsewhere (e.g. `huggingface-cli download {repo}`) and copy the folder here, or pass a local folder")]
+    #[error("model '{repo}' is not on disk (looked in {looked}); patchclamp never downloads: fetch it once elsewhere (e.g. `huggingface-cli download {repo}`) and copy the folder here, or pass a local folder")]
     ModelNotCached { repo: String, looked: String },
 
     /// Reading a file failed at the OS level.
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// A JSON file (config, index, tokenizer) is malformed or misses a field.
     #[error("{path}: {msg}")]
@@ -24,7 +31,11 @@ pub enum Error {
 
     /// The config names an architecture patchclamp does not know.
     #[error("unknown model family '{found}' in {path}; supported: {supported}")]
-    UnknownFamily { found: String, path: PathBuf, supported: String },
+    UnknownFamily {
+        found: String,
+        path: PathBuf,
+        supported: String,
+    },
 
     /// A safetensors file is truncated or corrupt.
     #[error("{path} is not a valid safetensors file: {msg}")]
@@ -37,10 +48,16 @@ pub enum Error {
 
     /// A checkpoint tensor has a shape the config does not allow.
     #[error("weight '{name}' has shape {found:?}, expected {expected:?}")]
-    WeightShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    WeightShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
 
     /// A checkpoint tensor has a dtype that cannot hold weights.
-    #[error("weight '{name}' has dtype {found}, expected a floating-point dtype (f32, f16, bf16, f64)")]
+    #[error(
+        "weight '{name}' has dtype {found}, expected a floating-point dtype (f32, f16, bf16, f64)"
+    )]
     WeightDtype { name: String, found: String },
 
     // --- tokens and inputs ---
@@ -59,7 +76,11 @@ pub enum Error {
 
     /// A hook point, head or position is outside the model.
     #[error("{what} {index} is out of range: the model has {limit}")]
-    OutOfRange { what: &'static str, index: i64, limit: String },
+    OutOfRange {
+        what: &'static str,
+        index: i64,
+        limit: String,
+    },
 
     /// A value failed a numeric check (NaN, infinity).
     #[error("{0}")]
@@ -76,25 +97,41 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An I/O error tied to a path.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// A config/JSON error tied to a path.
     pub fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Config { path: path.into(), msg: msg.into() }
+        Error::Config {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }
 
 /// The `n` names from `candidates` closest to `name` by edit distance, formatted as a hint.
-pub fn nearest_hint<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>, n: usize) -> String {
-    let mut scored: Vec<(usize, &str)> =
-        candidates.into_iter().map(|c| (edit_distance(name, c), c)).collect();
+pub fn nearest_hint<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    n: usize,
+) -> String {
+    let mut scored: Vec<(usize, &str)> = candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .collect();
     scored.sort();
     scored.dedup_by(|a, b| a.1 == b.1);
     if scored.is_empty() {
         return String::new();
     }
-    let names: Vec<String> = scored.iter().take(n).map(|(_, c)| format!("'{c}'")).collect();
+    let names: Vec<String> = scored
+        .iter()
+        .take(n)
+        .map(|(_, c)| format!("'{c}'"))
+        .collect();
     format!("; did you mean {}?", names.join(", "))
 }
 

@@ -33,9 +33,14 @@ pub fn locate(spec: &str) -> Result<ModelFiles> {
             hint: " (this is a file; pass the folder that holds config.json)".into(),
         });
     }
-    let looks_like_repo = !spec.starts_with('.') && !spec.starts_with('/') && spec.split('/').count() <= 2;
+    let looks_like_repo =
+        !spec.starts_with('.') && !spec.starts_with('/') && spec.split('/').count() <= 2;
     if !looks_like_repo {
-        return Err(Error::NotFound { what: "model folder", path: path.into(), hint: String::new() });
+        return Err(Error::NotFound {
+            what: "model folder",
+            path: path.into(),
+            hint: String::new(),
+        });
     }
     let (repo, rev) = match spec.split_once('@') {
         Some((r, v)) => (r, Some(v)),
@@ -44,13 +49,16 @@ pub fn locate(spec: &str) -> Result<ModelFiles> {
     let mut looked = Vec::new();
     for root in cache_roots() {
         let entry = root.join(format!("models--{}", repo.replace('/', "--")));
-        looked.push(format!("  {}", entry.display()));
+        looked.push(entry.display().to_string());
         if let Some(dir) = snapshot(&entry, rev)? {
             return files_in(&dir);
         }
     }
-    looked.push(format!("  ./{spec} (as a local folder)"));
-    Err(Error::ModelNotCached { repo: repo.to_string(), looked: looked.join("\n") })
+    looked.push(format!("./{spec} (as a local folder)"));
+    Err(Error::ModelNotCached {
+        repo: repo.to_string(),
+        looked: looked.join(", "),
+    })
 }
 
 /// Cache folders in the order Hugging Face's own libraries consult them.
@@ -66,7 +74,12 @@ pub fn cache_roots() -> Vec<PathBuf> {
         roots.push(PathBuf::from(p).join("huggingface").join("hub"));
     }
     if let Ok(home) = std::env::var("HOME") {
-        roots.push(PathBuf::from(home).join(".cache").join("huggingface").join("hub"));
+        roots.push(
+            PathBuf::from(home)
+                .join(".cache")
+                .join("huggingface")
+                .join("hub"),
+        );
     }
     roots.dedup();
     roots
@@ -81,7 +94,10 @@ fn snapshot(entry: &Path, rev: Option<&str>) -> Result<Option<PathBuf>> {
     let rev = rev.unwrap_or("main");
     let refs = entry.join("refs").join(rev);
     let commit = if refs.is_file() {
-        std::fs::read_to_string(&refs).map_err(|e| Error::io(&refs, e))?.trim().to_string()
+        std::fs::read_to_string(&refs)
+            .map_err(|e| Error::io(&refs, e))?
+            .trim()
+            .to_string()
     } else {
         rev.to_string()
     };
@@ -91,10 +107,17 @@ fn snapshot(entry: &Path, rev: Option<&str>) -> Result<Option<PathBuf>> {
         return Ok(Some(dir));
     }
     let all: Vec<PathBuf> = match std::fs::read_dir(&snaps) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect(),
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect(),
         Err(_) => Vec::new(),
     };
-    Ok(if all.len() == 1 { all.into_iter().next() } else { None })
+    Ok(if all.len() == 1 {
+        all.into_iter().next()
+    } else {
+        None
+    })
 }
 
 /// The model files inside `dir`.
@@ -119,21 +142,35 @@ pub fn files_in(dir: &Path) -> Result<ModelFiles> {
         } else {
             " (nor model.safetensors.index.json)"
         };
-        return Err(Error::NotFound { what: "weights file", path: single, hint: hint.into() });
+        return Err(Error::NotFound {
+            what: "weights file",
+            path: single,
+            hint: hint.into(),
+        });
     };
     let tok = dir.join("tokenizer.json");
-    Ok(ModelFiles { dir: dir.into(), config, weights, tokenizer: tok.is_file().then_some(tok) })
+    Ok(ModelFiles {
+        dir: dir.into(),
+        config,
+        weights,
+        tokenizer: tok.is_file().then_some(tok),
+    })
 }
 
 /// The shard files a `model.safetensors.index.json` names, each once, in order.
 fn shards(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let json: Value = serde_json::from_str(&text).map_err(|e| Error::config(index, format!("invalid JSON: {e}")))?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::config(index, format!("invalid JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(Value::as_object)
         .ok_or_else(|| Error::config(index, "missing object 'weight_map'"))?;
-    let mut files: Vec<String> = map.values().filter_map(Value::as_str).map(String::from).collect();
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect();
     files.sort();
     files.dedup();
     let dir = index.parent().unwrap_or(Path::new("."));

@@ -38,7 +38,12 @@ impl Input {
     }
 
     /// Pads `seqs` to one length; `pad_id` fills the gaps (its value never matters).
-    pub fn batch(seqs: &[Vec<u32>], padding: Padding, pad_id: u32, device: &Device) -> Result<Input> {
+    pub fn batch(
+        seqs: &[Vec<u32>],
+        padding: Padding,
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Input> {
         if seqs.is_empty() {
             return Err(Error::Input("empty batch: give at least one prompt".into()));
         }
@@ -72,7 +77,11 @@ impl Input {
         Ok(Input {
             tokens: Tensor::from_vec(toks, (b, n), device)?,
             positions: Tensor::from_vec(pos, (b, n), device)?,
-            mask: if padded { Some(Tensor::from_vec(mask, (b, n), device)?) } else { None },
+            mask: if padded {
+                Some(Tensor::from_vec(mask, (b, n), device)?)
+            } else {
+                None
+            },
             lengths,
             padding,
         })

@@ -1,13 +1,16 @@
 //! patchclamp-core: one hookable transformer, exact to TransformerLens hook for hook.
 //!
 //! ```no_run
-//! use patchclamp_core::{load, Hooks, Input, Selector};
+//! use patchclamp_core::{load, Hooks, Input, Processing, Selector};
+//!
 //! let dev = candle_core::Device::Cpu;
-//! let m = load("tests/fixtures/models/gpt2", &dev)?;
-//! let ids = m.tokenizer()?.prompt(&m.model.cfg, "The cat sat", None)?;
+//! let mut m = load("tests/fixtures/models/gpt2", &dev)?;      // a folder or "ORG/NAME" in the HF cache
+//! m.model.process(Processing::all())?;                          // optional: TransformerLens's fold_ln & co.
+//! let ids = m.tokenizer()?.prompt(&m.model.cfg, "The cat sat on the", None)?; // BOS as TL does
 //! let mut hooks = Hooks::none().capture(Selector::parse("blocks.*.attn.hook_pattern")?);
 //! let logits = m.model.forward(&Input::single(&ids, &dev)?, &mut hooks)?;
-//! let pattern = hooks.cache().by_name("blocks.0.attn.hook_pattern")?;
+//! let pattern = hooks.cache().head("blocks.1.attn.hook_pattern".parse()?, 3)?; // [batch, q, k]
+//! let ablated = Hooks::none().edit("blocks.0.hook_mlp_out".parse()?, |_, x| Ok(x.zeros_like()?));
 //! # Ok::<(), patchclamp_core::Error>(())
 //! ```
 

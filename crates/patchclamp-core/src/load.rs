@@ -39,12 +39,17 @@ pub fn load(spec: &str, device: &Device) -> Result<Loaded> {
         None => None,
     };
     tracing::debug!(dir = %files.dir.display(), family = %model.cfg.family, "loaded model");
-    Ok(Loaded { model, tokenizer, files })
+    Ok(Loaded {
+        model,
+        tokenizer,
+        files,
+    })
 }
 
 /// Parses `config.json` into the canonical config.
 pub fn read_config(path: &std::path::Path) -> Result<Config> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let json: Value = serde_json::from_str(&text).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
     arch::config_from_hf(&json, path)
 }

@@ -14,7 +14,11 @@ impl Tokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::NotFound { what: "tokenizer", path: path.into(), hint: String::new() });
+            return Err(Error::NotFound {
+                what: "tokenizer",
+                path: path.into(),
+                hint: String::new(),
+            });
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
@@ -23,13 +27,18 @@ impl Tokenizer {
 
     /// Token ids of `text`, without any special tokens the tokenizer would add.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// The id of an exact token string, if it is in the vocabulary.
@@ -56,7 +65,9 @@ impl Tokenizer {
             ids.insert(0, bos);
         }
         if ids.is_empty() {
-            return Err(Error::Input(format!("the prompt {text:?} produced no tokens")));
+            return Err(Error::Input(format!(
+                "the prompt {text:?} produced no tokens"
+            )));
         }
         Ok(ids)
     }

@@ -17,25 +17,47 @@ fn fixture(name: &str) -> String {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 /// Rows of `x` `[B, S, ...]` (positions on dim 1) for row `row`'s real tokens.
 fn real_rows(x: &Tensor, input: &Input, row: usize, pos_dim: usize) -> Tensor {
     let start = input.index_of(row, 0);
-    x.narrow(0, row, 1).unwrap().narrow(pos_dim, start, input.lengths[row]).unwrap()
+    x.narrow(0, row, 1)
+        .unwrap()
+        .narrow(pos_dim, start, input.lengths[row])
+        .unwrap()
 }
 
 #[test]
 fn padded_batch_equals_each_prompt_alone() {
     let dev = Device::Cpu;
-    let prompts = ["The cat sat on the mat, and the cat sat again.", "hello world", "John gave a drink to Mary"];
-    let points = ["blocks.1.hook_resid_post", "blocks.0.attn.hook_z", "blocks.1.attn.hook_pattern"];
+    let prompts = [
+        "The cat sat on the mat, and the cat sat again.",
+        "hello world",
+        "John gave a drink to Mary",
+    ];
+    let points = [
+        "blocks.1.hook_resid_post",
+        "blocks.0.attn.hook_z",
+        "blocks.1.attn.hook_pattern",
+    ];
     for name in ["gpt2", "llama", "mistral", "qwen2"] {
         let m = load(&fixture(name), &dev).unwrap();
         let tok = m.tokenizer().unwrap();
-        let seqs: Vec<Vec<u32>> =
-            prompts.iter().map(|p| tok.prompt(&m.model.cfg, p, None).unwrap()).collect();
+        let seqs: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| tok.prompt(&m.model.cfg, p, None).unwrap())
+            .collect();
         for padding in [Padding::Left, Padding::Right] {
             let input = Input::batch(&seqs, padding, 0, &dev).unwrap();
             let mut hooks = Hooks::none();
@@ -48,9 +70,15 @@ fn padded_batch_equals_each_prompt_alone() {
                 for p in points {
                     alone_hooks = alone_hooks.capture(Selector::parse(p).unwrap());
                 }
-                let alone = m.model.forward(&Input::single(seq, &dev).unwrap(), &mut alone_hooks).unwrap();
+                let alone = m
+                    .model
+                    .forward(&Input::single(seq, &dev).unwrap(), &mut alone_hooks)
+                    .unwrap();
                 let d = max_diff(&real_rows(&logits, &input, row, 1), &alone);
-                assert!(d <= TOL, "{name} {padding:?} row {row}: logits differ by {d:e}");
+                assert!(
+                    d <= TOL,
+                    "{name} {padding:?} row {row}: logits differ by {d:e}"
+                );
                 for p in points {
                     let point: HookPoint = p.parse().unwrap();
                     let batched = hooks.cache().get(point).unwrap();
@@ -59,12 +87,21 @@ fn padded_batch_equals_each_prompt_alone() {
                         // [B, H, Sq, Sk]: real queries, and real keys only.
                         let start = input.index_of(row, 0);
                         let n = input.lengths[row];
-                        batched.narrow(0, row, 1).unwrap().narrow(2, start, n).unwrap().narrow(3, start, n).unwrap()
+                        batched
+                            .narrow(0, row, 1)
+                            .unwrap()
+                            .narrow(2, start, n)
+                            .unwrap()
+                            .narrow(3, start, n)
+                            .unwrap()
                     } else {
                         real_rows(batched, &input, row, 1)
                     };
                     let d = max_diff(&got, single);
-                    assert!(d <= TOL, "{name} {padding:?} row {row}: {p} differs by {d:e}");
+                    assert!(
+                        d <= TOL,
+                        "{name} {padding:?} row {row}: {p} differs by {d:e}"
+                    );
                 }
             }
         }
@@ -80,9 +117,14 @@ fn capture_stores_only_what_was_asked_and_slices_positions() {
 
     let mut nothing = Hooks::none();
     m.model.forward(&input, &mut nothing).unwrap();
-    assert!(nothing.cache().is_empty(), "no capture requested, nothing stored");
+    assert!(
+        nothing.cache().is_empty(),
+        "no capture requested, nothing stored"
+    );
 
-    let mut hooks = Hooks::none().capture(Selector::parse("blocks.*.hook_resid_pre").unwrap()).at_positions(vec![0, -1]);
+    let mut hooks = Hooks::none()
+        .capture(Selector::parse("blocks.*.hook_resid_pre").unwrap())
+        .at_positions(vec![0, -1]);
     m.model.forward(&input, &mut hooks).unwrap();
     let mut full = Hooks::none().capture(Selector::Layer(1));
     m.model.forward(&input, &mut full).unwrap();
@@ -90,10 +132,19 @@ fn capture_stores_only_what_was_asked_and_slices_positions() {
     let sliced = hooks.cache().by_name("blocks.1.hook_resid_pre").unwrap();
     assert_eq!(sliced.dims(), &[1, 2, 32]);
     let whole = full.cache().by_name("blocks.1.hook_resid_pre").unwrap();
-    assert_eq!(max_diff(&sliced.narrow(1, 1, 1).unwrap(), &whole.narrow(1, 4, 1).unwrap()), 0.0);
+    assert_eq!(
+        max_diff(
+            &sliced.narrow(1, 1, 1).unwrap(),
+            &whole.narrow(1, 4, 1).unwrap()
+        ),
+        0.0
+    );
     // Layer selection records exactly that block's points.
     assert!(full.cache().iter().all(|(p, _)| p.layer() == Some(1)));
-    assert!(full.cache().get(HookPoint::Result(1)).is_some(), "hook_result is computed when asked");
+    assert!(
+        full.cache().get(HookPoint::Result(1)).is_some(),
+        "hook_result is computed when asked"
+    );
 }
 
 #[test]
@@ -110,7 +161,11 @@ fn capturing_does_not_change_logits() {
         assert!(max_diff(&plain, &hooked) <= 1e-5, "{name}");
         let mut most = Hooks::none().capture(Selector::parse("blocks.*.hook_resid_post").unwrap());
         let same = m.model.forward(&input, &mut most).unwrap();
-        assert_eq!(max_diff(&plain, &same), 0.0, "{name}: capturing must not change the numbers");
+        assert_eq!(
+            max_diff(&plain, &same),
+            0.0,
+            "{name}: capturing must not change the numbers"
+        );
     }
 }
 
@@ -130,8 +185,12 @@ fn an_edit_changes_downstream_activations() {
     let hooks = &mut hooks.capture(HookPoint::ResidPost(1));
     let ablated = m.model.forward(&input, hooks).unwrap();
     assert!(max_diff(&plain, &ablated) > 1e-2);
-    let mut emb = Hooks::none().capture(HookPoint::Embed).capture(HookPoint::PosEmbed);
+    let mut emb = Hooks::none()
+        .capture(HookPoint::Embed)
+        .capture(HookPoint::PosEmbed);
     m.model.forward(&input, &mut emb).unwrap();
-    let want = (emb.cache().get(HookPoint::Embed).unwrap() + emb.cache().get(HookPoint::PosEmbed).unwrap()).unwrap();
+    let want = (emb.cache().get(HookPoint::Embed).unwrap()
+        + emb.cache().get(HookPoint::PosEmbed).unwrap())
+    .unwrap();
     assert!(max_diff(hooks.cache().get(HookPoint::ResidPost(1)).unwrap(), &want) < 1e-6);
 }

@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Tensor};
 use patchclamp_core::{load, Error, HookPoint, Hooks, Input, Selector};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(name)
 }
 
 /// A private copy of a fixture model that a test may break.
@@ -31,7 +33,8 @@ fn load_err(dir: &Path) -> String {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
 }
@@ -45,7 +48,10 @@ fn rewrite_weights(dir: &Path, f: impl FnOnce(&mut HashMap<String, Tensor>)) {
 
 fn assert_has(msg: &str, parts: &[&str]) {
     for p in parts {
-        assert!(msg.contains(p), "error message {msg:?} should mention {p:?}");
+        assert!(
+            msg.contains(p),
+            "error message {msg:?} should mention {p:?}"
+        );
     }
 }
 
@@ -53,8 +59,18 @@ fn assert_has(msg: &str, parts: &[&str]) {
 fn missing_folder_and_uncached_repo() {
     let e = load_err(Path::new("/nonexistent/model/dir"));
     assert_has(&e, &["model folder not found", "/nonexistent/model/dir"]);
-    let e = load("some-org/not-downloaded", &Device::Cpu).err().unwrap().to_string();
-    assert_has(&e, &["'some-org/not-downloaded' is not on disk", "models--some-org--not-downloaded", "never downloads"]);
+    let e = load("some-org/not-downloaded", &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_has(
+        &e,
+        &[
+            "'some-org/not-downloaded' is not on disk",
+            "models--some-org--not-downloaded",
+            "never downloads",
+        ],
+    );
 }
 
 #[test]
@@ -64,10 +80,16 @@ fn missing_config_and_weights() {
     assert_has(&load_err(&d), &["config.json not found"]);
     let d = scratch("gpt2", "nowts");
     std::fs::remove_file(d.join("model.safetensors")).unwrap();
-    assert_has(&load_err(&d), &["weights file not found", "model.safetensors"]);
+    assert_has(
+        &load_err(&d),
+        &["weights file not found", "model.safetensors"],
+    );
     let d = scratch("llama", "noshard");
     std::fs::remove_file(d.join("model-00002-of-00004.safetensors")).unwrap();
-    assert_has(&load_err(&d), &["weights file not found", "model-00002-of-00004.safetensors"]);
+    assert_has(
+        &load_err(&d),
+        &["weights file not found", "model-00002-of-00004.safetensors"],
+    );
 }
 
 #[test]
@@ -76,7 +98,10 @@ fn truncated_and_corrupt_safetensors() {
     let p = d.join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    assert_has(&load_err(&d), &["model.safetensors is not a valid safetensors file"]);
+    assert_has(
+        &load_err(&d),
+        &["model.safetensors is not a valid safetensors file"],
+    );
     std::fs::write(&p, b"this is not a tensor file at all").unwrap();
     assert_has(&load_err(&d), &["not a valid safetensors file"]);
 }
@@ -85,19 +110,41 @@ fn truncated_and_corrupt_safetensors() {
 fn wrong_shape_and_dtype() {
     let d = scratch("gpt2", "shape");
     rewrite_weights(&d, |ts| {
-        ts.insert("transformer.h.1.mlp.c_fc.bias".into(), Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap());
+        ts.insert(
+            "transformer.h.1.mlp.c_fc.bias".into(),
+            Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
+        );
     });
-    assert_has(&load_err(&d), &["transformer.h.1.mlp.c_fc.bias", "shape [7]", "expected [96]"]);
+    assert_has(
+        &load_err(&d),
+        &[
+            "transformer.h.1.mlp.c_fc.bias",
+            "shape [7]",
+            "expected [96]",
+        ],
+    );
     let d = scratch("gpt2", "dtype");
     rewrite_weights(&d, |ts| {
-        ts.insert("transformer.wte.weight".into(), Tensor::zeros((320, 32), DType::I64, &Device::Cpu).unwrap());
+        ts.insert(
+            "transformer.wte.weight".into(),
+            Tensor::zeros((320, 32), DType::I64, &Device::Cpu).unwrap(),
+        );
     });
-    assert_has(&load_err(&d), &["transformer.wte.weight", "dtype I64", "floating-point"]);
+    assert_has(
+        &load_err(&d),
+        &["transformer.wte.weight", "dtype I64", "floating-point"],
+    );
     let d = scratch("gpt2", "missing");
     rewrite_weights(&d, |ts| {
         ts.remove("transformer.h.0.attn.c_proj.weight");
     });
-    assert_has(&load_err(&d), &["'transformer.h.0.attn.c_proj.weight' is missing", "did you mean"]);
+    assert_has(
+        &load_err(&d),
+        &[
+            "'transformer.h.0.attn.c_proj.weight' is missing",
+            "did you mean",
+        ],
+    );
 }
 
 #[test]
@@ -120,10 +167,19 @@ fn bad_configs() {
     assert_has(&load_err(&d), &["config.json", "missing field 'n_embd'"]);
     let d = scratch("gpt2", "family");
     edit_config(&d, |v| v["model_type"] = "bert".into());
-    assert_has(&load_err(&d), &["unknown model family 'bert'", "supported: gpt2, llama, mistral, qwen2"]);
+    assert_has(
+        &load_err(&d),
+        &[
+            "unknown model family 'bert'",
+            "supported: gpt2, llama, mistral, qwen2",
+        ],
+    );
     let d = scratch("gpt2", "type");
     edit_config(&d, |v| v["n_layer"] = "two".into());
-    assert_has(&load_err(&d), &["field 'n_layer' should be a non-negative integer"]);
+    assert_has(
+        &load_err(&d),
+        &["field 'n_layer' should be a non-negative integer"],
+    );
     let d = scratch("llama", "rope");
     edit_config(&d, |v| v["rope_parameters"]["rope_type"] = "yarn".into());
     assert_has(&load_err(&d), &["unsupported rope scaling type 'yarn'"]);
@@ -146,25 +202,48 @@ fn hook_names_layers_heads_positions() {
     let dev = Device::Cpu;
     let m = load(fixture("gpt2").to_str().unwrap(), &dev).unwrap();
     let cfg = &m.model.cfg;
-    let e = "blocks.0.attn.hook_patern".parse::<HookPoint>().unwrap_err().to_string();
-    assert_has(&e, &["unknown hook point 'blocks.0.attn.hook_patern'", "did you mean 'blocks.0.attn.hook_pattern'"]);
-    let e = HookPoint::parse_for("blocks.9.hook_resid_pre", cfg).unwrap_err().to_string();
+    let e = "blocks.0.attn.hook_patern"
+        .parse::<HookPoint>()
+        .unwrap_err()
+        .to_string();
+    assert_has(
+        &e,
+        &[
+            "unknown hook point 'blocks.0.attn.hook_patern'",
+            "did you mean 'blocks.0.attn.hook_pattern'",
+        ],
+    );
+    let e = HookPoint::parse_for("blocks.9.hook_resid_pre", cfg)
+        .unwrap_err()
+        .to_string();
     assert_has(&e, &["layer 9 is out of range", "2 layers"]);
     // GPT-2 has learned positions: no rotary hooks.
-    let e = HookPoint::parse_for("blocks.0.attn.hook_rot_q", cfg).unwrap_err().to_string();
+    let e = HookPoint::parse_for("blocks.0.attn.hook_rot_q", cfg)
+        .unwrap_err()
+        .to_string();
     assert_has(&e, &["no such point"]);
     let input = Input::single(&[0, 1, 2], &dev).unwrap();
     let mut h = Hooks::none().capture(Selector::parse("blocks.*.mlp.hook_nope").unwrap());
     let e = m.model.forward(&input, &mut h).unwrap_err().to_string();
     assert_has(&e, &["matches no hook point", "did you mean"]);
     let mut h = Hooks::none().capture(Selector::Layer(5));
-    assert_has(&m.model.forward(&input, &mut h).unwrap_err().to_string(), &["layer 5 is out of range"]);
+    assert_has(
+        &m.model.forward(&input, &mut h).unwrap_err().to_string(),
+        &["layer 5 is out of range"],
+    );
     let mut h = Hooks::none().capture(HookPoint::Z(0)).at_positions(vec![3]);
-    assert_has(&m.model.forward(&input, &mut h).unwrap_err().to_string(), &["position 3 is out of range", "3 positions"]);
+    assert_has(
+        &m.model.forward(&input, &mut h).unwrap_err().to_string(),
+        &["position 3 is out of range", "3 positions"],
+    );
     let mut h = Hooks::none().capture(HookPoint::Pattern(0));
     m.model.forward(&input, &mut h).unwrap();
     assert!(h.cache().head(HookPoint::Pattern(0), 3).is_ok());
-    let e = h.cache().head(HookPoint::Pattern(0), 4).unwrap_err().to_string();
+    let e = h
+        .cache()
+        .head(HookPoint::Pattern(0), 4)
+        .unwrap_err()
+        .to_string();
     assert_has(&e, &["head 4 is out of range", "4 heads"]);
 }
 
@@ -172,13 +251,29 @@ fn hook_names_layers_heads_positions() {
 fn empty_long_and_out_of_vocab_prompts() {
     let dev = Device::Cpu;
     let m = load(fixture("gpt2").to_str().unwrap(), &dev).unwrap();
-    let e = m.tokenizer().unwrap().prompt(&m.model.cfg, "", None).unwrap_err().to_string();
+    let e = m
+        .tokenizer()
+        .unwrap()
+        .prompt(&m.model.cfg, "", None)
+        .unwrap_err()
+        .to_string();
     assert_has(&e, &["the prompt is empty"]);
-    assert!(matches!(Input::batch(&[vec![]], Default::default(), 0, &dev), Err(Error::Input(_))));
+    assert!(matches!(
+        Input::batch(&[vec![]], Default::default(), 0, &dev),
+        Err(Error::Input(_))
+    ));
     let long: Vec<u32> = (0..65).map(|i| i % 300).collect();
-    let e = m.model.forward(&Input::single(&long, &dev).unwrap(), &mut Hooks::none()).unwrap_err().to_string();
+    let e = m
+        .model
+        .forward(&Input::single(&long, &dev).unwrap(), &mut Hooks::none())
+        .unwrap_err()
+        .to_string();
     assert_has(&e, &["65 positions", "context is 64 tokens"]);
-    let e = m.model.forward(&Input::single(&[1, 320], &dev).unwrap(), &mut Hooks::none()).unwrap_err().to_string();
+    let e = m
+        .model
+        .forward(&Input::single(&[1, 320], &dev).unwrap(), &mut Hooks::none())
+        .unwrap_err()
+        .to_string();
     assert_has(&e, &["token id 320 is out of range", "320 tokens"]);
 }
 
@@ -193,11 +288,24 @@ fn half_precision_weights_are_upcast() {
     });
     let half = load(d.to_str().unwrap(), &dev).unwrap();
     let full = load(fixture("gpt2").to_str().unwrap(), &dev).unwrap();
-    assert_eq!(half.model.weights.w_e.dtype(), DType::F32, "computation runs in f32");
+    assert_eq!(
+        half.model.weights.w_e.dtype(),
+        DType::F32,
+        "computation runs in f32"
+    );
     let input = Input::single(&[0, 10, 20, 30], &dev).unwrap();
     let a = half.model.forward(&input, &mut Hooks::none()).unwrap();
     let b = full.model.forward(&input, &mut Hooks::none()).unwrap();
-    let diff: f32 = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let diff: f32 = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     // bf16 keeps 8 bits of mantissa: logits of order 1-10 move by a few hundredths.
     assert!(diff < 0.25, "bf16 weights moved logits by {diff}");
     assert!(diff > 0.0, "the weights really were rounded");

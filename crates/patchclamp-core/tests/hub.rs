@@ -8,7 +8,8 @@ use patchclamp_core::load;
 /// Lays a fixture out as `$HF_HOME/hub/models--ORG--NAME/{refs/main, snapshots/REV/}`.
 #[test]
 fn loads_from_hf_cache_by_repo_id() {
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama");
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama");
     let home = std::env::temp_dir().join(format!("pc-hfhome-{}", std::process::id()));
     let entry = home.join("hub").join("models--tiny-org--tiny-llama");
     let rev = "0123456789abcdef0123456789abcdef01234567";
@@ -26,12 +27,28 @@ fn loads_from_hf_cache_by_repo_id() {
 
     let m = load("tiny-org/tiny-llama", &Device::Cpu).unwrap();
     assert_eq!(m.files.dir, snap);
-    assert_eq!(m.files.weights.len(), 4, "sharded checkpoint read through its index");
+    assert_eq!(
+        m.files.weights.len(),
+        4,
+        "sharded checkpoint read through its index"
+    );
     assert_eq!(m.model.cfg.family, "llama");
     let by_rev = load(&format!("tiny-org/tiny-llama@{rev}"), &Device::Cpu).unwrap();
     assert_eq!(by_rev.files.dir, snap);
 
-    let e = load("tiny-org/other", &Device::Cpu).err().unwrap().to_string();
-    assert!(e.contains(&home.join("hub").join("models--tiny-org--other").display().to_string()), "{e}");
+    let e = load("tiny-org/other", &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(
+            &home
+                .join("hub")
+                .join("models--tiny-org--other")
+                .display()
+                .to_string()
+        ),
+        "{e}"
+    );
     std::fs::remove_dir_all(&home).unwrap();
 }

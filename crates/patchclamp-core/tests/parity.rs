@@ -14,7 +14,9 @@ const TOL: f32 = 1e-4;
 const FAMILIES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(name)
 }
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
@@ -23,7 +25,11 @@ fn reference(name: &str) -> HashMap<String, Tensor> {
 }
 
 fn tokens(r: &HashMap<String, Tensor>, i: usize) -> Vec<u32> {
-    r[&format!("tokens.{i}")].to_dtype(DType::U32).unwrap().to_vec1().unwrap()
+    r[&format!("tokens.{i}")]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Largest |a - b|, where infinities must coincide (masked attention scores).
@@ -35,7 +41,11 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .zip(&b)
         .map(|(x, y)| {
             if x.is_infinite() || y.is_infinite() {
-                if x == y { 0.0 } else { f32::INFINITY }
+                if x == y {
+                    0.0
+                } else {
+                    f32::INFINITY
+                }
             } else {
                 (x - y).abs()
             }
@@ -44,7 +54,9 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn centered(logits: &Tensor) -> Tensor {
-    logits.broadcast_sub(&logits.mean_keepdim(D::Minus1).unwrap()).unwrap()
+    logits
+        .broadcast_sub(&logits.mean_keepdim(D::Minus1).unwrap())
+        .unwrap()
 }
 
 fn check_family(name: &str, mode: &str) {
@@ -57,7 +69,9 @@ fn check_family(name: &str, mode: &str) {
     let model = &loaded.model;
     let ids = tokens(&r, 0);
     let mut hooks = Hooks::none().capture_all();
-    let logits = model.forward(&Input::single(&ids, &dev).unwrap(), &mut hooks).unwrap();
+    let logits = model
+        .forward(&Input::single(&ids, &dev).unwrap(), &mut hooks)
+        .unwrap();
     let cache = hooks.take_cache();
 
     // Every hook point TransformerLens recorded matches ours, and we have no extra ones.
@@ -65,13 +79,17 @@ fn check_family(name: &str, mode: &str) {
     let mut theirs = BTreeSet::new();
     let mut failures = Vec::new();
     for (key, want) in &r {
-        let Some(hook) = key.strip_prefix(&prefix) else { continue };
+        let Some(hook) = key.strip_prefix(&prefix) else {
+            continue;
+        };
         if hook.starts_with("logits") {
             continue;
         }
         let point: HookPoint = hook.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
         theirs.insert(point);
-        let got = cache.get(point).unwrap_or_else(|| panic!("{name}/{mode}: {hook} not recorded"));
+        let got = cache
+            .get(point)
+            .unwrap_or_else(|| panic!("{name}/{mode}: {hook} not recorded"));
         let got = got.squeeze(0).unwrap();
         assert_eq!(got.dims(), want.dims(), "{name}/{mode}: shape of {hook}");
         let d = max_diff(&got, want);
@@ -79,9 +97,15 @@ fn check_family(name: &str, mode: &str) {
             failures.push(format!("{hook}: max abs diff {d:e}"));
         }
     }
-    assert!(failures.is_empty(), "{name}/{mode} activations differ (tol {TOL:e}):\n{}", failures.join("\n"));
-    let ours: BTreeSet<HookPoint> =
-        HookPoint::all(&model.cfg).into_iter().filter(|p| *p != HookPoint::Logits).collect();
+    assert!(
+        failures.is_empty(),
+        "{name}/{mode} activations differ (tol {TOL:e}):\n{}",
+        failures.join("\n")
+    );
+    let ours: BTreeSet<HookPoint> = HookPoint::all(&model.cfg)
+        .into_iter()
+        .filter(|p| *p != HookPoint::Logits)
+        .collect();
     assert_eq!(ours, theirs, "{name}/{mode}: hook point sets differ");
 
     // Logits for both prompts, against TransformerLens and (raw) Hugging Face.
@@ -89,18 +113,33 @@ fn check_family(name: &str, mode: &str) {
         let logits = if i == 0 {
             logits.clone()
         } else {
-            model.forward(&Input::single(&tokens(&r, 1), &dev).unwrap(), &mut Hooks::none()).unwrap()
+            model
+                .forward(
+                    &Input::single(&tokens(&r, 1), &dev).unwrap(),
+                    &mut Hooks::none(),
+                )
+                .unwrap()
         };
         let logits = logits.squeeze(0).unwrap();
-        let tl_key = if i == 0 { format!("{mode}.logits") } else { format!("{mode}.logits.1") };
+        let tl_key = if i == 0 {
+            format!("{mode}.logits")
+        } else {
+            format!("{mode}.logits.1")
+        };
         let d = if mode == "proc" {
             max_diff(&centered(&logits), &centered(&r[&tl_key]))
         } else {
             max_diff(&logits, &r[&tl_key])
         };
-        assert!(d <= TOL, "{name}/{mode}: logits of prompt {i} differ from TransformerLens by {d:e}");
+        assert!(
+            d <= TOL,
+            "{name}/{mode}: logits of prompt {i} differ from TransformerLens by {d:e}"
+        );
         let d = max_diff(&centered(&logits), &centered(&r[&format!("hf.logits.{i}")]));
-        assert!(d <= TOL, "{name}/{mode}: logits of prompt {i} differ from Hugging Face by {d:e}");
+        assert!(
+            d <= TOL,
+            "{name}/{mode}: logits of prompt {i} differ from Hugging Face by {d:e}"
+        );
     }
 }
 
@@ -121,15 +160,18 @@ fn processed_weights_match_transformer_lens_hook_for_hook() {
 #[test]
 fn tokenizer_and_bos_reproduce_transformer_lens_token_ids() {
     let dev = Device::Cpu;
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("../manifest.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("../manifest.json")).unwrap())
+            .unwrap();
     for name in FAMILIES {
         let r = reference(name);
         let m = load(fixture(name).to_str().unwrap(), &dev).unwrap();
         for (i, prompt) in manifest["prompts"].as_array().unwrap().iter().enumerate() {
-            let ids = m.tokenizer().unwrap().prompt(&m.model.cfg, prompt.as_str().unwrap(), None).unwrap();
+            let ids = m
+                .tokenizer()
+                .unwrap()
+                .prompt(&m.model.cfg, prompt.as_str().unwrap(), None)
+                .unwrap();
             assert_eq!(ids, tokens(&r, i), "{name}: token ids of prompt {i}");
         }
     }
@@ -140,11 +182,17 @@ fn real_gpt2_tokenizer_matches_python_tokenizers() {
     let dir = fixture("../gpt2-tokenizer");
     let tok = patchclamp_core::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let refs: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
     assert_eq!(tok.vocab_size(), 50257);
     for r in refs {
         let text = r["text"].as_str().unwrap();
-        let want: Vec<u32> = r["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = r["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(tok.encode(text).unwrap(), want, "ids of {text:?}");
         assert_eq!(tok.decode(&want).unwrap(), text, "round trip of {text:?}");
     }

@@ -49,7 +49,11 @@ impl ActivationCache {
         };
         let n = x.dim(dim)?;
         if head >= n {
-            return Err(Error::OutOfRange { what: "head", index: head as i64, limit: format!("{n} heads at {point}") });
+            return Err(Error::OutOfRange {
+                what: "head",
+                index: head as i64,
+                limit: format!("{n} heads at {point}"),
+            });
         }
         Ok(x.narrow(dim, head, 1)?.squeeze(dim)?)
     }
@@ -71,22 +75,28 @@ impl ActivationCache {
 
     /// Bytes held by the recorded tensors.
     pub fn nbytes(&self) -> usize {
-        self.map.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+        self.map
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
     }
 
     /// Writes one safetensors file keyed by TransformerLens names, plus `extra` tensors
     /// (e.g. `tokens`), atomically.
     pub fn save_safetensors(&self, path: &Path, extra: &[(&str, Tensor)]) -> Result<()> {
-        let mut named: Vec<(String, Tensor)> =
-            self.map.iter().map(|(p, t)| (p.to_string(), t.clone())).collect();
+        let mut named: Vec<(String, Tensor)> = self
+            .map
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.clone()))
+            .collect();
         for (k, t) in extra {
             named.push((k.to_string(), t.clone()));
         }
-        let bytes = safetensors::serialize(
-            named.iter().map(|(k, t)| (k.as_str(), t)),
-            None,
-        )
-        .map_err(|e| Error::Safetensors { path: path.into(), msg: e.to_string() })?;
+        let bytes = safetensors::serialize(named.iter().map(|(k, t)| (k.as_str(), t)), None)
+            .map_err(|e| Error::Safetensors {
+                path: path.into(),
+                msg: e.to_string(),
+            })?;
         write_atomic(path, &bytes)
     }
 }

@@ -74,10 +74,15 @@ pub enum HookPoint {
 }
 
 /// Per-layer point kinds, in forward order, with their TransformerLens suffixes.
-const LAYER_KINDS: &[(&str, fn(usize) -> HookPoint)] = &[
+/// Builds a point of one kind for a layer.
+type LayerKind = fn(usize) -> HookPoint;
+
+const LAYER_KINDS: &[(&str, LayerKind)] = &[
     ("hook_resid_pre", HookPoint::ResidPre),
     ("ln1.hook_scale", |l| HookPoint::NormScale(l, NormSite::Ln1)),
-    ("ln1.hook_normalized", |l| HookPoint::NormNormalized(l, NormSite::Ln1)),
+    ("ln1.hook_normalized", |l| {
+        HookPoint::NormNormalized(l, NormSite::Ln1)
+    }),
     ("attn.hook_q", HookPoint::Q),
     ("attn.hook_k", HookPoint::K),
     ("attn.hook_v", HookPoint::V),
@@ -90,7 +95,9 @@ const LAYER_KINDS: &[(&str, fn(usize) -> HookPoint)] = &[
     ("hook_attn_out", HookPoint::AttnOut),
     ("hook_resid_mid", HookPoint::ResidMid),
     ("ln2.hook_scale", |l| HookPoint::NormScale(l, NormSite::Ln2)),
-    ("ln2.hook_normalized", |l| HookPoint::NormNormalized(l, NormSite::Ln2)),
+    ("ln2.hook_normalized", |l| {
+        HookPoint::NormNormalized(l, NormSite::Ln2)
+    }),
     ("mlp.hook_pre", HookPoint::MlpPre),
     ("mlp.hook_pre_linear", HookPoint::MlpPreLinear),
     ("mlp.hook_post", HookPoint::MlpPost),
@@ -112,9 +119,25 @@ impl HookPoint {
     pub fn layer(&self) -> Option<usize> {
         use HookPoint::*;
         match *self {
-            ResidPre(l) | NormScale(l, _) | NormNormalized(l, _) | Q(l) | K(l) | V(l) | RotQ(l)
-            | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | Result(l) | AttnOut(l) | ResidMid(l)
-            | MlpPre(l) | MlpPreLinear(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            ResidPre(l)
+            | NormScale(l, _)
+            | NormNormalized(l, _)
+            | Q(l)
+            | K(l)
+            | V(l)
+            | RotQ(l)
+            | RotK(l)
+            | AttnScores(l)
+            | Pattern(l)
+            | Z(l)
+            | Result(l)
+            | AttnOut(l)
+            | ResidMid(l)
+            | MlpPre(l)
+            | MlpPreLinear(l)
+            | MlpPost(l)
+            | MlpOut(l)
+            | ResidPost(l) => Some(l),
             Embed | PosEmbed | FinalScale | FinalNormalized | Logits => None,
         }
     }
@@ -122,9 +145,17 @@ impl HookPoint {
     /// The name without the `blocks.L.` prefix (`attn.hook_z`, `hook_embed`).
     pub fn kind_name(&self) -> &'static str {
         if let Some(l) = self.layer() {
-            LAYER_KINDS.iter().find(|(_, f)| f(l) == *self).map(|(n, _)| *n).unwrap_or("?")
+            LAYER_KINDS
+                .iter()
+                .find(|(_, f)| f(l) == *self)
+                .map(|(n, _)| *n)
+                .unwrap_or("?")
         } else {
-            GLOBAL_KINDS.iter().find(|(_, p)| p == self).map(|(n, _)| *n).unwrap_or("?")
+            GLOBAL_KINDS
+                .iter()
+                .find(|(_, p)| p == self)
+                .map(|(n, _)| *n)
+                .unwrap_or("?")
         }
     }
 
@@ -248,7 +279,9 @@ impl FromStr for HookPoint {
             let vocab = HookPoint::vocabulary();
             // Suggest with the user's layer number kept, so "blocks.3.attn.hook_zz" suggests
             // "blocks.3.attn.hook_z".
-            let layer = name.strip_prefix("blocks.").and_then(|r| r.split('.').next());
+            let layer = name
+                .strip_prefix("blocks.")
+                .and_then(|r| r.split('.').next());
             let vocab: Vec<String> = match layer {
                 Some(l) if l.parse::<usize>().is_ok() => vocab
                     .iter()
@@ -311,8 +344,14 @@ mod tests {
 
     #[test]
     fn unknown_name_suggests_nearest_with_layer_kept() {
-        let e = "blocks.3.attn.hook_zz".parse::<HookPoint>().unwrap_err().to_string();
-        assert!(e.contains("unknown hook point 'blocks.3.attn.hook_zz'"), "{e}");
+        let e = "blocks.3.attn.hook_zz"
+            .parse::<HookPoint>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown hook point 'blocks.3.attn.hook_zz'"),
+            "{e}"
+        );
         assert!(e.contains("'blocks.3.attn.hook_z'"), "{e}");
         let e = "hook_embd".parse::<HookPoint>().unwrap_err().to_string();
         assert!(e.contains("'hook_embed'"), "{e}");

@@ -51,7 +51,11 @@ impl Selector {
                         limit: format!("{} layers", cfg.n_layers),
                     });
                 }
-                Ok(all.iter().copied().filter(|p| p.layer() == Some(*l)).collect())
+                Ok(all
+                    .iter()
+                    .copied()
+                    .filter(|p| p.layer() == Some(*l))
+                    .collect())
             }
             Selector::Glob(g) => {
                 let names: Vec<String> = all.iter().map(|p| p.to_string()).collect();
@@ -81,8 +85,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         return pattern == text;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last)
-    {
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
         return false;
     }
     let mut rest = &text[first.len()..text.len() - last.len()];

@@ -201,8 +201,11 @@ impl Config {
                 ));
             }
         }
-        if !(self.attn_scale > 0.0) {
-            return bad(format!("attn_scale must be positive, got {}", self.attn_scale));
+        if self.attn_scale.is_nan() || self.attn_scale <= 0.0 {
+            return bad(format!(
+                "attn_scale must be positive, got {}",
+                self.attn_scale
+            ));
         }
         Ok(())
     }
@@ -220,7 +223,9 @@ impl Config {
         }
         let mats = match self.mlp {
             MlpKind::None => 0,
-            MlpKind::Dense { bias, .. } => 2 * d * self.d_mlp + if bias { self.d_mlp + d } else { 0 },
+            MlpKind::Dense { bias, .. } => {
+                2 * d * self.d_mlp + if bias { self.d_mlp + d } else { 0 }
+            }
             MlpKind::Gated { bias, .. } => {
                 3 * d * self.d_mlp + if bias { 2 * self.d_mlp + d } else { 0 }
             }

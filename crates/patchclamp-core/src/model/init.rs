@@ -12,20 +12,38 @@ impl Weights {
     pub fn random(cfg: &Config, seed: u64, device: &Device) -> Result<Weights> {
         let mut rng = Rng::new(seed);
         let mut normal = |shape: (usize, usize)| -> Result<Tensor> {
-            Ok(Tensor::from_vec(rng.normal_vec(shape.0 * shape.1, 0.02), shape, device)?)
+            Ok(Tensor::from_vec(
+                rng.normal_vec(shape.0 * shape.1, 0.02),
+                shape,
+                device,
+            )?)
         };
-        let zeros = |n: usize| -> Result<Tensor> { Ok(Tensor::zeros(n, candle_core::DType::F32, device)?) };
-        let ones = |n: usize| -> Result<Tensor> { Ok(Tensor::ones(n, candle_core::DType::F32, device)?) };
+        let zeros =
+            |n: usize| -> Result<Tensor> { Ok(Tensor::zeros(n, candle_core::DType::F32, device)?) };
+        let ones =
+            |n: usize| -> Result<Tensor> { Ok(Tensor::ones(n, candle_core::DType::F32, device)?) };
         let d = cfg.d_model;
         let norm = |kind: NormKind| -> Result<NormWeights> {
             Ok(match kind {
-                NormKind::LayerNorm => NormWeights { w: Some(ones(d)?), b: Some(zeros(d)?) },
-                NormKind::RmsNorm => NormWeights { w: Some(ones(d)?), b: None },
+                NormKind::LayerNorm => NormWeights {
+                    w: Some(ones(d)?),
+                    b: Some(zeros(d)?),
+                },
+                NormKind::RmsNorm => NormWeights {
+                    w: Some(ones(d)?),
+                    b: None,
+                },
                 _ => NormWeights { w: None, b: None },
             })
         };
         let (qd, kvd) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
-        let opt = |on: bool, n: usize| -> Result<Option<Tensor>> { if on { zeros(n).map(Some) } else { Ok(None) } };
+        let opt = |on: bool, n: usize| -> Result<Option<Tensor>> {
+            if on {
+                zeros(n).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for _ in 0..cfg.n_layers {
             let attn = AttnWeights {
@@ -41,7 +59,11 @@ impl Weights {
             let mlp = match cfg.mlp {
                 MlpKind::None => None,
                 MlpKind::Dense { bias, .. } | MlpKind::Gated { bias, .. } => Some(MlpWeights {
-                    w_gate: if cfg.gated_mlp() { Some(normal((d, cfg.d_mlp))?) } else { None },
+                    w_gate: if cfg.gated_mlp() {
+                        Some(normal((d, cfg.d_mlp))?)
+                    } else {
+                        None
+                    },
                     b_gate: opt(bias && cfg.gated_mlp(), cfg.d_mlp)?,
                     w_in: normal((d, cfg.d_mlp))?,
                     b_in: opt(bias, cfg.d_mlp)?,
@@ -49,14 +71,31 @@ impl Weights {
                     b_out: opt(bias, d)?,
                 }),
             };
-            blocks.push(BlockWeights { ln1: norm(cfg.norm)?, attn, ln2: norm(cfg.norm)?, mlp });
+            blocks.push(BlockWeights {
+                ln1: norm(cfg.norm)?,
+                attn,
+                ln2: norm(cfg.norm)?,
+                mlp,
+            });
         }
         Ok(Weights {
             w_e: normal((cfg.d_vocab, d))?,
-            w_pos: if cfg.positions.is_learned() { Some(normal((cfg.n_ctx, d))?) } else { None },
+            w_pos: if cfg.positions.is_learned() {
+                Some(normal((cfg.n_ctx, d))?)
+            } else {
+                None
+            },
             blocks,
-            ln_final: norm(if cfg.final_norm { cfg.norm } else { NormKind::None })?,
-            w_u: if cfg.tied_embeddings { None } else { Some(normal((d, cfg.d_vocab))?) },
+            ln_final: norm(if cfg.final_norm {
+                cfg.norm
+            } else {
+                NormKind::None
+            })?,
+            w_u: if cfg.tied_embeddings {
+                None
+            } else {
+                Some(normal((d, cfg.d_vocab))?)
+            },
             b_u: opt(cfg.unembed_bias, cfg.d_vocab)?,
         })
     }
@@ -69,7 +108,13 @@ impl Config {
     }
 
     /// A GPT-2-shaped config: LayerNorm, learned positions, gelu_new MLP of width 4·d_model.
-    pub fn gpt2_like(n_layers: usize, d_model: usize, n_heads: usize, d_vocab: usize, n_ctx: usize) -> Config {
+    pub fn gpt2_like(
+        n_layers: usize,
+        d_model: usize,
+        n_heads: usize,
+        d_vocab: usize,
+        n_ctx: usize,
+    ) -> Config {
         Config {
             family: "custom".into(),
             d_model,
@@ -87,7 +132,10 @@ impl Config {
             qkv_bias: true,
             o_bias: true,
             attn_scale: ((d_model / n_heads) as f64).sqrt(),
-            mlp: MlpKind::Dense { act: crate::model::Activation::GeluNew, bias: true },
+            mlp: MlpKind::Dense {
+                act: crate::model::Activation::GeluNew,
+                bias: true,
+            },
             tied_embeddings: true,
             unembed_bias: false,
             sliding_window: None,

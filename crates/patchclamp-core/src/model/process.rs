@@ -13,7 +13,12 @@ use crate::model::weights::NormWeights;
 impl Processing {
     /// All four steps, TransformerLens's default.
     pub fn all() -> Self {
-        Processing { fold_ln: true, center_writing_weights: true, center_unembed: true, fold_value_biases: true }
+        Processing {
+            fold_ln: true,
+            center_writing_weights: true,
+            center_unembed: true,
+            fold_value_biases: true,
+        }
     }
 }
 
@@ -54,7 +59,11 @@ impl Model {
         for blk in &mut w.blocks {
             let ln1 = std::mem::replace(&mut blk.ln1, NormWeights { w: None, b: None });
             let a = &mut blk.attn;
-            for (mat, bias) in [(&mut a.w_q, &mut a.b_q), (&mut a.w_k, &mut a.b_k), (&mut a.w_v, &mut a.b_v)] {
+            for (mat, bias) in [
+                (&mut a.w_q, &mut a.b_q),
+                (&mut a.w_k, &mut a.b_k),
+                (&mut a.w_v, &mut a.b_v),
+            ] {
                 fold_into(&ln1, mat, bias, fold_bias, center)?;
             }
             if let Some(m) = &mut blk.mlp {
@@ -122,13 +131,20 @@ impl Model {
             let Some(b_v) = a.b_v.take() else { continue };
             any = true;
             // Each query head reads its group's kv head: repeat the kv biases per group.
-            let b_v = b_v.reshape((kv, 1, e))?.broadcast_as((kv, h / kv, e))?.reshape((1, h * e))?;
+            let b_v = b_v
+                .reshape((kv, 1, e))?
+                .broadcast_as((kv, h / kv, e))?
+                .reshape((1, h * e))?;
             let folded = b_v.matmul(&a.w_o)?.squeeze(0)?; // [D]
             let b_o = match &a.b_o {
                 Some(b) => (b + folded)?,
                 None => folded,
             };
-            a.b_o = Some(if recenter { center(&b_o, D::Minus1)? } else { b_o });
+            a.b_o = Some(if recenter {
+                center(&b_o, D::Minus1)?
+            } else {
+                b_o
+            });
         }
         if any {
             self.cfg.o_bias = true;

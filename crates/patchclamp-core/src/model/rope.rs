@@ -8,8 +8,9 @@ use crate::model::config::{Rope, RopeScaling};
 /// Inverse frequencies `1/θ^(2i/rotary_dim)`, rescaled as the config says.
 pub fn inv_freq(rope: &Rope) -> Vec<f64> {
     let dim = rope.rotary_dim;
-    let base: Vec<f64> =
-        (0..dim / 2).map(|i| 1.0 / rope.theta.powf((2 * i) as f64 / dim as f64)).collect();
+    let base: Vec<f64> = (0..dim / 2)
+        .map(|i| 1.0 / rope.theta.powf((2 * i) as f64 / dim as f64))
+        .collect();
     match &rope.scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
@@ -30,8 +31,8 @@ pub fn inv_freq(rope: &Rope) -> Vec<f64> {
                     } else if wavelen > low_wavelen {
                         f / factor
                     } else {
-                        let smooth =
-                            (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -58,7 +59,10 @@ pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (rot, pass) = if rd == d_head {
         (x.clone(), None)
     } else {
-        (x.narrow(D::Minus1, 0, rd)?, Some(x.narrow(D::Minus1, rd, d_head - rd)?))
+        (
+            x.narrow(D::Minus1, 0, rd)?,
+            Some(x.narrow(D::Minus1, rd, d_head - rd)?),
+        )
     };
     let half = rd / 2;
     let x1 = rot.narrow(D::Minus1, 0, half)?;
@@ -87,7 +91,10 @@ mod tests {
                 original_max_position_embeddings: 64,
             }),
         };
-        let plain = inv_freq(&Rope { scaling: None, ..rope.clone() });
+        let plain = inv_freq(&Rope {
+            scaling: None,
+            ..rope.clone()
+        });
         let scaled = inv_freq(&rope);
         // Wavelengths 6.3, 63, 628, 6283 against the band [64/4, 64/1]: short ones are kept,
         // long ones divided by the factor, the one inside the band interpolated.
@@ -100,7 +107,11 @@ mod tests {
     #[test]
     fn rotation_preserves_norm_and_position_zero_is_identity() -> Result<()> {
         let dev = Device::Cpu;
-        let rope = Rope { theta: 10000.0, rotary_dim: 4, scaling: None };
+        let rope = Rope {
+            theta: 10000.0,
+            rotary_dim: 4,
+            scaling: None,
+        };
         let x = Tensor::randn(0f32, 1., (1, 3, 2, 6), &dev)?;
         let pos = Tensor::new(&[[0u32, 1, 2]], &dev)?;
         let (cos, sin) = tables(&rope, &pos, &dev)?;
@@ -108,10 +119,16 @@ mod tests {
         let n = |t: &Tensor| t.sqr().unwrap().sum_keepdim(3).unwrap();
         let diff = (n(&x) - n(&y))?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "norm changed by {diff}");
-        let d0 = (x.narrow(1, 0, 1)? - y.narrow(1, 0, 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d0 = (x.narrow(1, 0, 1)? - y.narrow(1, 0, 1)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(d0 < 1e-7);
         // Pass-through dims (partial rotary) are unchanged at every position.
-        let dp = (x.narrow(3, 4, 2)? - y.narrow(3, 4, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let dp = (x.narrow(3, 4, 2)? - y.narrow(3, 4, 2)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert_eq!(dp, 0.0);
         Ok(())
     }

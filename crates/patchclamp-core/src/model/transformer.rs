@@ -33,7 +33,11 @@ impl Model {
     pub fn new(cfg: Config, weights: Weights) -> Result<Self> {
         cfg.validate()?;
         let device = weights.w_e.device().clone();
-        let model = Model { cfg, weights, device };
+        let model = Model {
+            cfg,
+            weights,
+            device,
+        };
         model.check_shapes()?;
         Ok(model)
     }
@@ -50,10 +54,15 @@ impl Model {
         let (b, s) = input.dims()?;
         let w = &self.weights;
 
-        let embed = w.w_e.index_select(&input.tokens.flatten_all()?, 0)?.reshape((b, s, ()))?;
+        let embed = w
+            .w_e
+            .index_select(&input.tokens.flatten_all()?, 0)?
+            .reshape((b, s, ()))?;
         let mut resid = hooks.at(P::Embed, embed)?;
         if let Some(w_pos) = &w.w_pos {
-            let pos = w_pos.index_select(&input.positions.flatten_all()?, 0)?.reshape((b, s, ()))?;
+            let pos = w_pos
+                .index_select(&input.positions.flatten_all()?, 0)?
+                .reshape((b, s, ()))?;
             resid = (resid + hooks.at(P::PosEmbed, pos)?)?;
         }
 
@@ -69,7 +78,13 @@ impl Model {
         }
 
         let x = if self.cfg.final_norm {
-            self.norm(&resid, &w.ln_final, P::FinalScale, P::FinalNormalized, hooks)?
+            self.norm(
+                &resid,
+                &w.ln_final,
+                P::FinalScale,
+                P::FinalNormalized,
+                hooks,
+            )?
         } else {
             resid
         };
@@ -91,7 +106,13 @@ impl Model {
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         let resid = hooks.at(P::ResidPre(l), resid)?;
-        let x = self.norm(&resid, &w.ln1, P::NormScale(l, NormSite::Ln1), P::NormNormalized(l, NormSite::Ln1), hooks)?;
+        let x = self.norm(
+            &resid,
+            &w.ln1,
+            P::NormScale(l, NormSite::Ln1),
+            P::NormNormalized(l, NormSite::Ln1),
+            hooks,
+        )?;
         let attn_out = self.attention(l, &w.attn, &x, ctx, hooks)?;
         let attn_out = hooks.at(P::AttnOut(l), attn_out)?;
         let resid = (resid + attn_out)?;
@@ -99,7 +120,13 @@ impl Model {
             return hooks.at(P::ResidPost(l), resid);
         };
         let resid = hooks.at(P::ResidMid(l), resid)?;
-        let x = self.norm(&resid, &w.ln2, P::NormScale(l, NormSite::Ln2), P::NormNormalized(l, NormSite::Ln2), hooks)?;
+        let x = self.norm(
+            &resid,
+            &w.ln2,
+            P::NormScale(l, NormSite::Ln2),
+            P::NormNormalized(l, NormSite::Ln2),
+            hooks,
+        )?;
         let mlp_out = self.mlp(l, mlp, &x, hooks)?;
         let mlp_out = hooks.at(P::MlpOut(l), mlp_out)?;
         hooks.at(P::ResidPost(l), (resid + mlp_out)?)
@@ -119,7 +146,9 @@ impl Model {
             return Ok(x.clone());
         }
         let x = match kind {
-            NormKind::LayerNorm | NormKind::LayerNormPre => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+            NormKind::LayerNorm | NormKind::LayerNormPre => {
+                x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?
+            }
             _ => x.clone(),
         };
         let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.cfg.norm_eps)?.sqrt()?;
@@ -127,8 +156,14 @@ impl Model {
         let x = x.broadcast_div(&scale)?;
         // TransformerLens 4 records `hook_normalized` before the gain and bias, for both norms.
         let x = hooks.at(normalized_point, x)?;
-        let x = match &w.w { Some(g) => x.broadcast_mul(g)?, None => x };
-        Ok(match &w.b { Some(b) => x.broadcast_add(b)?, None => x })
+        let x = match &w.w {
+            Some(g) => x.broadcast_mul(g)?,
+            None => x,
+        };
+        Ok(match &w.b {
+            Some(b) => x.broadcast_add(b)?,
+            None => x,
+        })
     }
 
     /// Multi-head (grouped-query) causal attention; returns the output added to the residual.
@@ -169,10 +204,16 @@ impl Model {
             let d = cfg.d_model;
             let zh = z.permute((2, 0, 1, 3))?.reshape((h, b * s, e))?; // [H, B·S, E]
             let w_o = w.w_o.reshape((h, e, d))?; // [H, E, D]
-            let result = zh.matmul(&w_o)?.reshape((h, b, s, d))?.permute((1, 2, 0, 3))?; // [B, S, H, D]
+            let result = zh
+                .matmul(&w_o)?
+                .reshape((h, b, s, d))?
+                .permute((1, 2, 0, 3))?; // [B, S, H, D]
             let result = hooks.at(P::Result(l), result)?;
             let out = result.sum(2)?;
-            return Ok(match &w.b_o { Some(b_o) => out.broadcast_add(b_o)?, None => out });
+            return Ok(match &w.b_o {
+                Some(b_o) => out.broadcast_add(b_o)?,
+                None => out,
+            });
         }
         linear(&z.reshape((b, s, h * e))?, &w.w_o, w.b_o.as_ref())
     }
@@ -185,9 +226,13 @@ impl Model {
                 activation(&pre, *act)?
             }
             MlpKind::Gated { act, .. } => {
-                let w_gate = w.w_gate.as_ref().ok_or_else(|| Error::Input("gated MLP without a gate".into()))?;
+                let w_gate = w
+                    .w_gate
+                    .as_ref()
+                    .ok_or_else(|| Error::Input("gated MLP without a gate".into()))?;
                 let pre = hooks.at(P::MlpPre(l), linear(x, w_gate, w.b_gate.as_ref())?)?;
-                let pre_linear = hooks.at(P::MlpPreLinear(l), linear(x, &w.w_in, w.b_in.as_ref())?)?;
+                let pre_linear =
+                    hooks.at(P::MlpPreLinear(l), linear(x, &w.w_in, w.b_in.as_ref())?)?;
                 (activation(&pre, *act)? * pre_linear)?
             }
             MlpKind::None => unreachable!("blocks without an MLP carry no MlpWeights"),
@@ -229,7 +274,11 @@ impl Model {
                 self.cfg.n_ctx
             )));
         }
-        let max = input.tokens.max_all()?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+        let max = input
+            .tokens
+            .max_all()?
+            .to_dtype(DType::U32)?
+            .to_scalar::<u32>()?;
         if max as usize >= self.cfg.d_vocab {
             return Err(Error::OutOfRange {
                 what: "token id",
@@ -245,7 +294,8 @@ impl Model {
         let c = &self.cfg;
         let w = &self.weights;
         let (d, qd, kvd) = (c.d_model, c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
-        let mut expect: Vec<(String, &Tensor, Vec<usize>)> = vec![("W_E".into(), &w.w_e, vec![c.d_vocab, d])];
+        let mut expect: Vec<(String, &Tensor, Vec<usize>)> =
+            vec![("W_E".into(), &w.w_e, vec![c.d_vocab, d])];
         if let Some(p) = &w.w_pos {
             expect.push(("W_pos".into(), p, vec![c.n_ctx, d]));
         }
@@ -253,7 +303,11 @@ impl Model {
             expect.push(("W_U".into(), u, vec![d, c.d_vocab]));
         }
         if w.blocks.len() != c.n_layers {
-            return Err(Error::Input(format!("config has {} layers but weights have {}", c.n_layers, w.blocks.len())));
+            return Err(Error::Input(format!(
+                "config has {} layers but weights have {}",
+                c.n_layers,
+                w.blocks.len()
+            )));
         }
         for (l, blk) in w.blocks.iter().enumerate() {
             let a = &blk.attn;
@@ -268,7 +322,11 @@ impl Model {
         }
         for (name, t, shape) in expect {
             if t.dims() != shape.as_slice() {
-                return Err(Error::WeightShape { name, expected: shape, found: t.dims().to_vec() });
+                return Err(Error::WeightShape {
+                    name,
+                    expected: shape,
+                    found: t.dims().to_vec(),
+                });
             }
         }
         Ok(())
@@ -300,9 +358,15 @@ impl Model {
 
 /// Errors if `t` holds a NaN or an infinity.
 pub fn ensure_finite(t: &Tensor, what: &str) -> Result<()> {
-    let sum = t.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let sum = t
+        .abs()?
+        .sum_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
     if !sum.is_finite() {
-        return Err(Error::Numeric(format!("{what} contains NaN or infinite values")));
+        return Err(Error::Numeric(format!(
+            "{what} contains NaN or infinite values"
+        )));
     }
     Ok(())
 }
@@ -321,7 +385,11 @@ fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let din = *dims.last().expect("non-scalar input");
     let rows = x.elem_count() / din;
-    let x2 = if x.is_contiguous() { x.reshape((rows, din))? } else { x.contiguous()?.reshape((rows, din))? };
+    let x2 = if x.is_contiguous() {
+        x.reshape((rows, din))?
+    } else {
+        x.contiguous()?.reshape((rows, din))?
+    };
     let y = x2.matmul(w)?;
     let mut out = dims;
     *out.last_mut().expect("non-scalar") = w.dim(1)?;
@@ -334,7 +402,9 @@ fn repeat_kv(x: &Tensor, g: usize) -> Result<Tensor> {
         return Ok(x.contiguous()?);
     }
     let (b, k, s, e) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.expand((b, k, g, s, e))?.reshape((b, k * g, s, e))?)
+    Ok(x.unsqueeze(2)?
+        .expand((b, k, g, s, e))?
+        .reshape((b, k * g, s, e))?)
 }
 
 /// Softmax over the last dimension; the fused kernel when no gradient is tracked.

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
 use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{nearest_hint, Error, Result};
 
@@ -94,7 +94,11 @@ impl Checkpoint {
     pub fn open(files: &[PathBuf], device: &Device) -> Result<Self> {
         for f in files {
             if !f.is_file() {
-                return Err(Error::NotFound { what: "weights file", path: f.clone(), hint: String::new() });
+                return Err(Error::NotFound {
+                    what: "weights file",
+                    path: f.clone(),
+                    hint: String::new(),
+                });
             }
             // Parse each file on its own first so an error names the broken file.
             // SAFETY: the file is mapped read-only; patchclamp never writes model files.
@@ -109,7 +113,11 @@ impl Checkpoint {
             msg: short_candle_msg(&e),
         })?;
         let names = st.tensors().into_iter().map(|(n, _)| n).collect();
-        Ok(Self { st, names, device: device.clone() })
+        Ok(Self {
+            st,
+            names,
+            device: device.clone(),
+        })
     }
 
     /// Whether the checkpoint holds `name`.
@@ -134,10 +142,17 @@ impl Checkpoint {
         let found: Vec<usize> = view.shape().to_vec();
         use safetensors::Dtype as D;
         if !matches!(view.dtype(), D::F32 | D::F16 | D::BF16 | D::F64) {
-            return Err(Error::WeightDtype { name: name.into(), found: format!("{:?}", view.dtype()) });
+            return Err(Error::WeightDtype {
+                name: name.into(),
+                found: format!("{:?}", view.dtype()),
+            });
         }
         if found != shape {
-            return Err(Error::WeightShape { name: name.into(), expected: shape.to_vec(), found });
+            return Err(Error::WeightShape {
+                name: name.into(),
+                expected: shape.to_vec(),
+                found,
+            });
         }
         let t = self.st.load(name, &self.device)?;
         Ok(t.to_dtype(DType::F32)?)

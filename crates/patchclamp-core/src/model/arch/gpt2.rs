@@ -3,16 +3,24 @@
 use crate::error::{Error, Result};
 use crate::model::arch::Fields;
 use crate::model::config::{Config, MlpKind, NormKind, Positions};
-use crate::model::weights::{AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights};
+use crate::model::weights::{
+    AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights,
+};
 
 pub(super) fn config(f: &Fields) -> Result<Config> {
     let d_model = f.usize("n_embd")?;
     let n_heads = f.usize("n_head")?;
     if n_heads == 0 || d_model % n_heads != 0 {
-        return Err(Error::config(f.path, format!("n_embd ({d_model}) must be a multiple of n_head ({n_heads})")));
+        return Err(Error::config(
+            f.path,
+            format!("n_embd ({d_model}) must be a multiple of n_head ({n_heads})"),
+        ));
     }
     if f.bool_or("scale_attn_by_inverse_layer_idx", false)? {
-        return Err(Error::config(f.path, "scale_attn_by_inverse_layer_idx = true is not supported"));
+        return Err(Error::config(
+            f.path,
+            "scale_attn_by_inverse_layer_idx = true is not supported",
+        ));
     }
     let d_head = d_model / n_heads;
     Ok(Config {
@@ -34,8 +42,15 @@ pub(super) fn config(f: &Fields) -> Result<Config> {
         positions: Positions::Learned,
         qkv_bias: true,
         o_bias: true,
-        attn_scale: if f.bool_or("scale_attn_weights", true)? { (d_head as f64).sqrt() } else { 1.0 },
-        mlp: MlpKind::Dense { act: f.activation("activation_function", "gelu_new")?, bias: true },
+        attn_scale: if f.bool_or("scale_attn_weights", true)? {
+            (d_head as f64).sqrt()
+        } else {
+            1.0
+        },
+        mlp: MlpKind::Dense {
+            act: f.activation("activation_function", "gelu_new")?,
+            bias: true,
+        },
         tied_embeddings: true,
         unembed_bias: false,
         sliding_window: None,
@@ -49,10 +64,17 @@ pub(super) fn config(f: &Fields) -> Result<Config> {
 
 pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
     // Checkpoints saved from GPT2LMHeadModel prefix names with "transformer."; GPT2Model does not.
-    let pre = if ckpt.has("transformer.wte.weight") { "transformer." } else { "" };
+    let pre = if ckpt.has("transformer.wte.weight") {
+        "transformer."
+    } else {
+        ""
+    };
     let (d, m) = (cfg.d_model, cfg.d_mlp);
     let ln = |name: &str| -> Result<NormWeights> {
-        Ok(NormWeights { w: Some(ckpt.get(&format!("{pre}{name}.weight"), &[d])?), b: Some(ckpt.get(&format!("{pre}{name}.bias"), &[d])?) })
+        Ok(NormWeights {
+            w: Some(ckpt.get(&format!("{pre}{name}.weight"), &[d])?),
+            b: Some(ckpt.get(&format!("{pre}{name}.bias"), &[d])?),
+        })
     };
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {

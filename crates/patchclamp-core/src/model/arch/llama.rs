@@ -6,14 +6,19 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::model::arch::{linear_t, Fields};
 use crate::model::config::{Config, MlpKind, NormKind, Positions, Rope, RopeScaling};
-use crate::model::weights::{AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights};
+use crate::model::weights::{
+    AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights,
+};
 
 /// The canonical config of a Llama-shaped `config.json`.
 pub(super) fn config(f: &Fields, family: &str) -> Result<Config> {
     let d_model = f.usize("hidden_size")?;
     let n_heads = f.usize("num_attention_heads")?;
     if n_heads == 0 {
-        return Err(Error::config(f.path, "num_attention_heads must be positive"));
+        return Err(Error::config(
+            f.path,
+            "num_attention_heads must be positive",
+        ));
     }
     let d_head = match f.opt_usize("head_dim")? {
         Some(h) => h,
@@ -39,7 +44,10 @@ pub(super) fn config(f: &Fields, family: &str) -> Result<Config> {
         qkv_bias: bias,
         o_bias: bias,
         attn_scale: (d_head as f64).sqrt(),
-        mlp: MlpKind::Gated { act: f.activation("hidden_act", "silu")?, bias: mlp_bias },
+        mlp: MlpKind::Gated {
+            act: f.activation("hidden_act", "silu")?,
+            bias: mlp_bias,
+        },
         tied_embeddings: f.bool_or("tie_word_embeddings", false)?,
         unembed_bias: false,
         sliding_window: None,
@@ -63,10 +71,17 @@ fn rope(f: &Fields, rotary_dim: usize) -> Result<Rope> {
     let scaling = match scaling {
         None => None,
         Some(s) => {
-            let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+            let kind = s
+                .get("rope_type")
+                .or_else(|| s.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("default");
             let num = |k: &str| -> Result<f64> {
                 s.get(k).and_then(Value::as_f64).ok_or_else(|| {
-                    Error::config(f.path, format!("rope scaling '{kind}' needs a numeric '{k}'"))
+                    Error::config(
+                        f.path,
+                        format!("rope scaling '{kind}' needs a numeric '{k}'"),
+                    )
                 })
             };
             match kind {
@@ -87,17 +102,30 @@ fn rope(f: &Fields, rotary_dim: usize) -> Result<Rope> {
             }
         }
     };
-    Ok(Rope { theta, rotary_dim, scaling })
+    Ok(Rope {
+        theta,
+        rotary_dim,
+        scaling,
+    })
 }
 
 /// Weights under HF Llama names (`model.layers.L.self_attn.q_proj.weight`, …).
 pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
     let (d, m) = (cfg.d_model, cfg.d_mlp);
     let (qd, kvd) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
-    let rms = |name: &str| -> Result<NormWeights> { Ok(NormWeights { w: Some(ckpt.get(name, &[d])?), b: None }) };
+    let rms = |name: &str| -> Result<NormWeights> {
+        Ok(NormWeights {
+            w: Some(ckpt.get(name, &[d])?),
+            b: None,
+        })
+    };
     let mlp_bias = matches!(cfg.mlp, MlpKind::Gated { bias: true, .. });
     let opt = |name: String, n: usize, on: bool| -> Result<Option<candle_core::Tensor>> {
-        if on { ckpt.get(&name, &[n]).map(Some) } else { Ok(None) }
+        if on {
+            ckpt.get(&name, &[n]).map(Some)
+        } else {
+            Ok(None)
+        }
     };
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {

@@ -55,13 +55,22 @@ fn family_of(json: &Value, path: &Path) -> Result<String> {
         supported: FAMILIES.join(", "),
     };
     if let Some(t) = json.get("model_type").and_then(Value::as_str) {
-        return if FAMILIES.contains(&t) { Ok(t.to_string()) } else { Err(unknown(t.to_string())) };
+        return if FAMILIES.contains(&t) {
+            Ok(t.to_string())
+        } else {
+            Err(unknown(t.to_string()))
+        };
     }
     let arch = json
         .get("architectures")
         .and_then(|a| a.get(0))
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::config(path, "neither 'model_type' nor 'architectures' is set; cannot tell the model family"))?;
+        .ok_or_else(|| {
+            Error::config(
+                path,
+                "neither 'model_type' nor 'architectures' is set; cannot tell the model family",
+            )
+        })?;
     let by_arch = [
         ("GPT2LMHeadModel", "gpt2"),
         ("LlamaForCausalLM", "llama"),
@@ -87,7 +96,10 @@ impl Fields<'_> {
     }
 
     fn wrong(&self, key: &str, want: &str) -> Error {
-        Error::config(self.path, format!("field '{key}' should be {want}, found {}", self.v[key]))
+        Error::config(
+            self.path,
+            format!("field '{key}' should be {want}, found {}", self.v[key]),
+        )
     }
 
     /// A required non-negative integer.
@@ -99,7 +111,10 @@ impl Fields<'_> {
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| self.wrong(key, "a non-negative integer")),
+            Some(x) => x
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| self.wrong(key, "a non-negative integer")),
         }
     }
 
@@ -107,7 +122,10 @@ impl Fields<'_> {
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(x) => x.as_f64().map(Some).ok_or_else(|| self.wrong(key, "a number")),
+            Some(x) => x
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a number")),
         }
     }
 
@@ -123,7 +141,10 @@ impl Fields<'_> {
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(x) => x.as_str().map(Some).ok_or_else(|| self.wrong(key, "a string")),
+            Some(x) => x
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a string")),
         }
     }
 
@@ -155,6 +176,11 @@ impl Fields<'_> {
 }
 
 /// Loads an HF `nn.Linear` weight `[out, in]` as `[in, out]`.
-pub(crate) fn linear_t(ckpt: &Checkpoint, name: &str, out: usize, inp: usize) -> Result<candle_core::Tensor> {
+pub(crate) fn linear_t(
+    ckpt: &Checkpoint,
+    name: &str,
+    out: usize,
+    inp: usize,
+) -> Result<candle_core::Tensor> {
     Ok(ckpt.get(name, &[out, inp])?.t()?.contiguous()?)
 }

@@ -12,7 +12,10 @@ pub(super) fn config(f: &Fields) -> Result<Config> {
     cfg.default_prepend_bos = false;
     if f.bool_or("use_sliding_window", false)? {
         // Qwen2 slides only in layers >= max_window_layers; refuse rather than run it wrong.
-        return Err(Error::config(f.path, "use_sliding_window = true (per-layer sliding windows) is not supported for qwen2"));
+        return Err(Error::config(
+            f.path,
+            "use_sliding_window = true (per-layer sliding windows) is not supported for qwen2",
+        ));
     }
     Ok(cfg)
 }

@@ -1,0 +1,231 @@
+//! The `patchclamp` binary end to end: inspect and run on every fixture and from an HF cache.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_patchclamp"))
+}
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(out: Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "should exit 1; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "one-line cause: {err}");
+    err
+}
+
+#[test]
+fn inspect_lists_every_hook_point_with_shapes() {
+    for (name, n_points) in [("gpt2", 41), ("llama", 46), ("mistral", 46), ("qwen2", 46)] {
+        let out = ok(bin()
+            .args(["inspect", &fixture(name), "--json"])
+            .output()
+            .unwrap());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["config"]["family"], name);
+        assert_eq!(
+            v["hook_points"].as_array().unwrap().len(),
+            n_points,
+            "{name}"
+        );
+        assert!(v["n_params"].as_u64().unwrap() > 10_000);
+        let text = ok(bin().args(["inspect", &fixture(name)]).output().unwrap());
+        let line = |name: &str, shape: &str| {
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{name} ")) && l.ends_with(shape))
+        };
+        assert!(
+            line("blocks.1.attn.hook_pattern", "[batch, 4, pos, pos]"),
+            "{text}"
+        );
+        assert!(line("blocks.0.ln1.hook_scale", "[batch, pos, 1]"), "{text}");
+    }
+}
+
+#[test]
+fn run_predicts_and_writes_a_loadable_cache() {
+    let dir = std::env::temp_dir().join(format!("pc-cli-{}", std::process::id()));
+    for name in ["gpt2", "llama", "mistral", "qwen2"] {
+        let out_file = dir.join(format!("{name}.safetensors"));
+        let out = ok(bin()
+            .args([
+                "run",
+                &fixture(name),
+                "--prompt",
+                "The cat sat",
+                "--top-k",
+                "3",
+                "--json",
+                "--cache",
+                "*",
+            ])
+            .arg("--out")
+            .arg(&out_file)
+            .output()
+            .unwrap());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let top = v["top_k"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let probs: Vec<f64> = top.iter().map(|t| t["prob"].as_f64().unwrap()).collect();
+        assert!(
+            probs.windows(2).all(|w| w[0] >= w[1]),
+            "sorted by probability"
+        );
+        let tensors = candle_core::safetensors::load(&out_file, &candle_core::Device::Cpu).unwrap();
+        let tokens = &tensors["tokens"];
+        assert_eq!(tokens.dtype(), candle_core::DType::I64);
+        let n = tokens.dims()[1];
+        assert_eq!(tensors["blocks.0.attn.hook_pattern"].dims(), &[1, 4, n, n]);
+        assert_eq!(tensors["logits"].dims(), &[1, n, 320]);
+        assert_eq!(
+            tensors.len() as u64,
+            v["cache"]["points"].as_u64().unwrap() + 1
+        );
+    }
+    // Position slicing and a glob.
+    let out_file = dir.join("last.safetensors");
+    ok(bin()
+        .args([
+            "run",
+            &fixture("gpt2"),
+            "--prompt",
+            "hello world",
+            "--cache",
+            "blocks.*.hook_resid_post",
+            "--positions",
+            "-1",
+        ])
+        .arg("--out")
+        .arg(&out_file)
+        .output()
+        .unwrap());
+    let t = candle_core::safetensors::load(&out_file, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(t.len(), 3);
+    assert_eq!(t["blocks.1.hook_resid_post"].dims(), &[1, 1, 32]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn models_load_from_the_hf_cache_by_repo_id() {
+    let home = std::env::temp_dir().join(format!("pc-cli-hf-{}", std::process::id()));
+    let snap = home.join("hub/models--acme--tiny-gpt2/snapshots/abc123");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(home.join("hub/models--acme--tiny-gpt2/refs")).unwrap();
+    std::fs::write(
+        home.join("hub/models--acme--tiny-gpt2/refs/main"),
+        "abc123\n",
+    )
+    .unwrap();
+    for e in std::fs::read_dir(fixture("gpt2")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
+    }
+    let out = ok(bin()
+        .args(["inspect", "acme/tiny-gpt2"])
+        .env("HF_HOME", &home)
+        .env_remove("HF_HUB_CACHE")
+        .output()
+        .unwrap());
+    assert!(out.contains("family     gpt2"), "{out}");
+    let out = ok(bin()
+        .args(["run", "acme/tiny-gpt2", "--prompt", "hello"])
+        .env("HF_HOME", &home)
+        .env_remove("HF_HUB_CACHE")
+        .output()
+        .unwrap());
+    assert!(out.contains("next-token predictions"), "{out}");
+    let err = fails(
+        bin()
+            .args(["inspect", "acme/absent"])
+            .env("HF_HOME", &home)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("models--acme--absent") && err.contains("never downloads"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(home).unwrap();
+}
+
+#[test]
+fn errors_are_one_line_with_exit_code_1() {
+    let err = fails(
+        bin()
+            .args(["run", &fixture("gpt2"), "--prompt", ""])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("the prompt is empty"), "{err}");
+    let err = fails(
+        bin()
+            .args([
+                "run",
+                &fixture("gpt2"),
+                "--prompt",
+                "x",
+                "--cache",
+                "blocks.0.hook_z",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("--cache needs --out"), "{err}");
+    let err = fails(
+        bin()
+            .args([
+                "run",
+                &fixture("gpt2"),
+                "--prompt",
+                "x",
+                "--cache",
+                "blocks.7.hook_resid_pre",
+                "--out",
+                "/tmp/pc-never.st",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("layer 7 is out of range"), "{err}");
+    let long = "the cat ".repeat(40);
+    let err = fails(
+        bin()
+            .args(["run", &fixture("gpt2"), "--prompt", &long])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("context is 64 tokens"), "{err}");
+    let err = fails(bin().args(["lab", "nonsense"]).output().unwrap());
+    assert!(err.contains("unknown experiment 'nonsense'"), "{err}");
+    // Usage errors are clap's: exit code 2.
+    assert_eq!(bin().args(["run"]).output().unwrap().status.code(), Some(2));
+}
+
+#[test]
+fn lab_runs_and_lists_experiments() {
+    let out = ok(bin().args(["lab"]).output().unwrap());
+    assert!(out.contains("induction"));
+    ok(bin().args(["lab", "induction"]).output().unwrap());
+}
