@@ -44,6 +44,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    patchclamp_core::sys::tune_allocator();
     init_logging(cli.verbose);
     let result = match cli.cmd {
         Cmd::Inspect(a) => inspect::main(a),

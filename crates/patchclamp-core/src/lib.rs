@@ -22,6 +22,7 @@ pub mod input;
 pub mod load;
 pub mod model;
 pub mod rng;
+pub mod sys;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -3,6 +3,7 @@
 pub mod arch;
 mod config;
 mod init;
+pub mod kernels;
 mod process;
 pub mod rope;
 mod transformer;

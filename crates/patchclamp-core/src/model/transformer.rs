@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::hooks::{HookPoint as P, Hooks, NormSite};
 use crate::input::Input;
 use crate::model::config::{Activation, Config, MlpKind, NormKind, Positions};
-use crate::model::rope;
 use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
+use crate::model::{kernels, rope};
 
 /// A transformer: its canonical config and weights.
 #[derive(Debug, Clone)]
@@ -190,10 +190,11 @@ impl Model {
             k = hooks.at(P::RotK(l), rope::apply(&k, cos, sin)?)?;
         }
 
-        let q = q.transpose(1, 2)?.contiguous()?; // [B, H, S, E]
+        // Scaling q (half the size of the scores) instead of the scores; equal up to rounding.
+        let q = (q.transpose(1, 2)?.contiguous()? * (1.0 / cfg.attn_scale))?; // [B, H, S, E]
         let k = repeat_kv(&k.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
         let v = repeat_kv(&v.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
-        let scores = (q.matmul(&k.t()?)? / cfg.attn_scale)?; // [B, H, S, S]
+        let scores = q.matmul(&k.t()?)?; // [B, H, S, S]
         let scores = hooks.at(P::AttnScores(l), scores.broadcast_add(&ctx.mask)?)?;
         let pattern = hooks.at(P::Pattern(l), softmax_last_dim(&scores)?)?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?; // [B, S, H, E]
@@ -410,7 +411,7 @@ fn repeat_kv(x: &Tensor, g: usize) -> Result<Tensor> {
 /// Softmax over the last dimension; the fused kernel when no gradient is tracked.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
-        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+        return Ok(kernels::softmax_last_dim_inference(x)?);
     }
     // candle's fused softmax has no backward: compose it from differentiable ops.
     let max = x.max_keepdim(D::Minus1)?.detach();
@@ -422,9 +423,9 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
         Activation::Gelu => x.gelu_erf()?,
-        Activation::GeluNew => x.gelu()?,
+        Activation::GeluNew => kernels::gelu_tanh(x)?,
         Activation::Relu => x.relu()?,
-        Activation::Silu => x.silu()?,
+        Activation::Silu => kernels::silu(x)?,
     })
 }
 

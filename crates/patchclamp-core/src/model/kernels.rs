@@ -1,0 +1,343 @@
+//! Fused CPU kernels for hot element-wise activations, each with its own backward.
+//!
+//! candle's `gelu` evaluates libm's scalar `tanhf` on one thread: on GPT-2 small it cost more
+//! than half a second per forward. These kernels write `x·σ(k·x)`-style formulas over parallel
+//! chunks and define the gradient, so training through them stays exact.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Which activation a [`Act`] op computes.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// `x · σ(2·√(2/π)·(x + 0.044715·x³))`, which equals GPT-2's tanh-approximated GELU.
+    GeluTanh,
+    /// `x · σ(x)`.
+    Silu,
+}
+
+struct Act(Kind);
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_C: f32 = 0.044_715;
+
+/// `eˣ` to about 1 ulp (Cephes' polynomial), written without branches or calls so the loops
+/// around it vectorise; exactly 0 below -88 (so masked attention stays exactly zero).
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    let xc = x.clamp(-87.0, 88.0);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * C1 - n * C2;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let p = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -88.0 {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_one(x: f32) -> f32 {
+    let u = SQRT_2_OVER_PI * (x + GELU_C * x * x * x);
+    x / (1.0 + exp_approx(-2.0 * u))
+}
+
+#[inline(always)]
+fn silu_one(x: f32) -> f32 {
+    x / (1.0 + exp_approx(-x))
+}
+
+#[inline(always)]
+fn map_slice(kind: Kind, src: &[f32], dst: &mut [f32]) {
+    // One loop per kind, so each is a straight-line body the compiler vectorises.
+    match kind {
+        Kind::GeluTanh => dst
+            .iter_mut()
+            .zip(src)
+            .for_each(|(o, &x)| *o = gelu_tanh_one(x)),
+        Kind::Silu => dst.iter_mut().zip(src).for_each(|(o, &x)| *o = silu_one(x)),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn map_slice_avx512(kind: Kind, src: &[f32], dst: &mut [f32]) {
+    map_slice(kind, src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map_slice_avx2(kind: Kind, src: &[f32], dst: &mut [f32]) {
+    map_slice(kind, src, dst)
+}
+
+/// The widest vector version of `map_slice` this CPU runs.
+fn map_best(kind: Kind, src: &[f32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { map_slice_avx512(kind, src, dst) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { map_slice_avx2(kind, src, dst) };
+        }
+    }
+    map_slice(kind, src, dst)
+}
+
+/// Chunk size for the parallel map: big enough to amortise scheduling.
+const CHUNK: usize = 1 << 14;
+
+impl CustomOp1 for Act {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Kind::GeluTanh => "patchclamp-gelu-tanh",
+            Kind::Silu => "patchclamp-silu",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("{}: only f32 is supported", self.name());
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{}: input must be contiguous", self.name());
+        };
+        let src = &data[start..end];
+        let mut out = vec![0f32; src.len()];
+        let kind = self.0;
+        out.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(o, i)| map_best(kind, i, o));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // Composite derivative: d/dx [x·σ(g(x))] = σ + x·σ·(1−σ)·g'(x).
+        let x = x.detach();
+        let (g, dg) = match self.0 {
+            Kind::GeluTanh => {
+                let g = ((&x + (x.powf(3.0)? * GELU_C as f64)?)? * (2.0 * SQRT_2_OVER_PI) as f64)?;
+                let dg =
+                    ((x.sqr()? * (3.0 * GELU_C) as f64)? + 1.0)? * (2.0 * SQRT_2_OVER_PI) as f64;
+                (g, dg?)
+            }
+            Kind::Silu => (x.clone(), x.ones_like()?),
+        };
+        let s = candle_nn::ops::sigmoid(&g)?;
+        let ds = (&s + ((&x * &s)? * (s.ones_like()? - &s)?)?.mul(&dg)?)?;
+        Ok(Some(grad.mul(&ds)?))
+    }
+}
+
+/// GPT-2's `gelu_new` (tanh approximation), fused on CPU.
+pub fn gelu_tanh(x: &Tensor) -> candle_core::Result<Tensor> {
+    fused(x, Kind::GeluTanh, |x| x.gelu())
+}
+
+/// SiLU (swish), fused on CPU.
+pub fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
+    fused(x, Kind::Silu, |x| x.silu())
+}
+
+/// The fused kernel for contiguous f32 on CPU; candle's own op elsewhere.
+fn fused(
+    x: &Tensor,
+    kind: Kind,
+    fallback: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1(Act(kind))
+    } else {
+        fallback(x)
+    }
+}
+
+/// Softmax over the last dimension of a contiguous f32 tensor (inference only: no backward).
+struct SoftmaxLastDim;
+
+/// Lanes for reductions: independent accumulators the compiler keeps in one vector register.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn lane_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    rest.iter()
+        .chain(acc.iter())
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+#[inline(always)]
+fn lane_sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    rest.iter().sum::<f32>() + acc.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn softmax_row(row: &[f32], out: &mut [f32]) {
+    let max = lane_max(row);
+    out.iter_mut()
+        .zip(row)
+        .for_each(|(o, &x)| *o = exp_approx(x - max));
+    let inv = 1.0 / lane_sum(out);
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_rows_avx512(src: &[f32], dst: &mut [f32], n: usize) {
+    for (r, o) in src.chunks(n).zip(dst.chunks_mut(n)) {
+        softmax_row(r, o)
+    }
+}
+
+fn softmax_rows(src: &[f32], dst: &mut [f32], n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { softmax_rows_avx512(src, dst, n) };
+    }
+    for (r, o) in src.chunks(n).zip(dst.chunks_mut(n)) {
+        softmax_row(r, o)
+    }
+}
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "patchclamp-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("softmax: only f32 is supported");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("softmax: input must be contiguous");
+        };
+        let n = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let src = &data[start..end];
+        let mut out = vec![0f32; src.len()];
+        let rows_per_chunk = (CHUNK / n).max(1);
+        out.par_chunks_mut(rows_per_chunk * n)
+            .zip(src.par_chunks(rows_per_chunk * n))
+            .for_each(|(o, i)| softmax_rows(i, o, n));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension without gradient tracking, fused on CPU.
+pub fn softmax_last_dim_inference(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn exp_approx_is_accurate_and_exact_at_the_ends() {
+        for i in -8700..=8800 {
+            let x = i as f32 / 100.0;
+            let (a, e) = (exp_approx(x), x.exp());
+            assert!(((a - e) / e).abs() < 2e-7, "exp({x}) = {a}, want {e}");
+        }
+        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_approx(-100.0), 0.0);
+        // Between -88 and -87 the result saturates at e^-87 ≈ 1.6e-38 instead of going subnormal.
+        assert!(exp_approx(-87.5) < 2e-38);
+        assert_eq!(exp_approx(0.0), 1.0);
+    }
+
+    #[test]
+    fn softmax_matches_candle_and_masks_exactly() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 4.0, (3, 5, 129), &dev).unwrap();
+        let ours = softmax_last_dim_inference(&x).unwrap();
+        assert!(max_diff(&ours, &candle_nn::ops::softmax_last_dim(&x).unwrap()) < 1e-6);
+        let masked = Tensor::new(&[[0.5f32, f32::NEG_INFINITY, 1.0]], &dev).unwrap();
+        let p: Vec<f32> = softmax_last_dim_inference(&masked)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(p[1], 0.0);
+        assert!((p[0] + p[2] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn kernels_match_candle_values_and_gradients() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 3.0, (7, 4099), &dev).unwrap())
+            .contiguous()
+            .unwrap();
+        assert!(max_diff(&gelu_tanh(&x).unwrap(), &x.gelu().unwrap()) < 1e-5);
+        assert!(max_diff(&silu(&x).unwrap(), &x.silu().unwrap()) < 1e-5);
+        // Gradients against candle's own (composite) ops.
+        let v = Var::from_tensor(&x).unwrap();
+        for (ours, theirs) in [
+            (
+                gelu_tanh(v.as_tensor()).unwrap(),
+                v.as_tensor().gelu().unwrap(),
+            ),
+            (silu(v.as_tensor()).unwrap(), v.as_tensor().silu().unwrap()),
+        ] {
+            let g1 = ours.sum_all().unwrap().backward().unwrap();
+            let g2 = theirs.sum_all().unwrap().backward().unwrap();
+            let d = max_diff(g1.get(&v).unwrap(), g2.get(&v).unwrap());
+            assert!(d < 1e-4, "gradient differs by {d}");
+        }
+    }
+}
