@@ -96,36 +96,50 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frameworks", default="patchclamp,transformers,transformer_lens")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every measurement this many times, frameworks interleaved, and "
+                         "report the median round (the machine's speed drifts over minutes)")
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--child", nargs=3, metavar=("SHAPE", "FRAMEWORK", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         child(*a.child, a.batch, a.seq, a.iters, a.warmup, a.threads)
         return
-    rows = []
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+
+    def measure(shape, fw):
+        if fw == "patchclamp":
+            out = subprocess.run(
+                [a.patchclamp, "bench", "forward", "--shape", shape, "--batch", str(a.batch),
+                 "--seq", str(a.seq), "--iters", str(a.iters), "--warmup", str(a.warmup),
+                 "--threads", str(a.threads), "--json"],
+                check=True, capture_output=True, text=True, env=env).stdout
+            rows = json.loads(out)
+            for r in rows:
+                r["framework"] = "patchclamp"
+            return rows
+        rows = []
+        for mode in ["plain", "cache-all"]:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", shape, fw, mode, "--batch", str(a.batch),
+                 "--seq", str(a.seq), "--iters", str(a.iters), "--warmup", str(a.warmup),
+                 "--threads", str(a.threads)],
+                check=True, capture_output=True, text=True, env=env).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        return rows
+
+    frameworks = [f for f in a.frameworks.split(",") if f != "patchclamp" or a.patchclamp]
+    rows = []
     for shape in a.shapes.split(","):
-        for fw in a.frameworks.split(","):
-            if fw == "patchclamp":
-                if not a.patchclamp:
-                    continue
-                out = subprocess.run(
-                    [a.patchclamp, "bench", "forward", "--shape", shape, "--batch", str(a.batch),
-                     "--seq", str(a.seq), "--iters", str(a.iters), "--warmup", str(a.warmup),
-                     "--threads", str(a.threads), "--json"],
-                    check=True, capture_output=True, text=True, env=env).stdout
-                for r in json.loads(out):
-                    r["framework"] = "patchclamp"
-                    rows.append(r)
-                continue
-            for mode in ["plain", "cache-all"]:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", shape, fw, mode, "--batch", str(a.batch),
-                     "--seq", str(a.seq), "--iters", str(a.iters), "--warmup", str(a.warmup),
-                     "--threads", str(a.threads)],
-                    check=True, capture_output=True, text=True, env=env).stdout
-                rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(f"done {shape} {fw}", file=sys.stderr)
+        rounds = {}
+        for rnd in range(a.rounds):
+            for fw in frameworks:
+                for r in measure(shape, fw):
+                    rounds.setdefault((fw, r["mode"]), []).append(r)
+                print(f"done {shape} {fw} round {rnd + 1}", file=sys.stderr)
+        for key in sorted(rounds, key=lambda k: (frameworks.index(k[0]), k[1] != "plain")):
+            rs = sorted(rounds[key], key=lambda r: r["median_ms"])
+            rows.append(rs[len(rs) // 2])
     hdr = f"| {'model':<10} | {'framework':<16} | {'mode':<9} | {'median ms':>9} | {'tokens/s':>9} | {'peak RSS MiB':>12} | {'cache MiB':>9} |"
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")

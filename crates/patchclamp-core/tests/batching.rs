@@ -139,6 +139,10 @@ fn capture_stores_only_what_was_asked_and_slices_positions() {
         ),
         0.0
     );
+    // A predicate, like TransformerLens's names_filter.
+    let mut heads = Hooks::none().capture(Selector::filter(|p| p.has_heads() && p.layer() == Some(0)));
+    m.model.forward(&input, &mut heads).unwrap();
+    assert_eq!(heads.cache().len(), 7, "q, k, v, scores, pattern, z, result of block 0");
     // Layer selection records exactly that block's points.
     assert!(full.cache().iter().all(|(p, _)| p.layer() == Some(1)));
     assert!(

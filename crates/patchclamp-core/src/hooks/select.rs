@@ -1,11 +1,16 @@
 //! Selectors: which hook points a capture asks for (a name, a glob, a layer, all).
 
+use std::sync::Arc;
+
 use crate::error::{nearest_hint, Error, Result};
 use crate::hooks::HookPoint;
 use crate::model::Config;
 
+/// A predicate over hook points (`Selector::Filter`).
+pub type PointFilter = Arc<dyn Fn(&HookPoint) -> bool + Send + Sync>;
+
 /// Picks a set of hook points.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub enum Selector {
     /// Every hook point of the model.
     All,
@@ -15,6 +20,20 @@ pub enum Selector {
     Glob(String),
     /// Every point of one block.
     Layer(usize),
+    /// Every point a predicate accepts, like TransformerLens's `names_filter`.
+    Filter(PointFilter),
+}
+
+impl std::fmt::Debug for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::All => f.write_str("All"),
+            Selector::Point(p) => write!(f, "Point({p})"),
+            Selector::Glob(g) => write!(f, "Glob({g:?})"),
+            Selector::Layer(l) => write!(f, "Layer({l})"),
+            Selector::Filter(_) => f.write_str("Filter(..)"),
+        }
+    }
 }
 
 impl From<HookPoint> for Selector {
@@ -24,6 +43,11 @@ impl From<HookPoint> for Selector {
 }
 
 impl Selector {
+    /// Every point `pred` accepts.
+    pub fn filter(pred: impl Fn(&HookPoint) -> bool + Send + Sync + 'static) -> Selector {
+        Selector::Filter(Arc::new(pred))
+    }
+
     /// Parses a user's pattern: `*`, a glob, or an exact TransformerLens name.
     pub fn parse(pattern: &str) -> Result<Selector> {
         if pattern == "*" || pattern == "all" {
@@ -57,6 +81,7 @@ impl Selector {
                     .filter(|p| p.layer() == Some(*l))
                     .collect())
             }
+            Selector::Filter(pred) => Ok(all.iter().copied().filter(|p| pred(p)).collect()),
             Selector::Glob(g) => {
                 let names: Vec<String> = all.iter().map(|p| p.to_string()).collect();
                 let hits: Vec<HookPoint> = all

@@ -194,10 +194,10 @@ impl Model {
         let q = (q.transpose(1, 2)?.contiguous()? * (1.0 / cfg.attn_scale))?; // [B, H, S, E]
         let k = repeat_kv(&k.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
         let v = repeat_kv(&v.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
-        let scores = q.matmul(&k.t()?)?; // [B, H, S, S]
+        let scores = bmm(&q, &k.t()?)?; // [B, H, S, S]
         let scores = hooks.at(P::AttnScores(l), scores.broadcast_add(&ctx.mask)?)?;
         let pattern = hooks.at(P::Pattern(l), softmax_last_dim(&scores)?)?;
-        let z = pattern.matmul(&v)?.transpose(1, 2)?; // [B, S, H, E]
+        let z = bmm(&pattern, &v)?.transpose(1, 2)?; // [B, S, H, E]
         let z = hooks.at(P::Z(l), z)?;
 
         if hooks.wants(P::Result(l)) {
@@ -374,11 +374,28 @@ pub fn ensure_finite(t: &Tensor, what: &str) -> Result<()> {
 
 /// `x @ w + b` for `x` `[..., in]` and `w` `[in, out]`, as one 2-D matrix product.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if let Some(b) = b {
+        if !x.track_op() && !w.track_op() && !b.track_op() {
+            let din = x.dim(D::Minus1)?;
+            let mut out = x.dims().to_vec();
+            *out.last_mut().expect("non-scalar") = w.dim(1)?;
+            let x2 = x.reshape((x.elem_count() / din, din))?;
+            return Ok(kernels::linear_bias_inference(&x2, w, b)?.reshape(out)?);
+        }
+    }
     let y = matmul(x, w)?;
     Ok(match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     })
+}
+
+/// Batched product `a @ b`: the parallel-over-batch kernel when no gradient is tracked.
+fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.track_op() || b.track_op() {
+        return Ok(a.matmul(b)?);
+    }
+    Ok(kernels::bmm_inference(a, b)?)
 }
 
 /// `x @ w` over the last dimension of `x`, flattening leading dims into one GEMM.
