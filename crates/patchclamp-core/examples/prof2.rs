@@ -31,7 +31,9 @@ fn main() -> candle_core::Result<()> {
     t("3072x768", || h.matmul(&w4t));
     t("768x3072 via t()", || x.matmul(&w4t.t()?));
     let b4 = Tensor::randn(0f32, 1., 3072, &dev)?;
-    t("linear_bias kernel 768x3072", || patchclamp_core::model::kernels::linear_bias_inference(&x, &w4, &b4));
+    t("linear_bias kernel 768x3072", || {
+        patchclamp_core::model::kernels::linear_bias_inference(&x, &w4, &b4)
+    });
     t("gelu kernel 1024x3072", || {
         patchclamp_core::model::kernels::gelu_tanh(&h)
     });

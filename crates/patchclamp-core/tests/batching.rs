@@ -140,9 +140,14 @@ fn capture_stores_only_what_was_asked_and_slices_positions() {
         0.0
     );
     // A predicate, like TransformerLens's names_filter.
-    let mut heads = Hooks::none().capture(Selector::filter(|p| p.has_heads() && p.layer() == Some(0)));
+    let mut heads =
+        Hooks::none().capture(Selector::filter(|p| p.has_heads() && p.layer() == Some(0)));
     m.model.forward(&input, &mut heads).unwrap();
-    assert_eq!(heads.cache().len(), 7, "q, k, v, scores, pattern, z, result of block 0");
+    assert_eq!(
+        heads.cache().len(),
+        7,
+        "q, k, v, scores, pattern, z, result of block 0"
+    );
     // Layer selection records exactly that block's points.
     assert!(full.cache().iter().all(|(p, _)| p.layer() == Some(1)));
     assert!(
@@ -160,9 +165,11 @@ fn capturing_does_not_change_logits() {
         let plain = m.model.forward(&input, &mut Hooks::none()).unwrap();
         let mut all = Hooks::none().capture_all();
         let hooked = m.model.forward(&input, &mut all).unwrap();
-        // hook_result changes the order of the W_O sum, so compare with a rounding tolerance;
-        // without it the two passes run the same ops and must agree exactly.
-        assert!(max_diff(&plain, &hooked) <= 1e-5, "{name}");
+        assert_eq!(
+            max_diff(&plain, &hooked),
+            0.0,
+            "{name}: recording every point, hook_result included"
+        );
         let mut most = Hooks::none().capture(Selector::parse("blocks.*.hook_resid_post").unwrap());
         let same = m.model.forward(&input, &mut most).unwrap();
         assert_eq!(
@@ -197,4 +204,28 @@ fn an_edit_changes_downstream_activations() {
         + emb.cache().get(HookPoint::PosEmbed).unwrap())
     .unwrap();
     assert!(max_diff(hooks.cache().get(HookPoint::ResidPost(1)).unwrap(), &want) < 1e-6);
+}
+
+#[test]
+fn editing_hook_result_removes_exactly_that_heads_contribution() {
+    let dev = Device::Cpu;
+    let m = load(&fixture("llama"), &dev).unwrap();
+    let input = Input::single(&[0, 7, 8, 9, 10], &dev).unwrap();
+    let mut rec = Hooks::none()
+        .capture(HookPoint::Result(1))
+        .capture(HookPoint::AttnOut(1));
+    m.model.forward(&input, &mut rec).unwrap();
+    let result = rec.cache().get(HookPoint::Result(1)).unwrap().clone();
+    let head2 = result.narrow(2, 2, 1).unwrap().squeeze(2).unwrap();
+    let want = (rec.cache().get(HookPoint::AttnOut(1)).unwrap() - head2).unwrap();
+
+    let mut edit = Hooks::none()
+        .edit(HookPoint::Result(1), |_, x| {
+            let keep = Tensor::new(&[1f32, 1., 0., 1.], x.device())?.reshape((1, 1, 4, 1))?;
+            Ok(x.broadcast_mul(&keep)?)
+        })
+        .capture(HookPoint::AttnOut(1));
+    m.model.forward(&input, &mut edit).unwrap();
+    let d = max_diff(edit.cache().get(HookPoint::AttnOut(1)).unwrap(), &want);
+    assert!(d < 1e-5, "attn_out after ablating head 2 differs by {d:e}");
 }

@@ -92,6 +92,11 @@ impl Hooks {
         self.capture_set.contains(&point) || self.edit_index.contains_key(&point)
     }
 
+    /// Whether an edit changes `point` (captures alone do not).
+    pub fn edits(&self, point: HookPoint) -> bool {
+        self.edit_index.contains_key(&point)
+    }
+
     /// The single place activations leave the forward pass: apply edits, record, pass on.
     pub fn at(&mut self, point: HookPoint, x: Tensor) -> Result<Tensor> {
         let mut x = x;

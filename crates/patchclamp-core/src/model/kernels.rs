@@ -35,7 +35,7 @@ pub fn exp_approx(x: f32) -> f32 {
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let p = p * r * r + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     if x < -88.0 {
@@ -268,7 +268,6 @@ pub fn softmax_last_dim_inference(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-
 // --- matrix products for inference -------------------------------------------------------------
 
 /// `x @ w + b` for contiguous `x` `[rows, in]`, `w` `[in, out]`, `b` `[out]` (inference only).
@@ -297,11 +296,18 @@ impl candle_core::CustomOp3 for LinearBias {
         let (rows, k) = xl.shape().dims2()?;
         let (k2, n) = wl.shape().dims2()?;
         if k != k2 || bl.shape().elem_count() != n {
-            candle_core::bail!("linear: shapes {:?} @ {:?} + {:?}", xl.shape(), wl.shape(), bl.shape());
+            candle_core::bail!(
+                "linear: shapes {:?} @ {:?} + {:?}",
+                xl.shape(),
+                wl.shape(),
+                bl.shape()
+            );
         }
-        let (Some((x0, _)), Some((w0, _)), Some((b0, _))) =
-            (xl.contiguous_offsets(), wl.contiguous_offsets(), bl.contiguous_offsets())
-        else {
+        let (Some((x0, _)), Some((w0, _)), Some((b0, _))) = (
+            xl.contiguous_offsets(),
+            wl.contiguous_offsets(),
+            bl.contiguous_offsets(),
+        ) else {
             candle_core::bail!("linear: inputs must be contiguous");
         };
         let bias = &b[b0..b0 + n];
@@ -312,11 +318,24 @@ impl candle_core::CustomOp3 for LinearBias {
         // SAFETY: the pointers cover rows×k, k×n and rows×n contiguous f32 values (checked).
         unsafe {
             gemm::gemm(
-                rows, n, k,
-                out.as_mut_ptr(), 1, n as isize, true,
-                x[x0..].as_ptr(), 1, k as isize,
-                w[w0..].as_ptr(), 1, n as isize,
-                1.0, 1.0, false, false, false,
+                rows,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                true,
+                x[x0..].as_ptr(),
+                1,
+                k as isize,
+                w[w0..].as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
                 gemm::Parallelism::Rayon(rayon::current_num_threads()),
             );
         }
@@ -327,7 +346,8 @@ impl candle_core::CustomOp3 for LinearBias {
 /// `x @ w + b` with the bias fused into the product, for 2-D f32 CPU tensors without gradients.
 pub fn linear_bias_inference(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &LinearBias)
+        x.contiguous()?
+            .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &LinearBias)
     } else {
         x.matmul(w)?.broadcast_add(b)
     }
@@ -373,11 +393,24 @@ impl candle_core::CustomOp2 for BatchedMatmul {
             // through the layout's own strides; dst is this entry's m×n output.
             unsafe {
                 gemm::gemm(
-                    m, n, k,
-                    dst.as_mut_ptr(), 1, n as isize, false,
-                    lhs, 1, k as isize,
-                    rhs, b_cs, b_rs,
-                    0.0, 1.0, false, false, false,
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    lhs,
+                    1,
+                    k as isize,
+                    rhs,
+                    b_cs,
+                    b_rs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
                     gemm::Parallelism::None,
                 );
             }
@@ -401,7 +434,11 @@ pub fn bmm_inference(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         Ok(t) => t,
         Err(_) => b.contiguous()?.reshape((batch, k, n))?,
     };
-    let b3 = if b3.layout().stride()[0] == 0 { b3.contiguous()? } else { b3 };
+    let b3 = if b3.layout().stride()[0] == 0 {
+        b3.contiguous()?
+    } else {
+        b3
+    };
     let mut out_dims = dims[..r - 2].to_vec();
     out_dims.extend([m, n]);
     a3.apply_op2_no_bwd(&b3, &BatchedMatmul)?.reshape(out_dims)
@@ -437,7 +474,10 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (2, 3, 6, 4), &dev).unwrap();
         let kt = k.t().unwrap();
         let want = q.matmul(&kt).unwrap();
-        assert!(max_diff(&bmm_inference(&q, &kt).unwrap(), &want) < 1e-5, "transposed rhs view");
+        assert!(
+            max_diff(&bmm_inference(&q, &kt).unwrap(), &want) < 1e-5,
+            "transposed rhs view"
+        );
         let v = Tensor::randn(0f32, 1.0, (2, 3, 6, 4), &dev).unwrap();
         let p = want.clone();
         assert!(max_diff(&bmm_inference(&p, &v).unwrap(), &p.matmul(&v).unwrap()) < 1e-5);

@@ -201,20 +201,23 @@ impl Model {
         let z = hooks.at(P::Z(l), z)?;
 
         if hooks.wants(P::Result(l)) {
-            // Per-head outputs z_h · W_O[h], only computed when someone asks for them.
+            // Per-head outputs z_h · W_O[h] (without b_O), only computed when someone asks.
             let d = cfg.d_model;
             let zh = z.permute((2, 0, 1, 3))?.reshape((h, b * s, e))?; // [H, B·S, E]
             let w_o = w.w_o.reshape((h, e, d))?; // [H, E, D]
-            let result = zh
-                .matmul(&w_o)?
+            let result = bmm(&zh, &w_o)?
                 .reshape((h, b, s, d))?
                 .permute((1, 2, 0, 3))?; // [B, S, H, D]
             let result = hooks.at(P::Result(l), result)?;
-            let out = result.sum(2)?;
-            return Ok(match &w.b_o {
-                Some(b_o) => out.broadcast_add(b_o)?,
-                None => out,
-            });
+            if hooks.edits(P::Result(l)) {
+                // An edited result is what flows on: the output is the sum over heads.
+                let out = result.sum(2)?;
+                return Ok(match &w.b_o {
+                    Some(b_o) => out.broadcast_add(b_o)?,
+                    None => out,
+                });
+            }
+            // Only recorded: keep the plain path below so recording never changes the numbers.
         }
         linear(&z.reshape((b, s, h * e))?, &w.w_o, w.b_o.as_ref())
     }
