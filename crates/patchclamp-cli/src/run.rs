@@ -27,6 +27,9 @@ pub struct Args {
     /// How many next-token predictions to show.
     #[arg(long, default_value_t = 10)]
     top_k: usize,
+    /// Apply the interventions in FILE (TOML `[[interventions]]` tables, or a JSON list).
+    #[arg(long, value_name = "FILE")]
+    intervene: Option<PathBuf>,
     /// Prepend the BOS token (default: the model's TransformerLens default).
     #[arg(long)]
     prepend_bos: Option<bool>,
@@ -53,6 +56,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let input = Input::single(&ids, &dev)?;
 
     let mut hooks = Hooks::none();
+    if let Some(path) = &a.intervene {
+        hooks = hooks.intervene_all(read_interventions(path)?);
+    }
     for pattern in &a.cache {
         hooks =
             hooks.capture(Selector::parse(pattern).with_context(|| format!("--cache {pattern}"))?);
@@ -120,4 +126,27 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Interventions from a TOML file (`[[interventions]]` tables) or a JSON list.
+pub fn read_interventions(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<patchclamp_core::Intervention>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        interventions: Vec<patchclamp_core::Intervention>,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    let list = if is_json {
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    } else {
+        let f: File = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " "))
+        })?;
+        f.interventions
+    };
+    Ok(list)
 }

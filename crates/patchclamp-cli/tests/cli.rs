@@ -229,3 +229,40 @@ fn lab_runs_and_lists_experiments() {
     assert!(out.contains("induction"));
     ok(bin().args(["lab", "induction"]).output().unwrap());
 }
+
+#[test]
+fn run_applies_an_intervention_file_and_rejects_a_bad_one() {
+    let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments/ablate-head.toml");
+    let json = |extra: &[&str]| -> serde_json::Value {
+        let mut cmd = bin();
+        cmd.args([
+            "run",
+            &fixture("gpt2"),
+            "--prompt",
+            "The cat sat",
+            "--json",
+            "--top-k",
+            "1",
+        ])
+        .args(extra);
+        serde_json::from_str(&ok(cmd.output().unwrap())).unwrap()
+    };
+    let plain = json(&[]);
+    let clamped = json(&["--intervene", spec.to_str().unwrap()]);
+    let logit = |v: &serde_json::Value| v["top_k"][0]["logit"].as_f64().unwrap();
+    assert!(
+        (logit(&plain) - logit(&clamped)).abs() > 1e-3,
+        "the interventions change the output"
+    );
+    let bad = std::env::temp_dir().join(format!("pc-bad-{}.toml", std::process::id()));
+    std::fs::write(&bad, "[[interventions]]\nat = \"blocks.1.attn.hook_z\"\nselect = { heads = [9] }\nop = { kind = \"zero\" }\n").unwrap();
+    let err = fails(
+        bin()
+            .args(["run", &fixture("gpt2"), "--prompt", "x", "--intervene"])
+            .arg(&bad)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("head 9 is out of range"), "{err}");
+    std::fs::remove_file(bad).unwrap();
+}

@@ -26,7 +26,7 @@ pub mod sys;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
-pub use hooks::{ActivationCache, HookPoint, Hooks, Selector};
+pub use hooks::{ActivationCache, HookPoint, Hooks, Intervention, Op, Selection, Selector};
 pub use input::{Input, Padding};
 pub use load::{load, Loaded};
 pub use model::{Config, Model, Processing};

@@ -4,10 +4,12 @@
 //! With nothing registered at `point` that call is one hash lookup and returns `x` untouched.
 
 mod cache;
+mod intervene;
 mod point;
 mod select;
 
 pub use cache::ActivationCache;
+pub use intervene::{unit_rows, Intervention, Op, Positions, Schedule, Selection, Values};
 pub use point::{HookPoint, NormSite};
 pub use select::Selector;
 
@@ -21,12 +23,20 @@ use crate::model::Config;
 /// A Rust closure that replaces the activation at a hook point (the escape hatch).
 pub type EditFn = Box<dyn FnMut(HookPoint, &Tensor) -> Result<Tensor> + Send>;
 
-/// The hooks of one forward pass: captures to record and edits to apply.
+/// A change applied at a hook point: a declarative intervention or a closure.
+enum Action {
+    Intervene(Box<Intervention>),
+    Edit(EditFn),
+}
+
+/// The hooks of one forward pass: captures to record and changes to apply.
 #[derive(Default)]
 pub struct Hooks {
     selectors: Vec<Selector>,
     positions: Option<Vec<i64>>,
-    edits: Vec<(HookPoint, EditFn)>,
+    actions: Vec<(HookPoint, Action)>,
+    sources: HashMap<String, ActivationCache>,
+    step: u64,
     // Resolved against a model config by `prepare`.
     capture_set: HashSet<HookPoint>,
     edit_index: HashMap<HookPoint, Vec<usize>>,
@@ -56,18 +66,42 @@ impl Hooks {
         self
     }
 
-    /// Replace the activation at `point` by `f(point, x)`; edits apply in the order added.
+    /// Replace the activation at `point` by `f(point, x)` (the escape hatch). Edits and
+    /// interventions at one point apply in the order they were added.
     pub fn edit(
         mut self,
         point: HookPoint,
         f: impl FnMut(HookPoint, &Tensor) -> Result<Tensor> + Send + 'static,
     ) -> Self {
-        self.edits.push((point, Box::new(f)));
+        self.actions.push((point, Action::Edit(Box::new(f))));
         self
     }
 
-    /// Resolves selectors and edits against `cfg`; the forward pass calls this first.
-    pub fn prepare(&mut self, cfg: &Config) -> Result<()> {
+    /// Add a declarative intervention.
+    pub fn intervene(mut self, iv: Intervention) -> Self {
+        self.actions.push((iv.at, Action::Intervene(Box::new(iv))));
+        self
+    }
+
+    /// Add several interventions, in order.
+    pub fn intervene_all(self, ivs: impl IntoIterator<Item = Intervention>) -> Self {
+        ivs.into_iter().fold(self, |h, iv| h.intervene(iv))
+    }
+
+    /// Register another run's activations under `name`, for `patch` and `subspace_patch` ops.
+    pub fn source(mut self, name: impl Into<String>, cache: ActivationCache) -> Self {
+        self.sources.insert(name.into(), cache);
+        self
+    }
+
+    /// Set the training step that intervention schedules are checked against.
+    pub fn set_step(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// Resolves selectors and checks every intervention against `cfg` and a `batch × seq`
+    /// input before any compute; the forward pass calls this first.
+    pub fn prepare(&mut self, cfg: &Config, batch: usize, seq: usize) -> Result<()> {
         let all = HookPoint::all(cfg);
         self.capture_set.clear();
         for sel in &self.selectors {
@@ -75,12 +109,19 @@ impl Hooks {
             self.capture_set.extend(matched);
         }
         self.edit_index.clear();
-        for (i, (p, _)) in self.edits.iter().enumerate() {
+        for (i, (p, action)) in self.actions.iter().enumerate() {
             if !p.exists_in(cfg) {
-                return Err(Error::UnknownHook {
-                    name: format!("{p}' (this model has no such point"),
-                    near: ")".into(),
-                });
+                HookPoint::parse_for(&p.to_string(), cfg)?;
+            }
+            if let Action::Intervene(iv) = action {
+                iv.validate(cfg, batch, seq, &self.sources)?;
+                if !iv.when.active(self.step) {
+                    continue;
+                }
+                if iv.op == Op::Record {
+                    self.capture_set.insert(*p);
+                    continue;
+                }
             }
             self.edit_index.entry(*p).or_default().push(i);
         }
@@ -102,7 +143,10 @@ impl Hooks {
         let mut x = x;
         if let Some(idx) = self.edit_index.get(&point) {
             for &i in idx {
-                let new = (self.edits[i].1)(point, &x)?;
+                let new = match &mut self.actions[i].1 {
+                    Action::Edit(f) => f(point, &x)?,
+                    Action::Intervene(iv) => iv.apply(&x, &self.sources)?,
+                };
                 if new.dims() != x.dims() {
                     return Err(Error::Input(format!(
                         "edit at {point} returned shape {:?}, expected {:?}",

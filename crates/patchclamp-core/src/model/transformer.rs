@@ -49,9 +49,9 @@ impl Model {
 
     /// Runs the model on `input`; returns logits `[B, S, V]`.
     pub fn forward(&self, input: &Input, hooks: &mut Hooks) -> Result<Tensor> {
-        hooks.prepare(&self.cfg)?;
         self.check_input(input)?;
         let (b, s) = input.dims()?;
+        hooks.prepare(&self.cfg, b, s)?;
         let w = &self.weights;
 
         let embed = w

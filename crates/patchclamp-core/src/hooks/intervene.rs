@@ -1,0 +1,494 @@
+//! Declarative interventions: `Intervention { at, select, op, when }`, serialisable, validated
+//! before any compute, applied by `Hooks::at` in the order they were added.
+//!
+//! Replacing ops (zero, mean, set, patch, subspace patch) make the replaced elements constants:
+//! no gradient flows through them to upstream parameters, while unselected elements keep theirs.
+//! Additive and linear ops (add, scale, project out) keep the gradient.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hooks::{ActivationCache, HookPoint};
+use crate::model::Config;
+
+/// One intervention: where, on which elements, what, and when (training steps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intervention {
+    /// The hook point (TransformerLens name in files).
+    pub at: HookPoint,
+    /// Which elements; everything when empty.
+    #[serde(default)]
+    pub select: Selection,
+    /// What to do to them.
+    pub op: Op,
+    /// When it is active; always when absent.
+    #[serde(default)]
+    pub when: Schedule,
+}
+
+/// Picks elements of an activation along its batch, position, head and unit dimensions.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// Batch rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Vec<usize>>,
+    /// Positions (query positions for attention maps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<Positions>,
+    /// Heads, for points with a head dimension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<Vec<usize>>,
+    /// Indices of the last dimension (neurons, residual dimensions, key positions of a pattern).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<Vec<usize>>,
+}
+
+/// Which positions: indices (negative from the end), a range, the last, or one list per row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// These positions; -1 is the last.
+    Indices(Vec<i64>),
+    /// `start..end` (end exclusive; negative from the end).
+    Range { start: i64, end: i64 },
+    /// The last position.
+    Last,
+    /// Row i uses `per_row[i]` (padded batches).
+    PerRow(Vec<Vec<i64>>),
+}
+
+/// Steps at which an intervention is active (training); inference always runs step 0.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// First active step (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// First inactive step (exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+}
+
+impl Schedule {
+    /// Whether step `t` lies in the window.
+    pub fn active(&self, t: u64) -> bool {
+        self.from.is_none_or(|a| t >= a) && self.until.is_none_or(|b| t < b)
+    }
+}
+
+/// Numbers in a spec: a scalar, a vector over the last dimension, or a tensor of any shape
+/// broadcastable to the activation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Values {
+    Scalar(f64),
+    Vector(Vec<f64>),
+    Tensor { shape: Vec<usize>, data: Vec<f64> },
+}
+
+impl Values {
+    /// As an f32 tensor on `dev`.
+    pub fn tensor(&self, dev: &Device) -> Result<Tensor> {
+        let t = match self {
+            Values::Scalar(x) => Tensor::new(*x as f32, dev)?,
+            Values::Vector(v) => Tensor::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), dev)?,
+            Values::Tensor { shape, data } => {
+                let n: usize = shape.iter().product();
+                if n != data.len() {
+                    return Err(Error::Input(format!(
+                        "a tensor of shape {shape:?} needs {n} values, got {}",
+                        data.len()
+                    )));
+                }
+                Tensor::from_vec(
+                    data.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                    shape.as_slice(),
+                    dev,
+                )?
+            }
+        };
+        Ok(t)
+    }
+
+    /// The tensor's shape.
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Values::Scalar(_) => vec![],
+            Values::Vector(v) => vec![v.len()],
+            Values::Tensor { shape, .. } => shape.clone(),
+        }
+    }
+}
+
+/// What an intervention does to the selected elements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum Op {
+    /// Nothing (the activation is recorded where a capture asks for it).
+    Record,
+    /// Set to zero.
+    Zero,
+    /// Set to a mean (computed over a dataset by the library; broadcast to the activation).
+    Mean { mean: Values },
+    /// Set (clamp) to a value.
+    Set { value: Values },
+    /// Copy from the same point of a named source run (`Hooks::source`), rows mapped by `rows`
+    /// (`rows[i]` = source row for row i; identity when absent).
+    Patch {
+        source: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<Vec<usize>>,
+    },
+    /// Add `coef · vector` (steering).
+    Add {
+        vector: Values,
+        #[serde(default = "one")]
+        coef: f64,
+    },
+    /// Multiply by a factor.
+    Scale { factor: f64 },
+    /// Remove the component in the span of `basis` (rows orthonormal, over the last dimension).
+    ProjectOut { basis: Values },
+    /// `h + U Uᵀ (h_src − h)` with `U` the rows of `basis`, from a named source run.
+    SubspacePatch { basis: Values, source: String },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Intervention {
+    /// Checks the spec against a model and an input of `batch × seq` before any compute.
+    pub fn validate(
+        &self,
+        cfg: &Config,
+        batch: usize,
+        seq: usize,
+        sources: &HashMap<String, ActivationCache>,
+    ) -> Result<()> {
+        let p = self.at;
+        HookPoint::parse_for(&p.to_string(), cfg)?;
+        let shape = p.shape(cfg, batch, seq);
+        let range = |what: &'static str, idx: &[usize], n: usize| -> Result<()> {
+            match idx.iter().find(|&&i| i >= n) {
+                Some(&i) => Err(Error::OutOfRange {
+                    what,
+                    index: i as i64,
+                    limit: format!("{n} at {p}"),
+                }),
+                None => Ok(()),
+            }
+        };
+        let s = &self.select;
+        if let Some(rows) = &s.rows {
+            range("batch row", rows, batch)?;
+        }
+        if let Some(pos) = &s.positions {
+            let lists: Vec<Vec<i64>> = match pos {
+                Positions::Indices(v) => vec![v.clone()],
+                Positions::Range { start, end } => vec![vec![*start], vec![*end - 1]],
+                Positions::Last => vec![],
+                Positions::PerRow(v) => {
+                    if v.len() != batch {
+                        return Err(Error::Input(format!(
+                            "per-row positions at {p} give {} rows for a batch of {batch}",
+                            v.len()
+                        )));
+                    }
+                    v.clone()
+                }
+            };
+            for i in lists.into_iter().flatten() {
+                resolve_pos(i, seq, p)?;
+            }
+        }
+        if let Some(heads) = &s.heads {
+            if !p.has_heads() {
+                return Err(Error::Input(format!(
+                    "{p} has no head dimension; drop 'heads' or pick a per-head point"
+                )));
+            }
+            range("head", heads, shape[head_dim(p)])?;
+        }
+        if let Some(units) = &s.units {
+            range("unit", units, *shape.last().unwrap_or(&0))?;
+        }
+        let check_values = |v: &Values, what: &str| -> Result<()> {
+            let vs = v.shape();
+            if !broadcastable(&vs, &shape) {
+                return Err(Error::Input(format!(
+                    "{what} of shape {vs:?} does not broadcast to {p}'s shape {shape:?}"
+                )));
+            }
+            Ok(())
+        };
+        let check_source = |name: &str| -> Result<()> {
+            let Some(src) = sources.get(name) else {
+                let names: Vec<&str> = sources.keys().map(|s| s.as_str()).collect();
+                return Err(Error::Input(format!(
+                    "patch source '{name}' is not registered (have: {})",
+                    names.join(", ")
+                )));
+            };
+            if src.get(p).is_none() {
+                return Err(Error::Input(format!(
+                    "patch source '{name}' did not record {p}"
+                )));
+            }
+            Ok(())
+        };
+        let check_basis = |b: &Values| -> Result<()> {
+            let bs = b.shape();
+            let last = *shape.last().unwrap_or(&0);
+            let ok = match bs.as_slice() {
+                [n] => *n == last,
+                [_, n] => *n == last,
+                _ => false,
+            };
+            if !ok {
+                return Err(Error::Input(format!(
+                    "basis of shape {bs:?} must be [{last}] or [k, {last}] at {p}"
+                )));
+            }
+            Ok(())
+        };
+        match &self.op {
+            Op::Record | Op::Zero | Op::Scale { .. } => Ok(()),
+            Op::Mean { mean } => check_values(mean, "mean"),
+            Op::Set { value } => check_values(value, "value"),
+            Op::Add { vector, .. } => check_values(vector, "vector"),
+            Op::Patch { source, rows } => {
+                check_source(source)?;
+                if let Some(rows) = rows {
+                    if rows.len() != batch {
+                        return Err(Error::Input(format!(
+                            "patch row map has {} entries for a batch of {batch}",
+                            rows.len()
+                        )));
+                    }
+                    let src_rows = sources[source].get(p).map(|t| t.dims()[0]).unwrap_or(0);
+                    range("source row", rows, src_rows)?;
+                }
+                Ok(())
+            }
+            Op::ProjectOut { basis } => check_basis(basis),
+            Op::SubspacePatch { basis, source } => {
+                check_basis(basis)?;
+                check_source(source)
+            }
+        }
+    }
+
+    /// Applies the op to `x` at the selected elements.
+    pub fn apply(&self, x: &Tensor, sources: &HashMap<String, ActivationCache>) -> Result<Tensor> {
+        let dev = x.device();
+        let p = self.at;
+        let replace = |value: Tensor| -> Result<Tensor> {
+            // Replaced elements are constants: detach so no gradient reaches upstream through them.
+            let value = value
+                .detach()
+                .to_dtype(x.dtype())?
+                .broadcast_as(x.shape())?;
+            self.blend(x, &value)
+        };
+        match &self.op {
+            Op::Record => Ok(x.clone()),
+            Op::Zero => replace(x.zeros_like()?),
+            Op::Mean { mean } => replace(mean.tensor(dev)?),
+            Op::Set { value } => replace(value.tensor(dev)?),
+            Op::Patch { source, rows } => {
+                replace(self.source_value(x, sources, source, rows.as_deref())?)
+            }
+            Op::Add { vector, coef } => {
+                let delta =
+                    (vector.tensor(dev)?.to_dtype(x.dtype())? * *coef)?.broadcast_as(x.shape())?;
+                self.blend(x, &(x + delta)?)
+            }
+            Op::Scale { factor } => self.blend(x, &(x * *factor)?),
+            Op::ProjectOut { basis } => {
+                let u = basis_rows(basis, dev)?; // [k, n]
+                let coords = x.broadcast_matmul(&u.t()?)?; // [..., k]
+                let proj = coords.broadcast_matmul(&u)?; // [..., n]
+                self.blend(x, &(x - proj)?)
+            }
+            Op::SubspacePatch { basis, source } => {
+                let u = basis_rows(basis, dev)?;
+                let src = self.source_value(x, sources, source, None)?.detach();
+                let coords = (src - x)?.broadcast_matmul(&u.t()?)?;
+                let patched = (x + coords.broadcast_matmul(&u)?)?;
+                // The patched part of h is a constant from the source run, the rest keeps h.
+                self.blend(x, &patched)
+            }
+        }
+        .map_err(|e| match e {
+            Error::Candle(c) => Error::Input(format!(
+                "intervention at {p}: {}",
+                c.to_string().lines().next().unwrap_or("")
+            )),
+            e => e,
+        })
+    }
+
+    /// The source run's activation at this point, rows mapped.
+    fn source_value(
+        &self,
+        x: &Tensor,
+        sources: &HashMap<String, ActivationCache>,
+        name: &str,
+        rows: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let src = sources
+            .get(name)
+            .and_then(|c| c.get(self.at))
+            .ok_or_else(|| Error::Input(format!("patch source '{name}' has no {}", self.at)))?;
+        let src = match rows {
+            Some(r) => {
+                let idx = Tensor::new(r.iter().map(|&i| i as u32).collect::<Vec<_>>(), x.device())?;
+                src.index_select(&idx, 0)?
+            }
+            None => src.clone(),
+        };
+        if src.dims() != x.dims() {
+            return Err(Error::Input(format!(
+                "patch source '{name}' has shape {:?} at {} but this run has {:?} (same prompt lengths needed)",
+                src.dims(),
+                self.at,
+                x.dims()
+            )));
+        }
+        Ok(src)
+    }
+
+    /// `new` on the selected elements, `x` elsewhere.
+    fn blend(&self, x: &Tensor, new: &Tensor) -> Result<Tensor> {
+        match self.mask(x)? {
+            None => Ok(new.clone()),
+            Some(mask) => Ok(mask.where_cond(new, x)?),
+        }
+    }
+
+    /// A u8 mask of `x`'s shape selecting the chosen elements (`None`: everything).
+    pub fn mask(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let s = &self.select;
+        if s.rows.is_none() && s.positions.is_none() && s.heads.is_none() && s.units.is_none() {
+            return Ok(None);
+        }
+        let dims = x.dims().to_vec();
+        let dev = x.device();
+        let p = self.at;
+        let pos_dim = match p {
+            HookPoint::AttnScores(_) | HookPoint::Pattern(_) => 2,
+            _ => 1,
+        };
+        let last = dims.len() - 1;
+        // One indicator per dimension; their product is the mask.
+        let mut ind: Vec<Option<Vec<u8>>> = vec![None; dims.len()];
+        let onehot = |n: usize, idx: &[usize]| {
+            let mut v = vec![0u8; n];
+            for &i in idx {
+                v[i] = 1;
+            }
+            v
+        };
+        if let Some(rows) = &s.rows {
+            ind[0] = Some(onehot(dims[0], rows));
+        }
+        if let Some(h) = &s.heads {
+            ind[head_dim(p)] = Some(onehot(dims[head_dim(p)], h));
+        }
+        if let Some(u) = &s.units {
+            ind[last] = Some(onehot(dims[last], u));
+        }
+        let mut mask: Option<Tensor> = None;
+        for (d, v) in ind.into_iter().enumerate() {
+            let Some(v) = v else { continue };
+            let mut shape = vec![1; dims.len()];
+            shape[d] = dims[d];
+            let t = Tensor::from_vec(v, shape, dev)?;
+            mask = Some(match mask {
+                None => t,
+                Some(m) => m.broadcast_mul(&t)?,
+            });
+        }
+        if let Some(pos) = &s.positions {
+            let seq = dims[pos_dim];
+            // A [batch, seq] table, since per-row positions differ by row.
+            let mut table = vec![0u8; dims[0] * seq];
+            for row in 0..dims[0] {
+                let list: Vec<i64> = match pos {
+                    Positions::Indices(v) => v.clone(),
+                    Positions::Range { start, end } => {
+                        let (a, b) = (
+                            resolve_pos(*start, seq, p)?,
+                            resolve_pos(*end - 1, seq, p)? + 1,
+                        );
+                        (a as i64..b as i64).collect()
+                    }
+                    Positions::Last => vec![-1],
+                    Positions::PerRow(v) => v.get(row).cloned().unwrap_or_default(),
+                };
+                for i in list {
+                    table[row * seq + resolve_pos(i, seq, p)?] = 1;
+                }
+            }
+            let mut shape = vec![1; dims.len()];
+            shape[0] = dims[0];
+            shape[pos_dim] = seq;
+            let t = Tensor::from_vec(table, shape, dev)?;
+            mask = Some(match mask {
+                None => t,
+                Some(m) => m.broadcast_mul(&t)?,
+            });
+        }
+        Ok(match mask {
+            Some(m) => Some(m.broadcast_as(x.shape())?.contiguous()?),
+            None => None,
+        })
+    }
+}
+
+/// The head dimension of a per-head point.
+fn head_dim(p: HookPoint) -> usize {
+    match p {
+        HookPoint::AttnScores(_) | HookPoint::Pattern(_) => 1,
+        _ => 2,
+    }
+}
+
+/// A position index, negative from the end, checked against `seq`.
+fn resolve_pos(i: i64, seq: usize, p: HookPoint) -> Result<usize> {
+    let q = if i < 0 { seq as i64 + i } else { i };
+    if q < 0 || q >= seq as i64 {
+        return Err(Error::OutOfRange {
+            what: "position",
+            index: i,
+            limit: format!("{seq} positions at {p}"),
+        });
+    }
+    Ok(q as usize)
+}
+
+/// Whether a tensor of shape `a` broadcasts to `b` (numpy rules, aligned at the right).
+fn broadcastable(a: &[usize], b: &[usize]) -> bool {
+    a.len() <= b.len()
+        && a.iter()
+            .rev()
+            .zip(b.iter().rev())
+            .all(|(&x, &y)| x == 1 || x == y)
+}
+
+/// A basis as a `[k, n]` matrix (a single direction becomes `[1, n]`).
+fn basis_rows(b: &Values, dev: &Device) -> Result<Tensor> {
+    let t = b.tensor(dev)?.to_dtype(DType::F32)?;
+    Ok(if t.rank() == 1 { t.unsqueeze(0)? } else { t })
+}
+
+/// Normalises each row of `[k, n]` (helper for callers building directions).
+pub fn unit_rows(t: &Tensor) -> Result<Tensor> {
+    Ok(t.broadcast_div(&t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
+}
