@@ -14,6 +14,39 @@ use serde_json::json;
 pub enum Cmd {
     /// Forward pass: plain, and caching every hook point.
     Forward(ForwardArgs),
+    /// Activation-patching sweeps (resid_pre per position, z per head) on given token ids.
+    Patch(PatchArgs),
+}
+
+/// Arguments of `bench patch`.
+#[derive(clap::Args)]
+pub struct PatchArgs {
+    /// Random model shape (`gpt2-small` or `tiny`) unless --model is given.
+    #[arg(long, default_value = "gpt2-small")]
+    shape: String,
+    /// A model folder (e.g. the one tools/bench/patching.py saves, for identical weights).
+    #[arg(long)]
+    model: Option<String>,
+    /// Clean token ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    clean: Vec<u32>,
+    /// Corrupted token ids, comma-separated (same length).
+    #[arg(long, value_delimiter = ',')]
+    corrupt: Vec<u32>,
+    #[arg(long)]
+    answer: u32,
+    #[arg(long)]
+    wrong: u32,
+    /// Variants per forward.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `bench forward`.
@@ -49,6 +82,7 @@ pub fn tiny() -> Config {
 pub fn main(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Forward(a) => forward(a),
+        Cmd::Patch(a) => patch(a),
     }
 }
 
@@ -161,4 +195,63 @@ fn rss_kib(field: &str) -> Option<u64> {
 /// Resets the peak-RSS counter (VmHWM) so each mode reports its own peak (Linux only).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn patch(a: PatchArgs) -> anyhow::Result<()> {
+    use patchclamp_lab::patching::{sweep, Direction, Metric, PatchingConfig, Site};
+    crate::set_threads(Some(a.threads));
+    if a.clean.is_empty() || a.iters == 0 {
+        bail!("--clean ids and a positive --iters are required");
+    }
+    let dev = Device::Cpu;
+    let model = match &a.model {
+        Some(spec) => crate::load_model(spec, false)?.model,
+        None => {
+            let cfg = match a.shape.as_str() {
+                "gpt2-small" => Config::gpt2_small(),
+                "tiny" => tiny(),
+                other => bail!("unknown --shape '{other}'; use gpt2-small or tiny"),
+            };
+            Model::new(cfg.clone(), Weights::random(&cfg, 0, &dev)?)?
+        }
+    };
+    let metric = Metric::LogitDiff {
+        answer: a.answer,
+        wrong: a.wrong,
+    };
+    let mut rows = Vec::new();
+    for (name, site) in [("resid_pre", Site::ResidPre), ("z", Site::Z)] {
+        let cfg = PatchingConfig {
+            site,
+            direction: Direction::Denoise,
+            metric,
+            batch: a.batch,
+        };
+        let mut times = Vec::new();
+        let mut result = None;
+        for _ in 0..a.iters {
+            let t = Instant::now();
+            result = Some(sweep(&model, &a.clean, &a.corrupt, &cfg, |_, _| {})?);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(|x, y| x.total_cmp(y));
+        let r = result.expect("iters > 0");
+        rows.push(json!({
+            "site": name, "median_s": times[times.len() / 2], "variants": r.values.len(),
+            "n_layers": r.n_layers, "n_cols": r.n_cols, "values": r.values,
+        }));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        for r in rows {
+            println!(
+                "{:<10} {:>4} variants {:>9.3} s",
+                r["site"].as_str().unwrap_or(""),
+                r["variants"],
+                r["median_s"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(())
 }

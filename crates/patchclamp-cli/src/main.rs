@@ -3,6 +3,8 @@
 mod bench;
 mod inspect;
 mod lab;
+mod patch;
+mod plot;
 mod run;
 
 use std::process::ExitCode;
@@ -16,6 +18,9 @@ Examples:
   patchclamp inspect openai-community/gpt2       # a model in the Hugging Face cache
   patchclamp run tests/fixtures/models/llama --prompt 'The cat sat' --top-k 5
   patchclamp run MODEL --prompt 'Hello' --cache 'blocks.*.attn.hook_pattern' --out acts.safetensors
+  patchclamp patch MODEL --clean 'When Mary and John went to the store, John gave a drink to' \
+      --corrupted 'When Mary and John went to the store, Mary gave a drink to' \
+      --answer ' Mary' --wrong ' John' --point resid_pre --out patch-out
   patchclamp bench forward --shape gpt2-small --batch 8 --seq 128 --threads 2";
 
 /// Patch-clamp electrophysiology for transformers: record, patch, clamp, and train under clamps.
@@ -35,6 +40,8 @@ enum Cmd {
     Inspect(inspect::Args),
     /// Run a prompt: next-token predictions, optionally caching activations to safetensors.
     Run(run::Args),
+    /// Activation patching over (layer, position) or (layer, head), with heatmaps.
+    Patch(patch::Args),
     /// Measure speed and memory (prints numbers; compare with tools/bench/).
     #[command(subcommand)]
     Bench(bench::Cmd),
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Run(a) => run::main(a),
+        Cmd::Patch(a) => patch::main(a),
         Cmd::Bench(c) => bench::main(c),
         Cmd::Lab(a) => lab::main(a),
     };

@@ -266,3 +266,91 @@ fn run_applies_an_intervention_file_and_rejects_a_bad_one() {
     assert!(err.contains("head 9 is out of range"), "{err}");
     std::fs::remove_file(bad).unwrap();
 }
+
+#[test]
+fn patch_writes_json_tensors_and_heatmaps() {
+    let out = std::env::temp_dir().join(format!("pc-patch-{}", std::process::id()));
+    for point in ["resid_pre", "z"] {
+        let stdout = ok(bin()
+            .args([
+                "patch",
+                &fixture("gpt2"),
+                "--clean",
+                "The cat sat on the mat",
+            ])
+            .args(["--corrupted", "The cat sat on the cat"])
+            .args([
+                "--answer", ".", "--wrong", ",", "--point", point, "--batch", "7", "--json",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap());
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let (rows, cols) = (
+            v["n_layers"].as_u64().unwrap() as usize,
+            v["n_cols"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(rows, 2);
+        assert_eq!(
+            cols,
+            if point == "z" {
+                4
+            } else {
+                v["clean_tokens"].as_array().unwrap().len()
+            }
+        );
+        assert_eq!(v["values"].as_array().unwrap().len(), rows * cols);
+        let t = candle_core::safetensors::load(
+            out.join("result.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(t["normalized"].dims(), &[rows, cols]);
+        let svg = std::fs::read_to_string(out.join("heatmap.svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("normalised recovery"));
+        let png = std::fs::read(out.join("heatmap.png")).unwrap();
+        assert_eq!(&png[..4], b"\x89PNG");
+    }
+    let err = fails(
+        bin()
+            .args([
+                "patch",
+                &fixture("gpt2"),
+                "--clean",
+                "a b c",
+                "--corrupted",
+                "a b",
+                "--answer",
+                ".",
+                "--wrong",
+                ",",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("same number of tokens"), "{err}");
+    let err = fails(
+        bin()
+            .args([
+                "patch",
+                &fixture("gpt2"),
+                "--clean",
+                "a",
+                "--corrupted",
+                "b",
+                "--answer",
+                "Mary Mary",
+                "--wrong",
+                ",",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("must be exactly one"), "{err}");
+    std::fs::remove_dir_all(out).unwrap();
+}

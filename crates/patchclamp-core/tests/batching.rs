@@ -129,6 +129,15 @@ fn capture_stores_only_what_was_asked_and_slices_positions() {
     let mut full = Hooks::none().capture(Selector::Layer(1));
     m.model.forward(&input, &mut full).unwrap();
     assert_eq!(hooks.cache().len(), 2);
+    // A transposed view (hook_z) slices too.
+    let mut z = Hooks::none()
+        .capture(HookPoint::Z(0))
+        .at_positions(vec![-1]);
+    m.model.forward(&input, &mut z).unwrap();
+    assert_eq!(
+        z.cache().get(HookPoint::Z(0)).unwrap().dims(),
+        &[1, 1, 4, 8]
+    );
     let sliced = hooks.cache().by_name("blocks.1.hook_resid_pre").unwrap();
     assert_eq!(sliced.dims(), &[1, 2, 32]);
     let whole = full.cache().by_name("blocks.1.hook_resid_pre").unwrap();

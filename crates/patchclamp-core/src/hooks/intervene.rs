@@ -349,7 +349,7 @@ impl Intervention {
         let src = match rows {
             Some(r) => {
                 let idx = Tensor::new(r.iter().map(|&i| i as u32).collect::<Vec<_>>(), x.device())?;
-                src.index_select(&idx, 0)?
+                src.contiguous()?.index_select(&idx, 0)?
             }
             None => src.clone(),
         };

@@ -206,5 +206,6 @@ fn slice_positions(point: HookPoint, x: &Tensor, positions: &[i64]) -> Result<Te
         })
         .collect::<Result<Vec<u32>>>()?;
     let idx = Tensor::new(idx.as_slice(), x.device())?;
-    Ok(x.index_select(&idx, dim)?)
+    // index_select needs a contiguous input; hook_z and friends are transposed views.
+    Ok(x.contiguous()?.index_select(&idx, dim)?)
 }

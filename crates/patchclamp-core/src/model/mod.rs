@@ -10,5 +10,5 @@ mod transformer;
 mod weights;
 
 pub use config::{Activation, Config, MlpKind, NormKind, Positions, Processing, Rope, RopeScaling};
-pub use transformer::{activation, ensure_finite, linear, softmax_last_dim, Model};
+pub use transformer::{activation, ensure_finite, linear, softmax_last_dim, Model, Span};
 pub use weights::{AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights};

@@ -20,6 +20,16 @@ pub struct Model {
     device: Device,
 }
 
+/// Which part of the forward pass to run (see [`Model::forward_span`]).
+#[derive(Debug, Clone, Default)]
+pub struct Span {
+    /// Start at block `l` with this `[B, S, D]` residual as its `hook_resid_pre`.
+    pub start: Option<(usize, Tensor)>,
+    /// Stop before block `l` and return the residual entering it (`n_layers`: the final
+    /// residual, before the final norm).
+    pub stop_at_layer: Option<usize>,
+}
+
 /// Per-forward state shared by every block.
 struct Context {
     /// Additive attention mask `[B, 1, S, S]`: 0 where allowed, -inf where not.
@@ -49,22 +59,53 @@ impl Model {
 
     /// Runs the model on `input`; returns logits `[B, S, V]`.
     pub fn forward(&self, input: &Input, hooks: &mut Hooks) -> Result<Tensor> {
+        self.forward_span(input, hooks, Span::default())
+    }
+
+    /// Runs part of the model: from a cached residual at block `start` and/or up to block
+    /// `stop_at_layer` (returning the residual entering it); logits when it runs to the end.
+    pub fn forward_span(&self, input: &Input, hooks: &mut Hooks, span: Span) -> Result<Tensor> {
         self.check_input(input)?;
         let (b, s) = input.dims()?;
+        let n = self.cfg.n_layers;
+        let stop = span.stop_at_layer.unwrap_or(n);
+        let first = span.start.as_ref().map_or(0, |(l, _)| *l);
+        if stop > n || first >= n || first > stop {
+            return Err(Error::OutOfRange {
+                what: "layer",
+                index: if stop > n { stop as i64 } else { first as i64 },
+                limit: format!("{n} layers (start {first}, stop {stop})"),
+            });
+        }
         hooks.prepare(&self.cfg, b, s)?;
         let w = &self.weights;
 
-        let embed = w
-            .w_e
-            .index_select(&input.tokens.flatten_all()?, 0)?
-            .reshape((b, s, ()))?;
-        let mut resid = hooks.at(P::Embed, embed)?;
-        if let Some(w_pos) = &w.w_pos {
-            let pos = w_pos
-                .index_select(&input.positions.flatten_all()?, 0)?
-                .reshape((b, s, ()))?;
-            resid = (resid + hooks.at(P::PosEmbed, pos)?)?;
-        }
+        let mut resid = match span.start {
+            Some((_, resid)) => {
+                let want = [b, s, self.cfg.d_model];
+                if resid.dims() != want {
+                    return Err(Error::Input(format!(
+                        "start residual has shape {:?}, expected {want:?}",
+                        resid.dims()
+                    )));
+                }
+                resid
+            }
+            None => {
+                let embed = w
+                    .w_e
+                    .index_select(&input.tokens.flatten_all()?, 0)?
+                    .reshape((b, s, ()))?;
+                let mut resid = hooks.at(P::Embed, embed)?;
+                if let Some(w_pos) = &w.w_pos {
+                    let pos = w_pos
+                        .index_select(&input.positions.flatten_all()?, 0)?
+                        .reshape((b, s, ()))?;
+                    resid = (resid + hooks.at(P::PosEmbed, pos)?)?;
+                }
+                resid
+            }
+        };
 
         let ctx = Context {
             mask: self.attention_mask(input)?,
@@ -73,8 +114,11 @@ impl Model {
                 None => None,
             },
         };
-        for (l, block) in w.blocks.iter().enumerate() {
+        for (l, block) in w.blocks.iter().enumerate().take(stop).skip(first) {
             resid = self.block(l, block, resid, &ctx, hooks)?;
+        }
+        if stop < n || span.stop_at_layer == Some(n) {
+            return Ok(resid);
         }
 
         let x = if self.cfg.final_norm {

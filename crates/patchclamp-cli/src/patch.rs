@@ -1,0 +1,187 @@
+//! `patchclamp patch`: an activation-patching sweep with JSON, safetensors and heatmaps.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use candle_core::Tensor;
+use patchclamp_core::fsutil::write_atomic;
+use patchclamp_core::Tokenizer;
+use patchclamp_lab::patching::{sweep, Direction, Metric, PatchingConfig, Site};
+use serde_json::json;
+
+use crate::plot::Heatmap;
+
+/// Arguments of `patch`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model folder or a cached repo id.
+    model: String,
+    /// The clean prompt (the model gets the answer right).
+    #[arg(long)]
+    clean: String,
+    /// The corrupted prompt (same number of tokens, e.g. a swapped name).
+    #[arg(long)]
+    corrupted: String,
+    /// The correct next token (its text, e.g. " Mary"; must be one token).
+    #[arg(long)]
+    answer: String,
+    /// The competing token for logit differences.
+    #[arg(long)]
+    wrong: Option<String>,
+    /// What to patch: resid_pre, resid_mid, resid_post, attn_out, mlp_out (per position) or
+    /// z, q, k, v, pattern (per head, all positions).
+    #[arg(long, default_value = "resid_pre")]
+    point: String,
+    /// Patch corrupted values into the clean run (necessity) instead of the reverse.
+    #[arg(long)]
+    noising: bool,
+    /// logit-diff (needs --wrong), prob, logprob or kl.
+    #[arg(long, default_value = "logit-diff")]
+    metric: String,
+    /// Variants per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Apply TransformerLens's weight processing first.
+    #[arg(long)]
+    processed: bool,
+    /// Output folder (result.json, result.safetensors, heatmap.svg, heatmap.png).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the JSON result to stdout too.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The id of `text` if it is exactly one token.
+fn one_token(tok: &Tokenizer, text: &str, what: &str) -> anyhow::Result<u32> {
+    let ids = tok.encode(text)?;
+    match ids.as_slice() {
+        [id] => Ok(*id),
+        _ => bail!("--{what} {text:?} is {} tokens {ids:?}; it must be exactly one (mind the leading space)", ids.len()),
+    }
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    let site: Site = serde_json::from_value(json!(a.point)).map_err(|_| {
+        anyhow::anyhow!("unknown --point '{}'; use resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v or pattern", a.point)
+    })?;
+    let m = crate::load_model(&a.model, a.processed)?;
+    let tok = m.tokenizer()?;
+    let cfg = &m.model.cfg;
+    let clean = tok.prompt(cfg, &a.clean, None).context("--clean")?;
+    let corrupt = tok.prompt(cfg, &a.corrupted, None).context("--corrupted")?;
+    let answer = one_token(tok, &a.answer, "answer")?;
+    let metric = match a.metric.as_str() {
+        "logit-diff" => {
+            let Some(w) = &a.wrong else {
+                bail!("--metric logit-diff needs --wrong TOKEN")
+            };
+            Metric::LogitDiff {
+                answer,
+                wrong: one_token(tok, w, "wrong")?,
+            }
+        }
+        "prob" => Metric::Prob { answer },
+        "logprob" => Metric::LogProb { answer },
+        "kl" => Metric::Kl,
+        other => bail!("unknown --metric '{other}'; use logit-diff, prob, logprob or kl"),
+    };
+    let pc = PatchingConfig {
+        site,
+        direction: if a.noising {
+            Direction::Noise
+        } else {
+            Direction::Denoise
+        },
+        metric,
+        batch: a.batch,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "patching {bar:30} {pos}/{len} variants {elapsed}",
+    )?);
+    let r = sweep(&m.model, &clean, &corrupt, &pc, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+
+    let token_labels: Vec<String> = clean
+        .iter()
+        .zip(&corrupt)
+        .enumerate()
+        .map(|(i, (&c, &k))| {
+            let c = tok.decode(&[c]).unwrap_or_default();
+            let k = tok.decode(&[k]).unwrap_or_default();
+            if c == k {
+                format!("{i}:{c}")
+            } else {
+                format!("{i}:{c}/{k}")
+            }
+        })
+        .collect();
+    let col_labels: Vec<String> = if site.per_head() {
+        (0..r.n_cols).map(|h| format!("H{h}")).collect()
+    } else {
+        token_labels.clone()
+    };
+    let row_labels: Vec<String> = (0..r.n_layers).map(|l| format!("L{l}")).collect();
+
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let result = json!({
+        "model": a.model, "clean": a.clean, "corrupted": a.corrupted,
+        "clean_tokens": clean, "corrupted_tokens": corrupt, "token_labels": token_labels,
+        "config": pc, "n_layers": r.n_layers, "n_cols": r.n_cols, "col_labels": col_labels,
+        "clean_metric": r.clean_metric, "corrupt_metric": r.corrupt_metric,
+        "values": r.values, "normalized": r.normalized,
+    });
+    let text = serde_json::to_string_pretty(&result)?;
+    write_atomic(&a.out.join("result.json"), text.as_bytes())?;
+    let dev = candle_core::Device::Cpu;
+    let shape = (r.n_layers, r.n_cols);
+    let tensors = [
+        ("values", Tensor::from_vec(r.values.clone(), shape, &dev)?),
+        (
+            "normalized",
+            Tensor::from_vec(r.normalized.clone(), shape, &dev)?,
+        ),
+    ];
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (*k, t)), None)?;
+    write_atomic(&a.out.join("result.safetensors"), &bytes)?;
+    let heat = Heatmap {
+        title: format!(
+            "{} patching of {}, metric {}",
+            if a.noising { "noising" } else { "denoising" },
+            a.point,
+            a.metric
+        ),
+        values: r.normalized.clone(),
+        rows: r.n_layers,
+        cols: r.n_cols,
+        row_labels,
+        col_labels,
+        x_label: if site.per_head() {
+            "head".into()
+        } else {
+            "position (clean/corrupted token)".into()
+        },
+        y_label: "layer".into(),
+        colorbar_label: "normalised recovery".into(),
+    };
+    write_atomic(&a.out.join("heatmap.svg"), heat.svg().as_bytes())?;
+    write_atomic(&a.out.join("heatmap.png"), &heat.png())?;
+    if a.json {
+        println!("{text}");
+    } else {
+        println!(
+            "clean {:.4}, corrupted {:.4}; {} layers × {} {}; wrote {}/{{result.json,result.safetensors,heatmap.svg,heatmap.png}}",
+            r.clean_metric,
+            r.corrupt_metric,
+            r.n_layers,
+            r.n_cols,
+            if site.per_head() { "heads" } else { "positions" },
+            a.out.display()
+        );
+    }
+    Ok(())
+}

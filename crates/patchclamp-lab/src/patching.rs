@@ -1,0 +1,373 @@
+//! Activation patching (Zhang & Nanda 2023; METHODS.md §5.1): exact sweeps over
+//! (layer, position) or (layer, head), many variants per forward, each forward starting from the
+//! base run's cached residual at the patched layer so the shared prefix is computed once.
+
+use candle_core::{DType, Tensor, D};
+use patchclamp_core::model::Span;
+use patchclamp_core::{
+    ActivationCache, Error, HookPoint, Hooks, Input, Intervention, Model, Op, Result, Selection,
+    Selector,
+};
+use serde::{Deserialize, Serialize};
+
+/// Which activation a sweep patches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Site {
+    ResidPre,
+    ResidMid,
+    ResidPost,
+    AttnOut,
+    MlpOut,
+    /// Per head, all positions: `hook_z`.
+    Z,
+    Q,
+    K,
+    V,
+    Pattern,
+}
+
+impl Site {
+    /// The hook point of this site in block `l`.
+    pub fn point(self, l: usize) -> HookPoint {
+        match self {
+            Site::ResidPre => HookPoint::ResidPre(l),
+            Site::ResidMid => HookPoint::ResidMid(l),
+            Site::ResidPost => HookPoint::ResidPost(l),
+            Site::AttnOut => HookPoint::AttnOut(l),
+            Site::MlpOut => HookPoint::MlpOut(l),
+            Site::Z => HookPoint::Z(l),
+            Site::Q => HookPoint::Q(l),
+            Site::K => HookPoint::K(l),
+            Site::V => HookPoint::V(l),
+            Site::Pattern => HookPoint::Pattern(l),
+        }
+    }
+
+    /// Whether the sweep's columns are heads (else positions).
+    pub fn per_head(self) -> bool {
+        matches!(self, Site::Z | Site::Q | Site::K | Site::V | Site::Pattern)
+    }
+}
+
+/// Which run is patched: denoising patches clean values into the corrupted run (sufficiency),
+/// noising patches corrupted values into the clean run (necessity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    #[default]
+    Denoise,
+    Noise,
+}
+
+/// What is measured at the last position.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Metric {
+    /// `logit(answer) − logit(wrong)`.
+    LogitDiff { answer: u32, wrong: u32 },
+    /// `P(answer)`.
+    Prob { answer: u32 },
+    /// `log P(answer)`.
+    LogProb { answer: u32 },
+    /// `KL(P_clean ‖ P_run)`.
+    Kl,
+}
+
+/// A sweep's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PatchingConfig {
+    pub site: Site,
+    #[serde(default)]
+    pub direction: Direction,
+    pub metric: Metric,
+    /// Variants per forward (bounds peak memory).
+    pub batch: usize,
+}
+
+/// A sweep's result: `values[layer][col]`, plus the two reference metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PatchingResult {
+    pub site: Site,
+    pub direction: Direction,
+    pub metric: Metric,
+    /// Metric of each patched run, `[n_layers][n_cols]` row-major.
+    pub values: Vec<f32>,
+    /// `(M_patched − M_corrupt) / (M_clean − M_corrupt)`, same layout.
+    pub normalized: Vec<f32>,
+    pub n_layers: usize,
+    /// Positions or heads.
+    pub n_cols: usize,
+    pub clean_metric: f32,
+    pub corrupt_metric: f32,
+}
+
+impl PatchingResult {
+    /// The metric of the variant patched at (layer, col).
+    pub fn at(&self, layer: usize, col: usize) -> f32 {
+        self.values[layer * self.n_cols + col]
+    }
+
+    /// `[n_layers, n_cols]` tensor of the metric values.
+    pub fn tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            self.values.clone(),
+            (self.n_layers, self.n_cols),
+            &candle_core::Device::Cpu,
+        )?)
+    }
+}
+
+/// Metric of each row of `logits` `[B, S, V]` at the last position.
+pub fn metric_rows(
+    logits: &Tensor,
+    metric: Metric,
+    clean_logprobs: Option<&Tensor>,
+) -> Result<Vec<f32>> {
+    let (_, s, _) = logits.dims3()?;
+    let last = logits
+        .narrow(1, s - 1, 1)?
+        .squeeze(1)?
+        .to_dtype(DType::F32)?; // [B, V]
+    let col = |t: &Tensor, id: u32| -> Result<Vec<f32>> {
+        Ok(t.narrow(1, id as usize, 1)?.squeeze(1)?.to_vec1()?)
+    };
+    let logp = || -> Result<Tensor> { Ok(candle_nn::ops::log_softmax(&last, D::Minus1)?) };
+    Ok(match metric {
+        Metric::LogitDiff { answer, wrong } => col(&last, answer)?
+            .iter()
+            .zip(col(&last, wrong)?)
+            .map(|(a, b)| a - b)
+            .collect(),
+        Metric::Prob { answer } => col(&logp()?.exp()?, answer)?,
+        Metric::LogProb { answer } => col(&logp()?, answer)?,
+        Metric::Kl => {
+            let p_clean = clean_logprobs
+                .ok_or_else(|| Error::Input("KL needs the clean distribution".into()))?;
+            let lp = logp()?;
+            // Σ p_c (log p_c − log p)
+            let kl = p_clean
+                .exp()?
+                .broadcast_mul(&p_clean.broadcast_sub(&lp)?)?
+                .sum(D::Minus1)?;
+            kl.to_vec1()?
+        }
+    })
+}
+
+/// Log-probabilities at the last position of a batch-1 run `[1, V]`.
+fn last_logprobs(logits: &Tensor) -> Result<Tensor> {
+    let (_, s, _) = logits.dims3()?;
+    Ok(candle_nn::ops::log_softmax(
+        &logits.narrow(1, s - 1, 1)?.squeeze(1)?,
+        D::Minus1,
+    )?)
+}
+
+/// Checks the two prompts can be patched into each other.
+fn check_prompts(model: &Model, clean: &[u32], corrupt: &[u32], metric: Metric) -> Result<()> {
+    if clean.len() != corrupt.len() {
+        return Err(Error::Input(format!(
+            "clean and corrupted prompts must have the same number of tokens ({} vs {})",
+            clean.len(),
+            corrupt.len()
+        )));
+    }
+    let v = model.cfg.d_vocab as u32;
+    let ids: Vec<u32> = match metric {
+        Metric::LogitDiff { answer, wrong } => vec![answer, wrong],
+        Metric::Prob { answer } | Metric::LogProb { answer } => vec![answer],
+        Metric::Kl => vec![],
+    };
+    if let Some(&id) = ids.iter().find(|&&i| i >= v) {
+        return Err(Error::OutOfRange {
+            what: "answer token id",
+            index: id as i64,
+            limit: format!("{v} tokens"),
+        });
+    }
+    Ok(())
+}
+
+/// Runs the sweep. `progress` is called with (variants done, variants total).
+pub fn sweep(
+    model: &Model,
+    clean: &[u32],
+    corrupt: &[u32],
+    cfg: &PatchingConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PatchingResult> {
+    check_prompts(model, clean, corrupt, cfg.metric)?;
+    if cfg.batch == 0 {
+        return Err(Error::Input("batch must be at least 1".into()));
+    }
+    let dev = model.device();
+    let n_layers = model.cfg.n_layers;
+    let seq = clean.len();
+    let (base_ids, source_ids) = match cfg.direction {
+        Direction::Denoise => (corrupt, clean),
+        Direction::Noise => (clean, corrupt),
+    };
+    let points: Vec<HookPoint> = (0..n_layers).map(|l| cfg.site.point(l)).collect();
+
+    // The source run: every activation the sweep patches from.
+    let mut rec = Hooks::none();
+    for p in &points {
+        rec = rec.capture(*p);
+    }
+    let source_logits = model.forward(&Input::single(source_ids, dev)?, &mut rec)?;
+    let source = rec.take_cache();
+    // The base run: its residual entering each block is the shared prefix of every variant.
+    let mut rec = Hooks::none().capture(Selector::parse("blocks.*.hook_resid_pre")?);
+    let base_in = Input::single(base_ids, dev)?;
+    let base_logits = model.forward(&base_in, &mut rec)?;
+    let base_cache = rec.take_cache();
+
+    let (clean_logits, corrupt_logits) = match cfg.direction {
+        Direction::Denoise => (&source_logits, &base_logits),
+        Direction::Noise => (&base_logits, &source_logits),
+    };
+    let clean_lp = last_logprobs(clean_logits)?;
+    let clean_metric = metric_rows(clean_logits, cfg.metric, Some(&clean_lp))?[0];
+    let corrupt_metric = metric_rows(corrupt_logits, cfg.metric, Some(&clean_lp))?[0];
+
+    let n_cols = match cfg.site {
+        Site::K | Site::V => model.cfg.n_kv_heads,
+        s if s.per_head() => model.cfg.n_heads,
+        _ => seq,
+    };
+    let total = n_layers * n_cols;
+    let mut values = vec![0f32; total];
+    let mut done = 0;
+    for (l, &point) in points.iter().enumerate() {
+        let resid = base_cache
+            .get(HookPoint::ResidPre(l))
+            .expect("recorded above");
+        for chunk_start in (0..n_cols).step_by(cfg.batch) {
+            let cols: Vec<usize> = (chunk_start..(chunk_start + cfg.batch).min(n_cols)).collect();
+            let b = cols.len();
+            let mut hooks = Hooks::none().source("source", source.clone());
+            for (row, &c) in cols.iter().enumerate() {
+                hooks = hooks.intervene(variant(cfg.site, point, row, c, b));
+            }
+            let tokens = Tensor::new(base_ids, dev)?.unsqueeze(0)?.repeat((b, 1))?;
+            let input = Input {
+                positions: base_in.positions.repeat((b, 1))?,
+                tokens,
+                mask: None,
+                lengths: vec![seq; b],
+                padding: Default::default(),
+            };
+            let start = resid.repeat((b, 1, 1))?;
+            let logits = model.forward_span(
+                &input,
+                &mut hooks,
+                Span {
+                    start: Some((l, start)),
+                    stop_at_layer: None,
+                },
+            )?;
+            let m = metric_rows(&logits, cfg.metric, Some(&clean_lp))?;
+            for (row, &c) in cols.iter().enumerate() {
+                values[l * n_cols + c] = m[row];
+            }
+            done += b;
+            progress(done, total);
+        }
+    }
+    let denom = clean_metric - corrupt_metric;
+    let normalized = values
+        .iter()
+        .map(|v| (v - corrupt_metric) / denom)
+        .collect();
+    Ok(PatchingResult {
+        site: cfg.site,
+        direction: cfg.direction,
+        metric: cfg.metric,
+        values,
+        normalized,
+        n_layers,
+        n_cols,
+        clean_metric,
+        corrupt_metric,
+    })
+}
+
+/// The intervention of one variant: patch `col` (a position, or a head at all positions) of
+/// batch row `row` from row 0 of the source run.
+fn variant(site: Site, point: HookPoint, row: usize, col: usize, batch: usize) -> Intervention {
+    let select = if site.per_head() {
+        Selection {
+            rows: Some(vec![row]),
+            heads: Some(vec![col]),
+            ..Default::default()
+        }
+    } else {
+        Selection {
+            rows: Some(vec![row]),
+            positions: Some(patchclamp_core::hooks::Positions::Indices(vec![col as i64])),
+            ..Default::default()
+        }
+    };
+    Intervention {
+        at: point,
+        select,
+        op: Op::Patch {
+            source: "source".into(),
+            rows: Some(vec![0; batch]),
+        },
+        when: Default::default(),
+    }
+}
+
+/// One variant run alone with a full forward (the reference the sweep must equal).
+pub fn run_variant(
+    model: &Model,
+    clean: &[u32],
+    corrupt: &[u32],
+    cfg: &PatchingConfig,
+    layer: usize,
+    col: usize,
+) -> Result<f32> {
+    check_prompts(model, clean, corrupt, cfg.metric)?;
+    let dev = model.device();
+    let (base_ids, source_ids) = match cfg.direction {
+        Direction::Denoise => (corrupt, clean),
+        Direction::Noise => (clean, corrupt),
+    };
+    let point = cfg.site.point(layer);
+    let mut rec = Hooks::none().capture(point);
+    let source_logits = model.forward(&Input::single(source_ids, dev)?, &mut rec)?;
+    let clean_logits = match cfg.direction {
+        Direction::Denoise => source_logits,
+        Direction::Noise => model.forward(&Input::single(base_ids, dev)?, &mut Hooks::none())?,
+    };
+    let clean_lp = last_logprobs(&clean_logits)?;
+    let mut hooks = Hooks::none()
+        .source("source", rec.take_cache())
+        .intervene(variant(cfg.site, point, 0, col, 1));
+    let logits = model.forward(&Input::single(base_ids, dev)?, &mut hooks)?;
+    Ok(metric_rows(&logits, cfg.metric, Some(&clean_lp))?[0])
+}
+
+/// Patches a set of whole activations (every position and head) from `source` into a run.
+pub fn patch_all(
+    model: &Model,
+    base: &[u32],
+    source: &ActivationCache,
+    points: &[HookPoint],
+) -> Result<Tensor> {
+    let mut hooks = Hooks::none().source("source", source.clone());
+    for &p in points {
+        hooks = hooks.intervene(Intervention {
+            at: p,
+            select: Selection::default(),
+            op: Op::Patch {
+                source: "source".into(),
+                rows: None,
+            },
+            when: Default::default(),
+        });
+    }
+    model.forward(&Input::single(base, model.device())?, &mut hooks)
+}

@@ -1,0 +1,198 @@
+//! Activation-patching sweeps: batched, prefix-reusing sweeps equal one forward per variant,
+//! and the exact limits (patch everything → clean, nothing → corrupted) hold.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use patchclamp_core::{load, HookPoint, Hooks, Input};
+use patchclamp_lab::patching::{
+    metric_rows, patch_all, run_variant, sweep, Direction, Metric, PatchingConfig, Site,
+};
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn prompts(m: &patchclamp_core::Loaded) -> (Vec<u32>, Vec<u32>) {
+    // Symmetric token replacement at the id level: one token of the clean prompt swapped.
+    let tok = m.tokenizer().unwrap();
+    let clean = tok
+        .prompt(
+            &m.model.cfg,
+            "When Mary and John went to the store, John gave a drink to",
+            None,
+        )
+        .unwrap();
+    let mut corrupt = clean.clone();
+    let k = clean.len() / 2;
+    corrupt[k] = if clean[k] == 77 { 78 } else { 77 };
+    (clean, corrupt)
+}
+
+#[test]
+fn sweeps_equal_one_forward_per_variant() {
+    let dev = Device::Cpu;
+    for (name, sites) in [
+        (
+            "gpt2",
+            vec![Site::ResidPre, Site::AttnOut, Site::Z, Site::Pattern],
+        ),
+        (
+            "llama",
+            vec![Site::ResidMid, Site::MlpOut, Site::K, Site::Q],
+        ),
+    ] {
+        let m = load(&fixture(name), &dev).unwrap();
+        let (clean, corrupt) = prompts(&m);
+        for site in sites {
+            for (direction, metric) in [
+                (
+                    Direction::Denoise,
+                    Metric::LogitDiff {
+                        answer: 40,
+                        wrong: 50,
+                    },
+                ),
+                (Direction::Noise, Metric::Kl),
+            ] {
+                let cfg = PatchingConfig {
+                    site,
+                    direction,
+                    metric,
+                    batch: 5,
+                };
+                let r = sweep(&m.model, &clean, &corrupt, &cfg, |_, _| {}).unwrap();
+                assert_eq!(r.values.len(), r.n_layers * r.n_cols);
+                for l in 0..r.n_layers {
+                    for c in 0..r.n_cols {
+                        let alone = run_variant(&m.model, &clean, &corrupt, &cfg, l, c).unwrap();
+                        let d = (alone - r.at(l, c)).abs();
+                        assert!(
+                            d <= 1e-4,
+                            "{name} {site:?} {direction:?} ({l}, {c}): sweep {} vs alone {alone}",
+                            r.at(l, c)
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn patching_everything_recovers_clean_and_nothing_leaves_corrupt() {
+    let dev = Device::Cpu;
+    let m = load(&fixture("gpt2"), &dev).unwrap();
+    let (clean, corrupt) = prompts(&m);
+    let metric = Metric::LogitDiff {
+        answer: 40,
+        wrong: 50,
+    };
+    let mut rec = Hooks::none().capture_all();
+    let clean_logits = m
+        .model
+        .forward(&Input::single(&clean, &dev).unwrap(), &mut rec)
+        .unwrap();
+    let clean_cache = rec.take_cache();
+    let corrupt_logits = m
+        .model
+        .forward(&Input::single(&corrupt, &dev).unwrap(), &mut Hooks::none())
+        .unwrap();
+    for l in 0..2 {
+        for p in [
+            HookPoint::ResidPre(l),
+            HookPoint::ResidMid(l),
+            HookPoint::ResidPost(l),
+        ] {
+            let patched = patch_all(&m.model, &corrupt, &clean_cache, &[p]).unwrap();
+            let d: f32 = (&patched - &clean_logits)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d <= 1e-5, "patching all of {p} leaves {d:e}");
+        }
+    }
+    let nothing = patch_all(&m.model, &corrupt, &clean_cache, &[]).unwrap();
+    let d: f32 = (&nothing - &corrupt_logits)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert_eq!(d, 0.0);
+
+    // Layer 0's residual differs only at the swapped name: patching that position recovers
+    // everything (normalised 1), patching any other position nothing (normalised 0).
+    let cfg = PatchingConfig {
+        site: Site::ResidPre,
+        direction: Direction::Denoise,
+        metric,
+        batch: 8,
+    };
+    let r = sweep(&m.model, &clean, &corrupt, &cfg, |_, _| {}).unwrap();
+    let clean_m = metric_rows(&clean_logits, metric, None).unwrap()[0];
+    let corrupt_m = metric_rows(&corrupt_logits, metric, None).unwrap()[0];
+    assert!((r.clean_metric - clean_m).abs() < 1e-5 && (r.corrupt_metric - corrupt_m).abs() < 1e-5);
+    let diff_pos: Vec<usize> = (0..clean.len())
+        .filter(|&i| clean[i] != corrupt[i])
+        .collect();
+    for c in 0..r.n_cols {
+        let want = if diff_pos.contains(&c) && diff_pos.len() == 1 {
+            1.0
+        } else if diff_pos.contains(&c) {
+            f32::NAN
+        } else {
+            0.0
+        };
+        if want.is_nan() {
+            continue;
+        }
+        let got = r.normalized[c];
+        assert!(
+            (got - want).abs() < 1e-4,
+            "position {c}: normalised {got}, want {want}"
+        );
+    }
+}
+
+#[test]
+fn bad_sweeps_are_rejected() {
+    let dev = Device::Cpu;
+    let m = load(&fixture("gpt2"), &dev).unwrap();
+    let metric = Metric::LogitDiff {
+        answer: 40,
+        wrong: 50,
+    };
+    let cfg = PatchingConfig {
+        site: Site::ResidPre,
+        direction: Direction::Denoise,
+        metric,
+        batch: 4,
+    };
+    let e = sweep(&m.model, &[0, 1, 2], &[0, 1], &cfg, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("same number of tokens (3 vs 2)"), "{e}");
+    let cfg = PatchingConfig {
+        metric: Metric::Prob { answer: 999 },
+        ..cfg
+    };
+    let e = sweep(&m.model, &[0, 1], &[0, 2], &cfg, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("answer token id 999 is out of range"), "{e}");
+}
