@@ -238,3 +238,76 @@ fn editing_hook_result_removes_exactly_that_heads_contribution() {
     let d = max_diff(edit.cache().get(HookPoint::AttnOut(1)).unwrap(), &want);
     assert!(d < 1e-5, "attn_out after ablating head 2 differs by {d:e}");
 }
+
+#[test]
+fn forward_spans_start_and_stop_at_layers() {
+    use patchclamp_core::model::Span;
+    let dev = Device::Cpu;
+    for name in ["gpt2", "qwen2"] {
+        let m = load(&fixture(name), &dev).unwrap();
+        let input = Input::single(&[3, 7, 8, 9, 10], &dev).unwrap();
+        let mut rec = Hooks::none().capture(Selector::parse("blocks.*.hook_resid_pre").unwrap());
+        let full = m.model.forward(&input, &mut rec).unwrap();
+        let r1 = rec.cache().get(HookPoint::ResidPre(1)).unwrap().clone();
+        let stopped = m
+            .model
+            .forward_span(
+                &input,
+                &mut Hooks::none(),
+                Span {
+                    stop_at_layer: Some(1),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            max_diff(&stopped, &r1),
+            0.0,
+            "{name}: stop_at_layer(1) is resid_pre(1)"
+        );
+        let resumed = m
+            .model
+            .forward_span(
+                &input,
+                &mut Hooks::none(),
+                Span {
+                    start: Some((1, r1)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            max_diff(&resumed, &full),
+            0.0,
+            "{name}: starting at layer 1 from its cached input"
+        );
+        let last = m
+            .model
+            .forward_span(
+                &input,
+                &mut Hooks::none(),
+                Span {
+                    last_position_only: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        // A one-row product blocks differently from a five-row one: equal up to rounding.
+        assert!(
+            max_diff(&last, &full.narrow(1, 4, 1).unwrap()) < 1e-4,
+            "{name}: last position only"
+        );
+        let e = m
+            .model
+            .forward_span(
+                &input,
+                &mut Hooks::none(),
+                Span {
+                    stop_at_layer: Some(3),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("layer 3 is out of range"), "{e}");
+    }
+}

@@ -239,41 +239,42 @@ pub fn sweep(
     let total = n_layers * n_cols;
     let mut values = vec![0f32; total];
     let mut done = 0;
-    for (l, &point) in points.iter().enumerate() {
+    // Variants in (layer, col) order; each forward takes `batch` of them and starts at the
+    // lowest layer among them, from the base run's residual there. Rows patched at a later
+    // layer recompute a few unpatched layers, but the products get `batch` rows, which keeps
+    // the weight-packing cost of small products amortised.
+    let variants: Vec<(usize, usize)> = (0..n_layers)
+        .flat_map(|l| (0..n_cols).map(move |c| (l, c)))
+        .collect();
+    for chunk in variants.chunks(cfg.batch) {
+        let b = chunk.len();
+        let l0 = chunk[0].0;
         let resid = base_cache
-            .get(HookPoint::ResidPre(l))
+            .get(HookPoint::ResidPre(l0))
             .expect("recorded above");
-        for chunk_start in (0..n_cols).step_by(cfg.batch) {
-            let cols: Vec<usize> = (chunk_start..(chunk_start + cfg.batch).min(n_cols)).collect();
-            let b = cols.len();
-            let mut hooks = Hooks::none().source("source", source.clone());
-            for (row, &c) in cols.iter().enumerate() {
-                hooks = hooks.intervene(variant(cfg.site, point, row, c, b));
-            }
-            let tokens = Tensor::new(base_ids, dev)?.unsqueeze(0)?.repeat((b, 1))?;
-            let input = Input {
-                positions: base_in.positions.repeat((b, 1))?,
-                tokens,
-                mask: None,
-                lengths: vec![seq; b],
-                padding: Default::default(),
-            };
-            let start = resid.repeat((b, 1, 1))?;
-            let logits = model.forward_span(
-                &input,
-                &mut hooks,
-                Span {
-                    start: Some((l, start)),
-                    stop_at_layer: None,
-                },
-            )?;
-            let m = metric_rows(&logits, cfg.metric, Some(&clean_lp))?;
-            for (row, &c) in cols.iter().enumerate() {
-                values[l * n_cols + c] = m[row];
-            }
-            done += b;
-            progress(done, total);
+        let mut hooks = Hooks::none().source("source", source.clone());
+        for (row, &(l, c)) in chunk.iter().enumerate() {
+            hooks = hooks.intervene(variant(cfg.site, points[l], row, c, b));
         }
+        let input = Input {
+            tokens: Tensor::new(base_ids, dev)?.unsqueeze(0)?.repeat((b, 1))?,
+            positions: base_in.positions.repeat((b, 1))?,
+            mask: None,
+            lengths: vec![seq; b],
+            padding: Default::default(),
+        };
+        let span = Span {
+            start: Some((l0, resid.repeat((b, 1, 1))?)),
+            stop_at_layer: None,
+            last_position_only: true,
+        };
+        let logits = model.forward_span(&input, &mut hooks, span)?;
+        let m = metric_rows(&logits, cfg.metric, Some(&clean_lp))?;
+        for (row, &(l, c)) in chunk.iter().enumerate() {
+            values[l * n_cols + c] = m[row];
+        }
+        done += b;
+        progress(done, total);
     }
     let denom = clean_metric - corrupt_metric;
     let normalized = values

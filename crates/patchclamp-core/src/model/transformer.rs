@@ -28,6 +28,9 @@ pub struct Span {
     /// Stop before block `l` and return the residual entering it (`n_layers`: the final
     /// residual, before the final norm).
     pub stop_at_layer: Option<usize>,
+    /// Unembed only the last position (logits `[B, 1, V]`): sweeps whose metric reads the
+    /// last position skip most of the unembedding, the largest product of a small model.
+    pub last_position_only: bool,
 }
 
 /// Per-forward state shared by every block.
@@ -120,6 +123,11 @@ impl Model {
         if stop < n || span.stop_at_layer == Some(n) {
             return Ok(resid);
         }
+        let resid = if span.last_position_only {
+            resid.narrow(1, s - 1, 1)?
+        } else {
+            resid
+        };
 
         let x = if self.cfg.final_norm {
             self.norm(
