@@ -1,33 +1,13 @@
 //! Ragged batches: each prompt of a padded batch gives the same logits and activations as
 //! running it alone (tolerance 1e-4 absolute, f32), for left and right padding, every family.
 
-use std::path::PathBuf;
+mod common;
 
 use candle_core::{Device, Tensor};
+use common::{fixture, max_diff};
 use patchclamp_core::{load, HookPoint, Hooks, Input, Padding, Selector};
 
 const TOL: f32 = 1e-4;
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/models")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
 
 /// Rows of `x` `[B, S, ...]` (positions on dim 1) for row `row`'s real tokens.
 fn real_rows(x: &Tensor, input: &Input, row: usize, pos_dim: usize) -> Tensor {

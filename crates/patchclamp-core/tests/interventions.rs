@@ -1,34 +1,16 @@
 //! Declarative interventions: semantics, gradients, composition, serialisation, validation.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+
+mod common;
 
 use candle_core::{Device, Tensor, Var};
+use common::{fixture, max_diff};
 use patchclamp_core::hooks::{Positions, Schedule, Values};
+
 use patchclamp_core::{
     load, ActivationCache, HookPoint, Hooks, Input, Intervention, Op, Selection, Selector,
 };
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/models")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
 
 fn iv(at: &str, select: Selection, op: Op) -> Intervention {
     Intervention {

@@ -1,38 +1,15 @@
 //! Attribution patching: exact where the metric is linear in the activation, and ranked like
 //! exact patching elsewhere.
 
-use std::path::PathBuf;
+mod common;
 
 use candle_core::Device;
+use common::{fixture, prompts};
 use patchclamp_core::{load, HookPoint, Hooks, Input};
 use patchclamp_lab::attribution::{attribute, attribute_totals};
 use patchclamp_lab::patching::{
     metric_rows, patch_all, sweep, Direction, Metric, PatchingConfig, Site,
 };
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/models")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn prompts(m: &patchclamp_core::Loaded) -> (Vec<u32>, Vec<u32>) {
-    // Symmetric token replacement at the id level: one token of the clean prompt swapped.
-    let tok = m.tokenizer().unwrap();
-    let clean = tok
-        .prompt(
-            &m.model.cfg,
-            "When Mary and John went to the store, John gave a drink to",
-            None,
-        )
-        .unwrap();
-    let mut corrupt = clean.clone();
-    let k = clean.len() / 2;
-    corrupt[k] = if clean[k] == 77 { 78 } else { 77 };
-    (clean, corrupt)
-}
 
 /// Spearman rank correlation.
 fn spearman(a: &[f32], b: &[f32]) -> f64 {

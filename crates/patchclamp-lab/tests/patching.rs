@@ -1,37 +1,14 @@
 //! Activation-patching sweeps: batched, prefix-reusing sweeps equal one forward per variant,
 //! and the exact limits (patch everything → clean, nothing → corrupted) hold.
 
-use std::path::PathBuf;
+mod common;
 
 use candle_core::Device;
+use common::{fixture, prompts};
 use patchclamp_core::{load, HookPoint, Hooks, Input};
 use patchclamp_lab::patching::{
     metric_rows, patch_all, run_variant, sweep, Direction, Metric, PatchingConfig, Site,
 };
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/models")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn prompts(m: &patchclamp_core::Loaded) -> (Vec<u32>, Vec<u32>) {
-    // Symmetric token replacement at the id level: one token of the clean prompt swapped.
-    let tok = m.tokenizer().unwrap();
-    let clean = tok
-        .prompt(
-            &m.model.cfg,
-            "When Mary and John went to the store, John gave a drink to",
-            None,
-        )
-        .unwrap();
-    let mut corrupt = clean.clone();
-    let k = clean.len() / 2;
-    corrupt[k] = if clean[k] == 77 { 78 } else { 77 };
-    (clean, corrupt)
-}
 
 #[test]
 fn sweeps_equal_one_forward_per_variant() {

@@ -1,0 +1,30 @@
+//! Helpers shared by the lab's integration tests.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::PathBuf;
+
+/// Path of a committed fixture model, for `load`.
+pub fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A clean prompt and its corruption: one token swapped at the id level (symmetric token
+/// replacement), so both have the same length under any tokenizer.
+pub fn prompts(m: &patchclamp_core::Loaded) -> (Vec<u32>, Vec<u32>) {
+    let tok = m.tokenizer().unwrap();
+    let clean = tok
+        .prompt(
+            &m.model.cfg,
+            "When Mary and John went to the store, John gave a drink to",
+            None,
+        )
+        .unwrap();
+    let mut corrupt = clean.clone();
+    let k = clean.len() / 2;
+    corrupt[k] = if clean[k] == 77 { 78 } else { 77 };
+    (clean, corrupt)
+}
