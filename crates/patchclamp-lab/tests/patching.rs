@@ -173,3 +173,58 @@ fn bad_sweeps_are_rejected() {
         .to_string();
     assert!(e.contains("answer token id 999 is out of range"), "{e}");
 }
+
+/// TransformerLens's `get_act_patch_resid_pre` and `get_act_patch_attn_head_out_all_pos` on the
+/// fixtures (committed by tools/fixtures/generate.py); tolerance 1e-4 absolute.
+#[test]
+fn sweeps_equal_transformer_lens_patching_matrices() {
+    let dev = Device::Cpu;
+    for name in ["gpt2", "llama"] {
+        let m = load(&fixture(name), &dev).unwrap();
+        let path = std::path::Path::new(&fixture(name)).join("patching.safetensors");
+        let r = candle_core::safetensors::load(path, &dev).unwrap();
+        let ids = |k: &str| -> Vec<u32> {
+            r[k].to_dtype(candle_core::DType::U32)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (clean, corrupt, metric_ids) = (
+            ids("clean_tokens"),
+            ids("corrupt_tokens"),
+            ids("metric_ids"),
+        );
+        let metric = Metric::LogitDiff {
+            answer: metric_ids[0],
+            wrong: metric_ids[1],
+        };
+        for (site, key) in [(Site::ResidPre, "resid_pre"), (Site::Z, "z")] {
+            let cfg = PatchingConfig {
+                site,
+                direction: Direction::Denoise,
+                metric,
+                batch: 6,
+            };
+            let ours = sweep(&m.model, &clean, &corrupt, &cfg, |_, _| {})
+                .unwrap()
+                .tensor()
+                .unwrap();
+            let theirs = &r[key];
+            assert_eq!(ours.dims(), theirs.dims(), "{name} {key}");
+            let d: f32 = (&ours - theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(
+                d <= 1e-4,
+                "{name} {key}: max abs diff {d:e} from TransformerLens"
+            );
+        }
+    }
+}
