@@ -2,4 +2,5 @@
 //! to a typed, serialisable result.
 
 pub mod attribution;
+pub mod means;
 pub mod patching;
