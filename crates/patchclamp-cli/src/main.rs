@@ -42,6 +42,8 @@ enum Cmd {
     Run(run::Args),
     /// Activation patching over (layer, position) or (layer, head), with heatmaps.
     Patch(patch::Args),
+    /// Attribution patching: the first-order estimate of `patch`, from one backward pass.
+    Attribute(patch::Args),
     /// Measure speed and memory (prints numbers; compare with tools/bench/).
     #[command(subcommand)]
     Bench(bench::Cmd),
@@ -56,7 +58,8 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Run(a) => run::main(a),
-        Cmd::Patch(a) => patch::main(a),
+        Cmd::Patch(a) => patch::main(a, patch::Method::Exact),
+        Cmd::Attribute(a) => patch::main(a, patch::Method::Attribution),
         Cmd::Bench(c) => bench::main(c),
         Cmd::Lab(a) => lab::main(a),
     };

@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use candle_core::Tensor;
 use patchclamp_core::fsutil::write_atomic;
 use patchclamp_core::Tokenizer;
+use patchclamp_lab::attribution::attribute;
 use patchclamp_lab::patching::{sweep, Direction, Metric, PatchingConfig, Site};
 use serde_json::json;
 
@@ -61,7 +62,16 @@ fn one_token(tok: &Tokenizer, text: &str, what: &str) -> anyhow::Result<u32> {
     }
 }
 
-pub fn main(a: Args) -> anyhow::Result<()> {
+/// How the sweep is computed.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Method {
+    /// One patched forward per variant (batched).
+    Exact,
+    /// First-order estimate from two forwards and one backward.
+    Attribution,
+}
+
+pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
     let site: Site = serde_json::from_value(json!(a.point)).map_err(|_| {
         anyhow::anyhow!("unknown --point '{}'; use resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v or pattern", a.point)
     })?;
@@ -96,15 +106,25 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         metric,
         batch: a.batch,
     };
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template(
-        "patching {bar:30} {pos}/{len} variants {elapsed}",
-    )?);
-    let r = sweep(&m.model, &clean, &corrupt, &pc, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
-    bar.finish_and_clear();
+    let r = match method {
+        Method::Exact => {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(indicatif::ProgressStyle::with_template(
+                "patching {bar:30} {pos}/{len} variants {elapsed}",
+            )?);
+            let r = sweep(&m.model, &clean, &corrupt, &pc, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            r
+        }
+        Method::Attribution => attribute(&m.model, &clean, &corrupt, site, pc.direction, metric)?,
+    };
+    let method_name = match method {
+        Method::Exact => "patching",
+        Method::Attribution => "attribution patching",
+    };
 
     let token_labels: Vec<String> = clean
         .iter()
@@ -131,7 +151,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let result = json!({
         "model": a.model, "clean": a.clean, "corrupted": a.corrupted,
         "clean_tokens": clean, "corrupted_tokens": corrupt, "token_labels": token_labels,
-        "config": pc, "n_layers": r.n_layers, "n_cols": r.n_cols, "col_labels": col_labels,
+        "method": method_name, "config": pc, "n_layers": r.n_layers, "n_cols": r.n_cols, "col_labels": col_labels,
         "clean_metric": r.clean_metric, "corrupt_metric": r.corrupt_metric,
         "values": r.values, "normalized": r.normalized,
     });
@@ -150,7 +170,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     write_atomic(&a.out.join("result.safetensors"), &bytes)?;
     let heat = Heatmap {
         title: format!(
-            "{} patching of {}, metric {}",
+            "{} {method_name} of {}, metric {}",
             if a.noising { "noising" } else { "denoising" },
             a.point,
             a.metric

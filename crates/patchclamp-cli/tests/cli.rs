@@ -354,3 +354,23 @@ fn patch_writes_json_tensors_and_heatmaps() {
     assert!(err.contains("must be exactly one"), "{err}");
     std::fs::remove_dir_all(out).unwrap();
 }
+
+#[test]
+fn attribute_estimates_the_same_grid_as_patch() {
+    let out = std::env::temp_dir().join(format!("pc-attr-{}", std::process::id()));
+    let run = |cmd: &str| -> serde_json::Value {
+        let stdout = ok(bin()
+            .args([cmd, &fixture("gpt2"), "--clean", "The cat sat on the mat", "--corrupted", "The cat sat on the cat"])
+            .args(["--answer", ".", "--wrong", ",", "--point", "z", "--json", "--out"])
+            .arg(out.join(cmd))
+            .output()
+            .unwrap());
+        serde_json::from_str(&stdout).unwrap()
+    };
+    let (exact, approx) = (run("patch"), run("attribute"));
+    assert_eq!(approx["method"], "attribution patching");
+    assert_eq!(exact["values"].as_array().unwrap().len(), approx["values"].as_array().unwrap().len());
+    assert_eq!(exact["clean_metric"], approx["clean_metric"]);
+    assert!(out.join("attribute/heatmap.png").is_file());
+    std::fs::remove_dir_all(out).unwrap();
+}
