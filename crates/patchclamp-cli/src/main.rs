@@ -6,6 +6,7 @@ mod lab;
 mod patch;
 mod plot;
 mod run;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,8 @@ enum Cmd {
     Patch(patch::Args),
     /// Attribution patching: the first-order estimate of `patch`, from one backward pass.
     Attribute(patch::Args),
+    /// Causal tracing (ROME): noise the subject, restore states, map the indirect effect.
+    Trace(trace::Args),
     /// Measure speed and memory (prints numbers; compare with tools/bench/).
     #[command(subcommand)]
     Bench(bench::Cmd),
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::main(a),
         Cmd::Patch(a) => patch::main(a, patch::Method::Exact),
         Cmd::Attribute(a) => patch::main(a, patch::Method::Attribution),
+        Cmd::Trace(a) => trace::main(a),
         Cmd::Bench(c) => bench::main(c),
         Cmd::Lab(a) => lab::main(a),
     };

@@ -360,8 +360,17 @@ fn attribute_estimates_the_same_grid_as_patch() {
     let out = std::env::temp_dir().join(format!("pc-attr-{}", std::process::id()));
     let run = |cmd: &str| -> serde_json::Value {
         let stdout = ok(bin()
-            .args([cmd, &fixture("gpt2"), "--clean", "The cat sat on the mat", "--corrupted", "The cat sat on the cat"])
-            .args(["--answer", ".", "--wrong", ",", "--point", "z", "--json", "--out"])
+            .args([
+                cmd,
+                &fixture("gpt2"),
+                "--clean",
+                "The cat sat on the mat",
+                "--corrupted",
+                "The cat sat on the cat",
+            ])
+            .args([
+                "--answer", ".", "--wrong", ",", "--point", "z", "--json", "--out",
+            ])
             .arg(out.join(cmd))
             .output()
             .unwrap());
@@ -369,8 +378,69 @@ fn attribute_estimates_the_same_grid_as_patch() {
     };
     let (exact, approx) = (run("patch"), run("attribute"));
     assert_eq!(approx["method"], "attribution patching");
-    assert_eq!(exact["values"].as_array().unwrap().len(), approx["values"].as_array().unwrap().len());
+    assert_eq!(
+        exact["values"].as_array().unwrap().len(),
+        approx["values"].as_array().unwrap().len()
+    );
     assert_eq!(exact["clean_metric"], approx["clean_metric"]);
     assert!(out.join("attribute/heatmap.png").is_file());
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn trace_maps_indirect_effects() {
+    let out = std::env::temp_dir().join(format!("pc-trace-{}", std::process::id()));
+    let stdout = ok(bin()
+        .args([
+            "trace",
+            &fixture("gpt2"),
+            "--prompt",
+            "The cat sat on the mat",
+            "--subject",
+            "cat",
+            "--answer",
+            " t",
+        ])
+        .args([
+            "--samples",
+            "2",
+            "--kind",
+            "mlp",
+            "--window",
+            "2",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let n = v["n_layers"].as_u64().unwrap() * v["n_positions"].as_u64().unwrap();
+    assert_eq!(v["indirect_effect"].as_array().unwrap().len() as u64, n);
+    assert_eq!(
+        v["config"]["subject"],
+        serde_json::json!([2, 3]),
+        "\" cat\" is two tokens here"
+    );
+    assert!(v["total_effect"].as_f64().unwrap() > 0.1);
+    assert!(out.join("heatmap.png").is_file() && out.join("result.safetensors").is_file());
+    let err = fails(
+        bin()
+            .args([
+                "trace",
+                &fixture("gpt2"),
+                "--prompt",
+                "The cat sat",
+                "--subject",
+                "dog",
+                "--answer",
+                " t",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("does not occur in the prompt"), "{err}");
     std::fs::remove_dir_all(out).unwrap();
 }

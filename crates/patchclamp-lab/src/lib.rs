@@ -4,3 +4,4 @@
 pub mod attribution;
 pub mod means;
 pub mod patching;
+pub mod tracing;

@@ -1,0 +1,266 @@
+//! Causal tracing (Meng et al. 2022, ROME; METHODS.md §5.2): corrupt the subject tokens'
+//! embeddings with Gaussian noise, then restore one (layer, position) state — the hidden state,
+//! or the MLP or attention output over a window of layers — to its clean value and measure how
+//! much of the answer's probability comes back.
+
+use candle_core::Tensor;
+use patchclamp_core::hooks::{Positions, Values};
+use patchclamp_core::model::Span;
+use patchclamp_core::rng::Rng;
+use patchclamp_core::{
+    Error, HookPoint, Hooks, Input, Intervention, Model, Op, Result, Selection, Selector,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::patching::{metric_rows, Metric};
+
+/// Which state is restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceKind {
+    /// The residual stream after the block (`hook_resid_post`).
+    Hidden,
+    /// The MLP output (`hook_mlp_out`).
+    Mlp,
+    /// The attention output (`hook_attn_out`).
+    Attn,
+}
+
+impl TraceKind {
+    fn point(self, l: usize) -> HookPoint {
+        match self {
+            TraceKind::Hidden => HookPoint::ResidPost(l),
+            TraceKind::Mlp => HookPoint::MlpOut(l),
+            TraceKind::Attn => HookPoint::AttnOut(l),
+        }
+    }
+}
+
+/// Settings of a trace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceConfig {
+    /// Positions of the subject tokens (corrupted with noise).
+    pub subject: Vec<usize>,
+    pub kind: TraceKind,
+    /// Layers restored together around each layer (ROME: 10 for MLP/attention, 1 for hidden).
+    pub window: usize,
+    /// Noise samples averaged over.
+    pub samples: usize,
+    /// Noise standard deviation ν; `None` = 3 × the standard deviation of the token embeddings.
+    pub noise: Option<f64>,
+    pub seed: u64,
+    /// What is measured at the last position (ROME: the answer's probability).
+    pub metric: Metric,
+    /// Also freeze every MLP output after the restored layer at its corrupted value.
+    pub severed: bool,
+    /// Variants per forward.
+    pub batch: usize,
+}
+
+/// A trace: the restored metric for every (layer, position), averaged over noise samples.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceResult {
+    pub config: TraceConfig,
+    /// ν actually used.
+    pub noise: f64,
+    pub clean_metric: f32,
+    /// Mean over samples of the corrupted run's metric.
+    pub corrupt_metric: f32,
+    /// Total effect `M_clean − M_corrupt`.
+    pub total_effect: f32,
+    /// `[n_layers][n_positions]`: mean restored metric.
+    pub restored: Vec<f32>,
+    /// `[n_layers][n_positions]`: indirect effect `M_restored − M_corrupt`.
+    pub indirect_effect: Vec<f32>,
+    pub n_layers: usize,
+    pub n_positions: usize,
+}
+
+/// The layers restored for layer `l`: a window of `w` centred on it, clipped to the model.
+pub fn window(l: usize, w: usize, n_layers: usize) -> std::ops::Range<usize> {
+    let w = w.max(1);
+    let start = l.saturating_sub(w / 2);
+    let end = (start + w).min(n_layers);
+    end.saturating_sub(w).min(start)..end
+}
+
+/// Runs the trace of `tokens` (the last position is read).
+pub fn trace(
+    model: &Model,
+    tokens: &[u32],
+    cfg: &TraceConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<TraceResult> {
+    let (n_layers, seq, d) = (model.cfg.n_layers, tokens.len(), model.cfg.d_model);
+    if cfg.subject.is_empty() {
+        return Err(Error::Input(
+            "causal tracing needs at least one subject position".into(),
+        ));
+    }
+    if let Some(&p) = cfg.subject.iter().find(|&&p| p >= seq) {
+        return Err(Error::OutOfRange {
+            what: "subject position",
+            index: p as i64,
+            limit: format!("{seq} positions"),
+        });
+    }
+    if cfg.samples == 0 || cfg.batch == 0 {
+        return Err(Error::Input("samples and batch must be at least 1".into()));
+    }
+    let dev = model.device();
+    let noise = match cfg.noise {
+        Some(v) => v,
+        None => {
+            let w = &model.weights.w_e;
+            let mean = w.mean_all()?.to_scalar::<f32>()? as f64;
+            let var = w.sqr()?.mean_all()?.to_scalar::<f32>()? as f64 - mean * mean;
+            3.0 * var.max(0.0).sqrt()
+        }
+    };
+    let input = Input::single(tokens, dev)?;
+    let points: Vec<HookPoint> = (0..n_layers).map(|l| cfg.kind.point(l)).collect();
+    let mut rec = Hooks::none();
+    for &p in &points {
+        rec = rec.capture(p);
+    }
+    let clean_logits = model.forward(&input, &mut rec)?;
+    let clean = rec.take_cache();
+    let clean_lp = {
+        let last = clean_logits.narrow(1, seq - 1, 1)?.squeeze(1)?;
+        candle_nn::ops::log_softmax(&last, candle_core::D::Minus1)?
+    };
+    let clean_metric = metric_rows(&clean_logits, cfg.metric, Some(&clean_lp))?[0];
+
+    let variants: Vec<(usize, usize)> = (0..n_layers)
+        .flat_map(|l| (0..seq).map(move |p| (l, p)))
+        .collect();
+    let total = variants.len() * cfg.samples;
+    let mut restored = vec![0f32; variants.len()];
+    let mut corrupt_sum = 0f32;
+    let mut rng = Rng::new(cfg.seed);
+    let mut done = 0;
+    for _ in 0..cfg.samples {
+        // One noise draw per sample, on the subject tokens' embeddings.
+        let mut eps = vec![0f32; seq * d];
+        for &p in &cfg.subject {
+            for (i, e) in rng.normal_vec(d, noise).into_iter().enumerate() {
+                eps[p * d + i] = e;
+            }
+        }
+        let corrupt_iv = Intervention {
+            at: HookPoint::Embed,
+            select: Selection::default(),
+            op: Op::Add {
+                vector: Values::Tensor {
+                    shape: vec![1, seq, d],
+                    data: eps.iter().map(|&x| x as f64).collect(),
+                },
+                coef: 1.0,
+            },
+            when: Default::default(),
+        };
+        // The corrupted run: its metric, its residuals (shared prefixes) and MLP outputs (severing).
+        let mut rec = Hooks::none()
+            .intervene(corrupt_iv.clone())
+            .capture(Selector::parse("blocks.*.hook_resid_pre")?);
+        if cfg.severed {
+            rec = rec.capture(Selector::parse("blocks.*.hook_mlp_out")?);
+        }
+        let corrupt_logits = model.forward(&input, &mut rec)?;
+        let corrupted = rec.take_cache();
+        corrupt_sum += metric_rows(&corrupt_logits, cfg.metric, Some(&clean_lp))?[0];
+
+        for chunk in variants.chunks(cfg.batch) {
+            let b = chunk.len();
+            let start = chunk
+                .iter()
+                .map(|&(l, _)| window(l, cfg.window, n_layers).start)
+                .min()
+                .unwrap_or(0);
+            let mut hooks = Hooks::none()
+                .source("clean", clean.clone())
+                .source("corrupt", corrupted.clone());
+            for (row, &(l, p)) in chunk.iter().enumerate() {
+                let w = window(l, cfg.window, n_layers);
+                for layer in w.clone() {
+                    hooks = hooks.intervene(Intervention {
+                        at: cfg.kind.point(layer),
+                        select: Selection {
+                            rows: Some(vec![row]),
+                            positions: Some(Positions::Indices(vec![p as i64])),
+                            ..Default::default()
+                        },
+                        op: Op::Patch {
+                            source: "clean".into(),
+                            rows: Some(vec![0; b]),
+                        },
+                        when: Default::default(),
+                    });
+                }
+                if cfg.severed {
+                    for layer in w.end..n_layers {
+                        hooks = hooks.intervene(Intervention {
+                            at: HookPoint::MlpOut(layer),
+                            select: Selection {
+                                rows: Some(vec![row]),
+                                ..Default::default()
+                            },
+                            op: Op::Patch {
+                                source: "corrupt".into(),
+                                rows: Some(vec![0; b]),
+                            },
+                            when: Default::default(),
+                        });
+                    }
+                }
+            }
+            let batch_in = Input {
+                tokens: input.tokens.repeat((b, 1))?,
+                positions: input.positions.repeat((b, 1))?,
+                mask: None,
+                lengths: vec![seq; b],
+                padding: Default::default(),
+            };
+            let resid = corrupted
+                .get(HookPoint::ResidPre(start))
+                .expect("recorded above")
+                .repeat((b, 1, 1))?;
+            let span = Span {
+                start: Some((start, resid)),
+                stop_at_layer: None,
+                last_position_only: true,
+            };
+            let logits = model.forward_span(&batch_in, &mut hooks, span)?;
+            let m = metric_rows(&logits, cfg.metric, Some(&clean_lp))?;
+            for (row, &(l, p)) in chunk.iter().enumerate() {
+                restored[l * seq + p] += m[row];
+            }
+            done += b;
+            progress(done, total);
+        }
+    }
+    let s = cfg.samples as f32;
+    let corrupt_metric = corrupt_sum / s;
+    let restored: Vec<f32> = restored.iter().map(|v| v / s).collect();
+    let indirect_effect = restored.iter().map(|v| v - corrupt_metric).collect();
+    Ok(TraceResult {
+        config: cfg.clone(),
+        noise,
+        clean_metric,
+        corrupt_metric,
+        total_effect: clean_metric - corrupt_metric,
+        restored,
+        indirect_effect,
+        n_layers,
+        n_positions: seq,
+    })
+}
+
+/// `[n_layers, n_positions]` tensor of indirect effects.
+pub fn indirect_effect_tensor(r: &TraceResult) -> Result<Tensor> {
+    Ok(Tensor::from_vec(
+        r.indirect_effect.clone(),
+        (r.n_layers, r.n_positions),
+        &candle_core::Device::Cpu,
+    )?)
+}
