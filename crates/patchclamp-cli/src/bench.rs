@@ -226,6 +226,7 @@ fn patch(a: PatchArgs) -> anyhow::Result<()> {
             direction: Direction::Denoise,
             metric,
             batch: a.batch,
+            window: 1,
         };
         let mut times = Vec::new();
         let mut result = None;

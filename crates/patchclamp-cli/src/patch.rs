@@ -42,6 +42,9 @@ pub struct Args {
     /// Variants per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Patch this many consecutive layers around each layer together (sliding window).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
     /// Apply TransformerLens's weight processing first.
     #[arg(long)]
     processed: bool,
@@ -105,6 +108,7 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
         },
         metric,
         batch: a.batch,
+        window: a.window,
     };
     let r = match method {
         Method::Exact => {

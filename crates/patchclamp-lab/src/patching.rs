@@ -83,6 +83,13 @@ pub struct PatchingConfig {
     pub metric: Metric,
     /// Variants per forward (bounds peak memory).
     pub batch: usize,
+    /// Layers patched together around each layer (sliding window; 1 = that layer alone).
+    #[serde(default = "one")]
+    pub window: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A sweep's result: `values[layer][col]`, plus the two reference metrics.
@@ -248,13 +255,19 @@ pub fn sweep(
         .collect();
     for chunk in variants.chunks(cfg.batch) {
         let b = chunk.len();
-        let l0 = chunk[0].0;
+        let l0 = chunk
+            .iter()
+            .map(|&(l, _)| layer_window(l, cfg.window, n_layers).start)
+            .min()
+            .unwrap_or(0);
         let resid = base_cache
             .get(HookPoint::ResidPre(l0))
             .expect("recorded above");
         let mut hooks = Hooks::none().source("source", source.clone());
         for (row, &(l, c)) in chunk.iter().enumerate() {
-            hooks = hooks.intervene(variant(cfg.site, points[l], row, c, b));
+            for layer in layer_window(l, cfg.window, n_layers) {
+                hooks = hooks.intervene(variant(cfg.site, points[layer], row, c, b));
+            }
         }
         let input = Input {
             tokens: Tensor::new(base_ids, dev)?.unsqueeze(0)?.repeat((b, 1))?,
@@ -292,6 +305,15 @@ pub fn sweep(
         clean_metric,
         corrupt_metric,
     })
+}
+
+/// The layers patched for layer `l`: `w` consecutive layers centred on it, clipped to the model
+/// (ROME's convention: `l − w/2 ..`).
+pub fn layer_window(l: usize, w: usize, n_layers: usize) -> std::ops::Range<usize> {
+    let w = w.max(1);
+    let start = l.saturating_sub(w / 2);
+    let end = (start + w).min(n_layers);
+    end.saturating_sub(w).min(start)..end
 }
 
 /// The intervention of one variant: patch `col` (a position, or a head at all positions) of
@@ -336,17 +358,21 @@ pub fn run_variant(
         Direction::Denoise => (corrupt, clean),
         Direction::Noise => (clean, corrupt),
     };
-    let point = cfg.site.point(layer);
-    let mut rec = Hooks::none().capture(point);
+    let layers = layer_window(layer, cfg.window, model.cfg.n_layers);
+    let mut rec = Hooks::none();
+    for l in layers.clone() {
+        rec = rec.capture(cfg.site.point(l));
+    }
     let source_logits = model.forward(&Input::single(source_ids, dev)?, &mut rec)?;
     let clean_logits = match cfg.direction {
         Direction::Denoise => source_logits,
         Direction::Noise => model.forward(&Input::single(base_ids, dev)?, &mut Hooks::none())?,
     };
     let clean_lp = last_logprobs(&clean_logits)?;
-    let mut hooks = Hooks::none()
-        .source("source", rec.take_cache())
-        .intervene(variant(cfg.site, point, 0, col, 1));
+    let mut hooks = Hooks::none().source("source", rec.take_cache());
+    for l in layers {
+        hooks = hooks.intervene(variant(cfg.site, cfg.site.point(l), 0, col, 1));
+    }
     let logits = model.forward(&Input::single(base_ids, dev)?, &mut hooks)?;
     Ok(metric_rows(&logits, cfg.metric, Some(&clean_lp))?[0])
 }

@@ -12,7 +12,7 @@ use patchclamp_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::patching::{metric_rows, Metric};
+use crate::patching::{layer_window, metric_rows, Metric};
 
 /// Which state is restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,12 +76,9 @@ pub struct TraceResult {
     pub n_positions: usize,
 }
 
-/// The layers restored for layer `l`: a window of `w` centred on it, clipped to the model.
+/// The layers restored for layer `l` (see [`layer_window`]).
 pub fn window(l: usize, w: usize, n_layers: usize) -> std::ops::Range<usize> {
-    let w = w.max(1);
-    let start = l.saturating_sub(w / 2);
-    let end = (start + w).min(n_layers);
-    end.saturating_sub(w).min(start)..end
+    layer_window(l, w, n_layers)
 }
 
 /// Runs the trace of `tokens` (the last position is read).

@@ -86,6 +86,7 @@ fn attribution_ranks_heads_like_exact_patching() {
                 direction: Direction::Denoise,
                 metric,
                 batch: 8,
+                window: 1,
             },
             |_, _| {},
         )

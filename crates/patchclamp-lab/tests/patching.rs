@@ -26,21 +26,24 @@ fn sweeps_equal_one_forward_per_variant() {
         let m = load(&fixture(name), &dev).unwrap();
         let (clean, corrupt) = prompts(&m);
         for site in sites {
-            for (direction, metric) in [
+            for (direction, metric, window) in [
                 (
                     Direction::Denoise,
                     Metric::LogitDiff {
                         answer: 40,
                         wrong: 50,
                     },
+                    1,
                 ),
-                (Direction::Noise, Metric::Kl),
+                (Direction::Noise, Metric::Kl, 1),
+                (Direction::Denoise, Metric::Prob { answer: 40 }, 2),
             ] {
                 let cfg = PatchingConfig {
                     site,
                     direction,
                     metric,
                     batch: 5,
+                    window,
                 };
                 let r = sweep(&m.model, &clean, &corrupt, &cfg, |_, _| {}).unwrap();
                 assert_eq!(r.values.len(), r.n_layers * r.n_cols);
@@ -119,6 +122,7 @@ fn patching_everything_recovers_clean_and_nothing_leaves_corrupt() {
         direction: Direction::Denoise,
         metric,
         batch: 8,
+        window: 1,
     };
     let r = sweep(&m.model, &clean, &corrupt, &cfg, |_, _| {}).unwrap();
     let clean_m = metric_rows(&clean_logits, metric, None).unwrap()[0];
@@ -159,6 +163,7 @@ fn bad_sweeps_are_rejected() {
         direction: Direction::Denoise,
         metric,
         batch: 4,
+        window: 1,
     };
     let e = sweep(&m.model, &[0, 1, 2], &[0, 1], &cfg, |_, _| {})
         .unwrap_err()
@@ -204,6 +209,7 @@ fn sweeps_equal_transformer_lens_patching_matrices() {
                 direction: Direction::Denoise,
                 metric,
                 batch: 6,
+                window: 1,
             };
             let ours = sweep(&m.model, &clean, &corrupt, &cfg, |_, _| {})
                 .unwrap()
