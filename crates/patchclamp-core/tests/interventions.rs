@@ -624,6 +624,52 @@ fn invalid_specs_fail_before_compute_with_a_message() {
         let e = err(spec.clone());
         assert!(e.contains(want), "{spec:?}: {e:?} should mention {want:?}");
     }
+    // Ranges: end is exclusive and may be the length; reversed ranges are refused.
+    let e = err(iv(
+        "blocks.0.hook_resid_pre",
+        Selection {
+            positions: Some(Positions::Range { start: 3, end: 1 }),
+            ..Default::default()
+        },
+        Op::Zero,
+    ));
+    assert!(e.contains("empty or reversed"), "{e}");
+    let e = err(iv(
+        "blocks.0.hook_resid_pre",
+        Selection {
+            positions: Some(Positions::Range { start: 0, end: 5 }),
+            ..Default::default()
+        },
+        Op::Zero,
+    ));
+    assert!(e.contains("position 5 is out of range"), "{e}");
+    let mut h = Hooks::none()
+        .intervene(iv(
+            "blocks.0.hook_resid_pre",
+            Selection {
+                positions: Some(Positions::Range { start: 2, end: 4 }),
+                ..Default::default()
+            },
+            Op::Zero,
+        ))
+        .capture(HookPoint::ResidPre(0));
+    m.model.forward(&input, &mut h).unwrap();
+    let zeroed: Vec<f32> = h
+        .cache()
+        .get(HookPoint::ResidPre(0))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum(2)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(
+        zeroed[0] > 0.0 && zeroed[1] > 0.0 && zeroed[2] == 0.0 && zeroed[3] == 0.0,
+        "{zeroed:?}"
+    );
     // Bad files: an unknown hook name suggests the nearest; unknown fields and ops are named.
     let e = serde_json::from_str::<Intervention>(
         r#"{"at": "blocks.0.attn.hook_zz", "op": {"kind": "zero"}}"#,

@@ -191,7 +191,10 @@ impl Intervention {
         if let Some(pos) = &s.positions {
             let lists: Vec<Vec<i64>> = match pos {
                 Positions::Indices(v) => vec![v.clone()],
-                Positions::Range { start, end } => vec![vec![*start], vec![*end - 1]],
+                Positions::Range { start, end } => {
+                    resolve_range(*start, *end, seq, p)?;
+                    vec![]
+                }
                 Positions::Last => vec![],
                 Positions::PerRow(v) => {
                     if v.len() != batch {
@@ -423,11 +426,8 @@ impl Intervention {
                 let list: Vec<i64> = match pos {
                     Positions::Indices(v) => v.clone(),
                     Positions::Range { start, end } => {
-                        let (a, b) = (
-                            resolve_pos(*start, seq, p)?,
-                            resolve_pos(*end - 1, seq, p)? + 1,
-                        );
-                        (a as i64..b as i64).collect()
+                        let r = resolve_range(*start, *end, seq, p)?;
+                        (r.start as i64..r.end as i64).collect()
                     }
                     Positions::Last => vec![-1],
                     Positions::PerRow(v) => v.get(row).cloned().unwrap_or_default(),
@@ -471,6 +471,28 @@ fn resolve_pos(i: i64, seq: usize, p: HookPoint) -> Result<usize> {
         });
     }
     Ok(q as usize)
+}
+
+/// `start..end` with negative bounds counted from the end (`end` may equal `seq`).
+fn resolve_range(start: i64, end: i64, seq: usize, p: HookPoint) -> Result<std::ops::Range<usize>> {
+    let bound = |i: i64| -> Result<usize> {
+        let q = if i < 0 { seq as i64 + i } else { i };
+        if q < 0 || q > seq as i64 {
+            return Err(Error::OutOfRange {
+                what: "position",
+                index: i,
+                limit: format!("{seq} positions at {p}"),
+            });
+        }
+        Ok(q as usize)
+    };
+    let (a, b) = (bound(start)?, bound(end)?);
+    if a > b {
+        return Err(Error::Input(format!(
+            "position range {start}..{end} at {p} is empty or reversed"
+        )));
+    }
+    Ok(a..b)
 }
 
 /// Whether a tensor of shape `a` broadcasts to `b` (numpy rules, aligned at the right).
