@@ -64,8 +64,10 @@ impl Heatmap {
     }
 
     fn size(&self) -> (usize, usize) {
-        let w = (MARGIN_LEFT + self.cols * CELL + BAR_GAP + BAR_W + MARGIN_RIGHT)
-            .max(MARGIN_LEFT + text_width(&self.title) + 10);
+        let bar_x = MARGIN_LEFT + self.cols * CELL + BAR_GAP;
+        let w = (bar_x + BAR_W + MARGIN_RIGHT)
+            .max(MARGIN_LEFT + text_width(&self.title) + 10)
+            .max(bar_x + text_width(&self.colorbar_label) + 10);
         let h = MARGIN_TOP + self.rows * CELL + MARGIN_BOTTOM;
         (w, h)
     }
@@ -156,13 +158,11 @@ impl Heatmap {
                 bx + BAR_W + 4
             );
         }
+        // The colour bar's label sits under the bar, where nothing else is drawn.
         let _ = writeln!(
             s,
-            r#"<text x="{}" y="{}" text-anchor="middle" transform="rotate(90 {} {})">{}</text>"#,
-            bx + BAR_W + 70,
-            ym,
-            bx + BAR_W + 70,
-            ym,
+            r#"<text x="{bx}" y="{}" dominant-baseline="hanging">{}</text>"#,
+            MARGIN_TOP + bh + 14,
             esc(&self.colorbar_label)
         );
         s.push_str("</svg>\n");
@@ -232,12 +232,7 @@ impl Heatmap {
                 false,
             );
         }
-        img.text(
-            bx + BAR_W + 64,
-            ym.saturating_sub(text_width(&self.colorbar_label) / 2),
-            &self.colorbar_label,
-            true,
-        );
+        img.text(bx, MARGIN_TOP + bh + 14, &self.colorbar_label, false);
         png::encode_rgb(w, h, &img.px)
     }
 }

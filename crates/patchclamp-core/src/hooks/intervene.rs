@@ -129,7 +129,7 @@ impl Values {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum Op {
-    /// Nothing (the activation is recorded where a capture asks for it).
+    /// Change nothing; record the whole activation in the cache (like a capture).
     Record,
     /// Set to zero.
     Zero,
