@@ -23,7 +23,8 @@ pub struct Model {
 /// Which part of the forward pass to run (see [`Model::forward_span`]).
 #[derive(Debug, Clone, Default)]
 pub struct Span {
-    /// Start at block `l` with this `[B, S, D]` residual as its `hook_resid_pre`.
+    /// Start at block `l` with this `[B, S, D]` residual as its `hook_resid_pre` (hook points
+    /// before it are not reached, so nothing is recorded or changed there).
     pub start: Option<(usize, Tensor)>,
     /// Stop before block `l` and return the residual entering it (`n_layers`: the final
     /// residual, before the final norm).
