@@ -5,6 +5,7 @@ mod inspect;
 mod lab;
 mod patch;
 mod plot;
+mod report;
 mod run;
 mod trace;
 

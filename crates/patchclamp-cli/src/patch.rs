@@ -3,14 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::Tensor;
-use patchclamp_core::fsutil::write_atomic;
 use patchclamp_core::Tokenizer;
 use patchclamp_lab::attribution::attribute;
 use patchclamp_lab::patching::{sweep, Direction, Metric, PatchingConfig, Site};
 use serde_json::json;
 
 use crate::plot::Heatmap;
+use crate::report;
 
 /// Arguments of `patch`.
 #[derive(clap::Args)]
@@ -151,7 +150,6 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
     };
     let row_labels: Vec<String> = (0..r.n_layers).map(|l| format!("L{l}")).collect();
 
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let result = json!({
         "model": a.model, "clean": a.clean, "corrupted": a.corrupted,
         "clean_tokens": clean, "corrupted_tokens": corrupt, "token_labels": token_labels,
@@ -159,19 +157,6 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
         "clean_metric": r.clean_metric, "corrupt_metric": r.corrupt_metric,
         "values": r.values, "normalized": r.normalized,
     });
-    let text = serde_json::to_string_pretty(&result)?;
-    write_atomic(&a.out.join("result.json"), text.as_bytes())?;
-    let dev = candle_core::Device::Cpu;
-    let shape = (r.n_layers, r.n_cols);
-    let tensors = [
-        ("values", Tensor::from_vec(r.values.clone(), shape, &dev)?),
-        (
-            "normalized",
-            Tensor::from_vec(r.normalized.clone(), shape, &dev)?,
-        ),
-    ];
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (*k, t)), None)?;
-    write_atomic(&a.out.join("result.safetensors"), &bytes)?;
     let heat = Heatmap {
         title: format!(
             "{} {method_name} of {}, metric {}",
@@ -192,19 +177,28 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
         y_label: "layer".into(),
         colorbar_label: "normalised recovery".into(),
     };
-    write_atomic(&a.out.join("heatmap.svg"), heat.svg().as_bytes())?;
-    write_atomic(&a.out.join("heatmap.png"), &heat.png())?;
+    let text = report::write(
+        &a.out,
+        &result,
+        &[("values", &r.values), ("normalized", &r.normalized)],
+        &heat,
+    )?;
     if a.json {
         println!("{text}");
     } else {
         println!(
-            "clean {:.4}, corrupted {:.4}; {} layers × {} {}; wrote {}/{{result.json,result.safetensors,heatmap.svg,heatmap.png}}",
+            "clean {:.4}, corrupted {:.4}; {} layers × {} {}; wrote {}/{}",
             r.clean_metric,
             r.corrupt_metric,
             r.n_layers,
             r.n_cols,
-            if site.per_head() { "heads" } else { "positions" },
-            a.out.display()
+            if site.per_head() {
+                "heads"
+            } else {
+                "positions"
+            },
+            a.out.display(),
+            report::FILES
         );
     }
     Ok(())

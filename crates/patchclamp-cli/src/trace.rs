@@ -3,13 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::Tensor;
-use patchclamp_core::fsutil::write_atomic;
 use patchclamp_lab::patching::Metric;
 use patchclamp_lab::tracing::{trace, TraceConfig, TraceKind};
 use serde_json::json;
 
 use crate::plot::Heatmap;
+use crate::report;
 
 /// Arguments of `trace`.
 #[derive(clap::Args)]
@@ -129,7 +128,6 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             }
         })
         .collect();
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let result = json!({
         "model": a.model, "prompt": a.prompt, "tokens": ids, "token_labels": labels,
         "config": r.config, "noise": r.noise, "clean_metric": r.clean_metric,
@@ -137,24 +135,6 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         "n_layers": r.n_layers, "n_positions": r.n_positions,
         "restored": r.restored, "indirect_effect": r.indirect_effect,
     });
-    let text = serde_json::to_string_pretty(&result)?;
-    write_atomic(&a.out.join("result.json"), text.as_bytes())?;
-    let dev = candle_core::Device::Cpu;
-    let shape = (r.n_layers, r.n_positions);
-    let tensors = [
-        (
-            "restored",
-            Tensor::from_vec(r.restored.clone(), shape, &dev)?,
-        ),
-        (
-            "indirect_effect",
-            Tensor::from_vec(r.indirect_effect.clone(), shape, &dev)?,
-        ),
-    ];
-    write_atomic(
-        &a.out.join("result.safetensors"),
-        &safetensors::serialize(tensors.iter().map(|(k, t)| (*k, t)), None)?,
-    )?;
     let heat = Heatmap {
         title: format!(
             "causal trace ({}, window {}{}): indirect effect on P(answer)",
@@ -171,14 +151,21 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         y_label: "layer".into(),
         colorbar_label: "indirect effect".into(),
     };
-    write_atomic(&a.out.join("heatmap.svg"), heat.svg().as_bytes())?;
-    write_atomic(&a.out.join("heatmap.png"), &heat.png())?;
+    let text = report::write(
+        &a.out,
+        &result,
+        &[
+            ("restored", &r.restored),
+            ("indirect_effect", &r.indirect_effect),
+        ],
+        &heat,
+    )?;
     if a.json {
         println!("{text}");
     } else {
         println!(
-            "P(answer): clean {:.4}, corrupted {:.4} (total effect {:.4}, noise ν = {:.3}); wrote {}/{{result.json,result.safetensors,heatmap.svg,heatmap.png}}",
-            r.clean_metric, r.corrupt_metric, r.total_effect, r.noise, a.out.display()
+            "P(answer): clean {:.4}, corrupted {:.4} (total effect {:.4}, noise ν = {:.3}); wrote {}/{}",
+            r.clean_metric, r.corrupt_metric, r.total_effect, r.noise, a.out.display(), report::FILES
         );
     }
     Ok(())

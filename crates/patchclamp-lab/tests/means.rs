@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::fixture;
+use common::{fixture, max_diff};
 use patchclamp_core::{load, HookPoint, Hooks, Input, Intervention, Op, Selection};
 use patchclamp_lab::means::{mean_activations, values_of};
 
@@ -47,16 +47,7 @@ fn streamed_means_equal_a_brute_force_recount_and_drive_mean_ablation() {
             });
         }
         let want = (sum.unwrap() / n as f64).unwrap();
-        let d: f32 = (mean - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_diff(mean, &want);
         assert!(d < 1e-5, "{p}: streamed mean differs by {d:e}");
     }
     // Mean-ablating a point sets every selected element to its dataset mean.

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::Device;
-use common::{fixture, prompts};
+use common::{fixture, max_diff, prompts};
 use patchclamp_core::{load, HookPoint, Hooks, Input};
 use patchclamp_lab::patching::{
     metric_rows, patch_all, run_variant, sweep, Direction, Metric, PatchingConfig, Site,
@@ -89,30 +89,12 @@ fn patching_everything_recovers_clean_and_nothing_leaves_corrupt() {
             HookPoint::ResidPost(l),
         ] {
             let patched = patch_all(&m.model, &corrupt, &clean_cache, &[p]).unwrap();
-            let d: f32 = (&patched - &clean_logits)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = max_diff(&patched, &clean_logits);
             assert!(d <= 1e-5, "patching all of {p} leaves {d:e}");
         }
     }
     let nothing = patch_all(&m.model, &corrupt, &clean_cache, &[]).unwrap();
-    let d: f32 = (&nothing - &corrupt_logits)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let d = max_diff(&nothing, &corrupt_logits);
     assert_eq!(d, 0.0);
 
     // Layer 0's residual differs only at the swapped name: patching that position recovers
@@ -217,16 +199,7 @@ fn sweeps_equal_transformer_lens_patching_matrices() {
                 .unwrap();
             let theirs = &r[key];
             assert_eq!(ours.dims(), theirs.dims(), "{name} {key}");
-            let d: f32 = (&ours - theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = max_diff(&ours, theirs);
             assert!(
                 d <= 1e-4,
                 "{name} {key}: max abs diff {d:e} from TransformerLens"

@@ -28,3 +28,17 @@ pub fn prompts(m: &patchclamp_core::Loaded) -> (Vec<u32>, Vec<u32>) {
     corrupt[k] = if clean[k] == 77 { 78 } else { 77 };
     (clean, corrupt)
 }
+
+/// Largest absolute element-wise difference.
+pub fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
