@@ -1,16 +1,13 @@
 //! Bad input gets a clear error that names the problem, never a panic.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use common::fixture_path as fixture;
 use patchclamp_core::{load, Error, HookPoint, Hooks, Input, Selector};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/models")
-        .join(name)
-}
 
 /// A private copy of a fixture model that a test may break.
 fn scratch(name: &str, tag: &str) -> PathBuf {

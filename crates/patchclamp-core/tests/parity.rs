@@ -4,20 +4,16 @@
 //! compared after removing each position's mean, since `center_unembed` shifts them by a
 //! per-position constant). References come from `tools/fixtures/generate.py`.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, D};
+use common::fixture_path as fixture;
 use patchclamp_core::{load, HookPoint, Hooks, Input, Processing};
 
 const TOL: f32 = 1e-4;
 const FAMILIES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/models")
-        .join(name)
-}
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)

@@ -37,21 +37,8 @@ pub fn attribute(
     direction: Direction,
     metric: Metric,
 ) -> Result<PatchingResult> {
-    attribute_points(model, clean, corrupt, site, direction, metric).map(|(r, _)| r)
-}
-
-/// Attribution for `site`, also returning the per-point estimates summed over every element
-/// (useful for points outside the sweep sites).
-pub fn attribute_points(
-    model: &Model,
-    clean: &[u32],
-    corrupt: &[u32],
-    site: Site,
-    direction: Direction,
-    metric: Metric,
-) -> Result<(PatchingResult, Vec<f32>)> {
     let points: Vec<HookPoint> = (0..model.cfg.n_layers).map(|l| site.point(l)).collect();
-    let (values, totals, clean_m, corrupt_m) =
+    let (values, _, clean_m, corrupt_m) =
         estimate(model, clean, corrupt, &points, direction, metric, |p, x| {
             reduce(site, p, x)
         })?;
@@ -65,20 +52,17 @@ pub fn attribute_points(
     };
     let values: Vec<f32> = values.iter().map(|d| base + d).collect();
     let normalized = values.iter().map(|v| (v - corrupt_m) / denom).collect();
-    Ok((
-        PatchingResult {
-            site,
-            direction,
-            metric,
-            values,
-            normalized,
-            n_layers,
-            n_cols,
-            clean_metric: clean_m,
-            corrupt_metric: corrupt_m,
-        },
-        totals,
-    ))
+    Ok(PatchingResult {
+        site,
+        direction,
+        metric,
+        values,
+        normalized,
+        n_layers,
+        n_cols,
+        clean_metric: clean_m,
+        corrupt_metric: corrupt_m,
+    })
 }
 
 /// The first-order estimate summed over all elements of each of `points`.

@@ -3,7 +3,6 @@
 //! or the MLP or attention output over a window of layers — to its clean value and measure how
 //! much of the answer's probability comes back.
 
-use candle_core::Tensor;
 use patchclamp_core::hooks::{Positions, Values};
 use patchclamp_core::model::Span;
 use patchclamp_core::rng::Rng;
@@ -251,13 +250,4 @@ pub fn trace(
         n_layers,
         n_positions: seq,
     })
-}
-
-/// `[n_layers, n_positions]` tensor of indirect effects.
-pub fn indirect_effect_tensor(r: &TraceResult) -> Result<Tensor> {
-    Ok(Tensor::from_vec(
-        r.indirect_effect.clone(),
-        (r.n_layers, r.n_positions),
-        &candle_core::Device::Cpu,
-    )?)
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -508,9 +508,4 @@ fn broadcastable(a: &[usize], b: &[usize]) -> bool {
 fn basis_rows(b: &Values, dev: &Device) -> Result<Tensor> {
     let t = b.tensor(dev)?.to_dtype(DType::F32)?;
     Ok(if t.rank() == 1 { t.unsqueeze(0)? } else { t })
-}
-
-/// Normalises each row of `[k, n]` (helper for callers building directions).
-pub fn unit_rows(t: &Tensor) -> Result<Tensor> {
-    Ok(t.broadcast_div(&t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
 }

@@ -9,7 +9,7 @@ mod point;
 mod select;
 
 pub use cache::ActivationCache;
-pub use intervene::{unit_rows, Intervention, Op, Positions, Schedule, Selection, Values};
+pub use intervene::{Intervention, Op, Positions, Schedule, Selection, Values};
 pub use point::{HookPoint, NormSite};
 pub use select::Selector;
 
