@@ -16,6 +16,8 @@ pub enum Cmd {
     Forward(ForwardArgs),
     /// Activation-patching sweeps (resid_pre per position, z per head) on given token ids.
     Patch(PatchArgs),
+    /// Training steps per second of attention-only models (compare with tools/bench/train.py).
+    Train(TrainArgs),
 }
 
 /// Arguments of `bench patch`.
@@ -45,6 +47,24 @@ pub struct PatchArgs {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `bench train`.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// `flagship` (2 layers, d_model 64, 4 heads) or `wide` (2 layers, d_model 256, 8 heads);
+    /// both on 64 positions, batch 32, vocabulary 64.
+    #[arg(long, default_value = "flagship")]
+    shape: String,
+    /// Timed steps.
+    #[arg(long, default_value_t = 50)]
+    steps: u64,
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
     #[arg(long)]
     json: bool,
 }
@@ -83,7 +103,73 @@ pub fn main(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Forward(a) => forward(a),
         Cmd::Patch(a) => patch(a),
+        Cmd::Train(a) => train(a),
     }
+}
+
+/// The model of a `bench train` shape (tools/bench/train.py builds the same).
+pub fn train_shape(shape: &str) -> anyhow::Result<patchclamp_lab::train::ModelSpec> {
+    use patchclamp_lab::train::ModelSpec;
+    Ok(match shape {
+        "flagship" => ModelSpec::default(),
+        "wide" => ModelSpec {
+            d_model: 256,
+            n_heads: 8,
+            ..ModelSpec::default()
+        },
+        other => bail!("unknown --shape '{other}'; use flagship or wide"),
+    })
+}
+
+fn train(a: TrainArgs) -> anyhow::Result<()> {
+    use patchclamp_lab::tasks::RepeatedSegments;
+    use patchclamp_lab::train::{LrSchedule, OptimSpec, TrainSpec, Trainer};
+    crate::set_threads(Some(a.threads));
+    if a.steps == 0 {
+        bail!("--steps must be positive");
+    }
+    let task = RepeatedSegments::default();
+    let cfg = train_shape(&a.shape)?
+        .config(64, 64)
+        .map_err(anyhow::Error::msg)?;
+    let spec = TrainSpec {
+        steps: a.steps + a.warmup,
+        batch: 32,
+        seed: 0,
+        optim: OptimSpec::default(),
+        lr: LrSchedule::constant(1e-3),
+        clip: None,
+        eval_every: u64::MAX,
+        eval_batch: 1,
+        checkpoint_every: 0,
+    };
+    let mut tr = Trainer::new(cfg.clone(), 0, spec)?;
+    for _ in 0..a.warmup {
+        tr.train_step(&task)?;
+    }
+    let t0 = std::time::Instant::now();
+    for _ in 0..a.steps {
+        tr.train_step(&task)?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let row = serde_json::json!({
+        "shape": a.shape, "framework": "patchclamp", "params": cfg.n_params(),
+        "steps_per_s": a.steps as f64 / secs, "ms_per_step": 1e3 * secs / a.steps as f64,
+        "threads": a.threads,
+    });
+    if a.json {
+        println!("{row}");
+    } else {
+        println!(
+            "{} ({} params): {:.1} steps/s ({:.1} ms/step), {} threads",
+            a.shape,
+            cfg.n_params(),
+            a.steps as f64 / secs,
+            1e3 * secs / a.steps as f64,
+            a.threads
+        );
+    }
+    Ok(())
 }
 
 fn forward(a: ForwardArgs) -> anyhow::Result<()> {

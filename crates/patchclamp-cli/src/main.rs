@@ -8,6 +8,8 @@ mod plot;
 mod report;
 mod run;
 mod trace;
+mod train;
+mod training_report;
 
 use std::process::ExitCode;
 
@@ -16,6 +18,8 @@ use clap::{Parser, Subcommand};
 const EXAMPLES: &str = "\
 Examples:
   patchclamp lab induction                       # the flagship experiment (embedded, no files)
+  patchclamp train experiments/induction-prev-token.toml --out runs/pt   # train under a clamp
+  patchclamp train experiments/induction-prev-token.toml --out runs/pt --resume
   patchclamp inspect tests/fixtures/models/gpt2  # config, parameters, every hook point
   patchclamp inspect openai-community/gpt2       # a model in the Hugging Face cache
   patchclamp run tests/fixtures/models/llama --prompt 'The cat sat' --top-k 5
@@ -53,6 +57,8 @@ enum Cmd {
     Bench(bench::Cmd),
     /// Experiments on the embedded default (no download): `patchclamp lab` lists them.
     Lab(lab::Args),
+    /// Train a model from an experiment file, clamps and all; writes log, checkpoint, report.
+    Train(train::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +73,7 @@ fn main() -> ExitCode {
         Cmd::Trace(a) => trace::main(a),
         Cmd::Bench(c) => bench::main(c),
         Cmd::Lab(a) => lab::main(a),
+        Cmd::Train(a) => train::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

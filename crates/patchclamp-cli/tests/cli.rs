@@ -223,11 +223,209 @@ fn errors_are_one_line_with_exit_code_1() {
     assert_eq!(bin().args(["run"]).output().unwrap().status.code(), Some(2));
 }
 
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pc-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
 #[test]
-fn lab_runs_and_lists_experiments() {
+fn lab_induction_writes_a_full_report() {
     let out = ok(bin().args(["lab"]).output().unwrap());
-    assert!(out.contains("induction"));
-    ok(bin().args(["lab", "induction"]).output().unwrap());
+    for name in ["induction", "singh-ih", "toy-phase", "critical-periods"] {
+        assert!(out.contains(name), "{out}");
+    }
+    let dir = tmp("lab");
+    let clamp = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../experiments/clamp-induction-head.toml");
+    let text = ok(bin()
+        .args(["lab", "induction", "--steps", "20", "--seed", "3", "--out"])
+        .arg(&dir)
+        .arg("--clamp")
+        .arg(&clamp)
+        .output()
+        .unwrap());
+    assert!(
+        text.contains("report.html") && text.contains("baseline"),
+        "{text}"
+    );
+    for f in [
+        "report.html",
+        "summary.json",
+        "loss.svg",
+        "train_loss.svg",
+        "heads_run0.svg",
+    ] {
+        assert!(dir.join(f).is_file(), "missing {f}");
+    }
+    let pngs = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "png")
+        })
+        .count();
+    assert!(
+        pngs >= 6,
+        "attention patterns of two heads per run ({pngs})"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4, "three built-in runs and the --clamp run");
+    assert!(v["git_revision"].is_string());
+    for r in runs {
+        assert_eq!(r["summary"]["steps"], 20);
+        let folder = PathBuf::from(r["folder"].as_str().unwrap());
+        for f in ["log.jsonl", "checkpoint.safetensors", "experiment.toml"] {
+            assert!(folder.join(f).is_file(), "{} lacks {f}", folder.display());
+        }
+        assert!(r["experiment"].as_str().unwrap().contains("[train]"));
+    }
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("prev_token") && html.contains("phase"));
+    let toy = ok(bin()
+        .args(["lab", "toy-phase", "--out"])
+        .arg(dir.join("toy"))
+        .output()
+        .unwrap());
+    assert!(
+        toy.contains("b, c clamped") && dir.join("toy/loss.svg").is_file(),
+        "{toy}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A small, fast experiment file for the `train` tests.
+fn small_experiment(dir: &std::path::Path, steps: u64, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join("exp.toml");
+    let text = format!(
+        "name = \"small\"\n[task]\nkind = \"repeated\"\nvocab = 16\nseq_len = 16\nmin_len = 2\nmax_len = 6\n\
+         [model]\nn_layers = 2\nd_model = 16\nn_heads = 2\n[train]\nsteps = {steps}\nbatch = 8\n\
+         lr = {{ lr = 1e-3 }}\neval_every = 20\neval_batch = 8\ncheckpoint_every = 20\n{extra}"
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn train_resumes_after_a_kill_with_the_same_log() {
+    let dir = tmp("train");
+    let clamp = "[[interventions]]\nat = \"blocks.0.attn.hook_pattern\"\nselect = { heads = [1] }\nop = { kind = \"prev_token\" }\n";
+    let exp = small_experiment(&dir, 1500, clamp);
+    let whole = dir.join("whole");
+    ok(bin()
+        .args(["train"])
+        .arg(&exp)
+        .arg("--out")
+        .arg(&whole)
+        .output()
+        .unwrap());
+    // The same run, killed once its first checkpoints are on disk, then resumed.
+    let killed = dir.join("killed");
+    let mut child = bin()
+        .args(["train"])
+        .arg(&exp)
+        .arg("--out")
+        .arg(&killed)
+        .spawn()
+        .unwrap();
+    let log = killed.join("log.jsonl");
+    let t0 = std::time::Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if lines > 100 || t0.elapsed().as_secs() > 120 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    let cut = std::fs::read_to_string(&log).unwrap().lines().count();
+    let full = std::fs::read_to_string(whole.join("log.jsonl")).unwrap();
+    assert!(
+        !status.success() && cut < full.lines().count(),
+        "killed mid-run ({cut} lines)"
+    );
+    let text = ok(bin()
+        .args(["train"])
+        .arg(&exp)
+        .arg("--out")
+        .arg(&killed)
+        .arg("--resume")
+        .output()
+        .unwrap());
+    assert!(text.contains("report.html"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        full,
+        "resumed log = uninterrupted log"
+    );
+    let a = std::fs::read(whole.join("checkpoint.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(a, b, "final checkpoints are byte-identical");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn train_rejects_bad_experiment_files_at_load() {
+    let dir = tmp("bad");
+    let exp = small_experiment(&dir, 5, "[[interventions]]\nat = \"blocks.0.attn.hook_pattern\"\nselect = { heads = [7] }\nop = { kind = \"zero\" }\n");
+    let err = fails(
+        bin()
+            .args(["train"])
+            .arg(&exp)
+            .arg("--out")
+            .arg(dir.join("o"))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("head 7") && err.contains("out of range"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.join("task.toml"),
+        std::fs::read_to_string(&exp)
+            .unwrap()
+            .replace("\"repeated\"", "\"sorting\""),
+    )
+    .unwrap();
+    let err = fails(
+        bin()
+            .args(["train"])
+            .arg(dir.join("task.toml"))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("task.toml") && err.contains("sorting"),
+        "{err}"
+    );
+    std::fs::write(dir.join("broken.toml"), "name = \"x\"\n[train\n").unwrap();
+    let err = fails(
+        bin()
+            .args(["train"])
+            .arg(dir.join("broken.toml"))
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("broken.toml"), "{err}");
+    let err = fails(
+        bin()
+            .args(["train"])
+            .arg(dir.join("missing.toml"))
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("missing.toml"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -12,6 +12,16 @@ impl Rng {
         Rng { state: seed }
     }
 
+    /// The internal state (checkpoints store it to resume the same stream).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
+    /// A generator that continues from a saved [`Rng::state`].
+    pub fn from_state(state: u64) -> Self {
+        Rng { state }
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);

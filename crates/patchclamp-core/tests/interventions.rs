@@ -439,7 +439,114 @@ fn every_op() -> Vec<Intervention> {
             },
             ..iv("hook_embed", Selection::default(), Op::Zero)
         },
+        iv(
+            "blocks.0.attn.hook_pattern",
+            Selection {
+                heads: Some(vec![0]),
+                ..Default::default()
+            },
+            Op::PrevToken { strength: 0.75 },
+        ),
+        iv(
+            "blocks.1.attn.hook_pattern",
+            Selection::default(),
+            Op::Induction { strength: 1.0 },
+        ),
     ]
+}
+
+#[test]
+fn pattern_clamps_write_the_perfect_patterns() {
+    let dev = Device::Cpu;
+    let m = load(&fixture("gpt2"), &dev).unwrap();
+    // Tokens 5 6 7 5 6 9: the second 5 and 6 have earlier occurrences.
+    let toks = [5u32, 6, 7, 5, 6, 9];
+    let input = Input::single(&toks, &dev).unwrap();
+    let ivs = [
+        iv(
+            "blocks.0.attn.hook_pattern",
+            Selection {
+                heads: Some(vec![1]),
+                ..Default::default()
+            },
+            Op::PrevToken { strength: 0.75 },
+        ),
+        iv(
+            "blocks.1.attn.hook_pattern",
+            Selection::default(),
+            Op::Induction { strength: 1.0 },
+        ),
+    ];
+    let mut h = Hooks::none()
+        .intervene_all(ivs)
+        .capture(Selector::parse("blocks.*.attn.hook_pattern").unwrap());
+    m.model.forward(&input, &mut h).unwrap();
+    let p0 = h
+        .cache()
+        .head(HookPoint::Pattern(0), 1)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (t, row) in p0.iter().enumerate() {
+        let mut want = vec![0f32; 6];
+        if t == 0 {
+            want[0] = 1.0;
+        } else {
+            want[t - 1] = 0.75;
+            want[t] = 0.25;
+        }
+        assert_eq!(row, &want, "previous-token row {t}");
+    }
+    let other = h
+        .cache()
+        .head(HookPoint::Pattern(0), 0)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(
+        other[3][2] != 1.0 && other[3][2] > 0.0,
+        "unselected heads keep their own pattern"
+    );
+    let p1 = h
+        .cache()
+        .head(HookPoint::Pattern(1), 2)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    // Query 3 (token 5) attends to the token after the earlier 5 (position 1), query 4 (token 6)
+    // to position 2; tokens without an earlier occurrence attend to themselves.
+    let argmax: Vec<usize> = p1
+        .iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0
+        })
+        .collect();
+    assert_eq!(argmax, vec![0, 1, 2, 1, 2, 5]);
+    assert!(p1
+        .iter()
+        .all(|r| (r.iter().sum::<f32>() - 1.0).abs() < 1e-6));
+    // Outside a pattern point the rule clamps are rejected before compute.
+    let bad = iv(
+        "blocks.0.attn.hook_z",
+        Selection::default(),
+        Op::PrevToken { strength: 1.0 },
+    );
+    let err = m
+        .model
+        .forward(&input, &mut Hooks::none().intervene(bad))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("attention patterns"), "{err}");
 }
 
 #[test]

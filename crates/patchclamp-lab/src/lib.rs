@@ -2,6 +2,11 @@
 //! to a typed, serialisable result.
 
 pub mod attribution;
+pub mod experiment;
 pub mod means;
 pub mod patching;
+pub mod probes;
+pub mod tasks;
+pub mod toy;
 pub mod tracing;
+pub mod train;

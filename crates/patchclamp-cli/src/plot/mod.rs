@@ -2,6 +2,7 @@
 //! and PNG (a raster drawn with an embedded bitmap font and a minimal PNG encoder).
 
 mod font_data;
+pub mod line;
 mod png;
 
 use std::fmt::Write;

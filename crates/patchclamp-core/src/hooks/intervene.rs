@@ -156,6 +156,19 @@ pub enum Op {
     ProjectOut { basis: Values },
     /// `h + U Uᵀ (h_src − h)` with `U` the rows of `basis`, from a named source run.
     SubspacePatch { basis: Values, source: String },
+    /// Clamp an attention pattern to the perfect previous-token pattern (Singh et al. 2024):
+    /// `A[t, t−1] = strength`, `A[t, t] = 1 − strength`, `A[0, 0] = 1`.
+    PrevToken {
+        #[serde(default = "one")]
+        strength: f64,
+    },
+    /// Clamp an attention pattern to the perfect induction pattern: query `t` attends to the
+    /// token after the latest earlier occurrence of its own token (`strength`, the rest on `t`);
+    /// a query whose token has not occurred before attends to itself.
+    Induction {
+        #[serde(default = "one")]
+        strength: f64,
+    },
 }
 
 fn one() -> f64 {
@@ -284,11 +297,40 @@ impl Intervention {
                 check_basis(basis)?;
                 check_source(source)
             }
+            Op::PrevToken { strength } | Op::Induction { strength } => {
+                if !matches!(p, HookPoint::Pattern(_)) {
+                    return Err(Error::Input(format!(
+                        "prev_token and induction clamps act on attention patterns \
+                         (blocks.L.attn.hook_pattern), not {p}"
+                    )));
+                }
+                if !(0.0..=1.0).contains(strength) {
+                    return Err(Error::Input(format!(
+                        "pattern clamp strength {strength} at {p} must lie in [0, 1]"
+                    )));
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Whether the op reads the input tokens (`Hooks` hands them over only then).
+    pub fn needs_tokens(&self) -> bool {
+        matches!(self.op, Op::Induction { .. })
     }
 
     /// Applies the op to `x` at the selected elements.
     pub fn apply(&self, x: &Tensor, sources: &HashMap<String, ActivationCache>) -> Result<Tensor> {
+        self.apply_with_tokens(x, sources, None)
+    }
+
+    /// [`Intervention::apply`] for ops that read the input tokens (`[batch][pos]`).
+    pub fn apply_with_tokens(
+        &self,
+        x: &Tensor,
+        sources: &HashMap<String, ActivationCache>,
+        tokens: Option<&[Vec<u32>]>,
+    ) -> Result<Tensor> {
         let dev = x.device();
         let p = self.at;
         let replace = |value: Tensor| -> Result<Tensor> {
@@ -326,6 +368,23 @@ impl Intervention {
                 let patched = (x + coords.broadcast_matmul(&u)?)?;
                 // The patched part of h is a constant from the source run, the rest keeps h.
                 self.blend(x, &patched)
+            }
+            Op::PrevToken { strength } => {
+                let (_, _, sq, sk) = x.dims4()?;
+                replace(prev_token_pattern(sq, sk, *strength as f32, dev)?)
+            }
+            Op::Induction { strength } => {
+                let tokens = tokens.ok_or_else(|| {
+                    Error::Input(format!("the induction clamp at {p} needs the input tokens"))
+                })?;
+                let (b, _, sq, sk) = x.dims4()?;
+                if tokens.len() != b || tokens.iter().any(|t| t.len() != sk || sk != sq) {
+                    return Err(Error::Input(format!(
+                        "the induction clamp at {p} got tokens that do not match the pattern's shape {:?}",
+                        x.dims()
+                    )));
+                }
+                replace(induction_pattern(tokens, *strength as f32, dev)?)
             }
         }
         .map_err(|e| match e {
@@ -450,6 +509,43 @@ impl Intervention {
             None => None,
         })
     }
+}
+
+/// The perfect previous-token pattern `[1, 1, q, k]` (queries aligned to the last keys).
+fn prev_token_pattern(sq: usize, sk: usize, strength: f32, dev: &Device) -> Result<Tensor> {
+    let off = sk - sq.min(sk);
+    let mut a = vec![0f32; sq * sk];
+    for q in 0..sq {
+        let t = q + off;
+        if t == 0 {
+            a[q * sk] = 1.0;
+        } else {
+            a[q * sk + t - 1] = strength;
+            a[q * sk + t] += 1.0 - strength;
+        }
+    }
+    Ok(Tensor::from_vec(a, (1, 1, sq, sk), dev)?)
+}
+
+/// The perfect induction pattern `[B, 1, S, S]` for `tokens`.
+fn induction_pattern(tokens: &[Vec<u32>], strength: f32, dev: &Device) -> Result<Tensor> {
+    let (b, s) = (tokens.len(), tokens[0].len());
+    let mut a = vec![0f32; b * s * s];
+    for (r, row) in tokens.iter().enumerate() {
+        let mut last: HashMap<u32, usize> = HashMap::new();
+        for t in 0..s {
+            let base = (r * s + t) * s;
+            match last.get(&row[t]) {
+                Some(&j) => {
+                    a[base + j + 1] = strength;
+                    a[base + t] += 1.0 - strength;
+                }
+                None => a[base + t] = 1.0,
+            }
+            last.insert(row[t], t);
+        }
+    }
+    Ok(Tensor::from_vec(a, (b, 1, s, s), dev)?)
 }
 
 /// The head dimension of a per-head point.

@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
+use crate::input::Input;
 use crate::model::Config;
 
 /// A Rust closure that replaces the activation at a hook point (the escape hatch).
@@ -37,6 +38,8 @@ pub struct Hooks {
     actions: Vec<(HookPoint, Action)>,
     sources: HashMap<String, ActivationCache>,
     step: u64,
+    /// The input tokens, kept only when an op reads them.
+    tokens: Option<Vec<Vec<u32>>>,
     // Resolved against a model config by `prepare`.
     capture_set: HashSet<HookPoint>,
     edit_index: HashMap<HookPoint, Vec<usize>>,
@@ -99,8 +102,29 @@ impl Hooks {
         self.step = step;
     }
 
+    /// Resolves selectors and checks every intervention against `cfg` and `input` before
+    /// any compute; the forward pass calls this first.
+    pub fn prepare_input(&mut self, cfg: &Config, input: &Input) -> Result<()> {
+        let (batch, seq) = input.dims()?;
+        let need = self.actions.iter().any(|(_, a)| match a {
+            Action::Intervene(iv) => iv.needs_tokens() && iv.when.active(self.step),
+            Action::Edit(_) => false,
+        });
+        self.tokens = if need {
+            Some(
+                input
+                    .tokens
+                    .to_dtype(candle_core::DType::U32)?
+                    .to_vec2::<u32>()?,
+            )
+        } else {
+            None
+        };
+        self.prepare(cfg, batch, seq)
+    }
+
     /// Resolves selectors and checks every intervention against `cfg` and a `batch × seq`
-    /// input before any compute; the forward pass calls this first.
+    /// input before any compute.
     pub fn prepare(&mut self, cfg: &Config, batch: usize, seq: usize) -> Result<()> {
         let all = HookPoint::all(cfg);
         self.capture_set.clear();
@@ -145,7 +169,9 @@ impl Hooks {
             for &i in idx {
                 let new = match &mut self.actions[i].1 {
                     Action::Edit(f) => f(point, &x)?,
-                    Action::Intervene(iv) => iv.apply(&x, &self.sources)?,
+                    Action::Intervene(iv) => {
+                        iv.apply_with_tokens(&x, &self.sources, self.tokens.as_deref())?
+                    }
                 };
                 if new.dims() != x.dims() {
                     return Err(Error::Input(format!(

@@ -74,7 +74,11 @@ impl Weights {
             blocks.push(BlockWeights {
                 ln1: norm(cfg.norm)?,
                 attn,
-                ln2: norm(cfg.norm)?,
+                ln2: if mlp.is_some() {
+                    norm(cfg.norm)?
+                } else {
+                    NormWeights { w: None, b: None }
+                },
                 mlp,
             });
         }

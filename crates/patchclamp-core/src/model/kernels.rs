@@ -4,7 +4,7 @@
 //! than half a second per forward. These kernels write `x·σ(k·x)`-style formulas over parallel
 //! chunks and define the gradient, so training through them stays exact.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Which activation a [`Act`] op computes.
@@ -266,6 +266,301 @@ pub fn softmax_last_dim_inference(x: &Tensor) -> candle_core::Result<Tensor> {
     } else {
         candle_nn::ops::softmax_last_dim(x)
     }
+}
+
+// --- causal softmax with a backward pass ----------------------------------------------------------
+
+/// Softmax over the last dimension of `[.., q, k]` scores under a causal mask (query `i` sees
+/// keys `0..=i + k − q`), without materialising the mask; differentiable.
+#[derive(Clone, Copy)]
+struct CausalSoftmax;
+
+/// The backward of [`CausalSoftmax`]: `p ⊙ (g − Σ g⊙p)` from the output `p` and gradient `g`.
+struct CausalSoftmaxBwd;
+
+/// Softmax of `row` with keys from `visible` on masked; equal bit for bit to [`softmax_row`]
+/// on the row with those keys set to -inf (so recording the masked scores changes nothing).
+#[inline(always)]
+fn causal_softmax_row(row: &[f32], visible: usize, out: &mut [f32]) {
+    // Whole-row loops with a select (rather than a shorter loop) keep the code vectorised.
+    let masked = |j: usize, x: f32| if j < visible { x } else { f32::NEG_INFINITY };
+    for (j, (o, &x)) in out.iter_mut().zip(row).enumerate() {
+        *o = masked(j, x);
+    }
+    let max = lane_max(out);
+    out.iter_mut().for_each(|o| *o = exp_approx(*o - max));
+    let inv = 1.0 / lane_sum(out);
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// Causal softmax of consecutive rows starting at global row `first`.
+#[inline(always)]
+fn causal_rows_generic(src: &[f32], dst: &mut [f32], first: usize, q: usize, k: usize, off: usize) {
+    for (i, (r, o)) in src.chunks(k).zip(dst.chunks_mut(k)).enumerate() {
+        let visible = ((first + i) % q + off + 1).min(k);
+        causal_softmax_row(r, visible, o);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn causal_rows_avx512(
+    src: &[f32],
+    dst: &mut [f32],
+    first: usize,
+    q: usize,
+    k: usize,
+    off: usize,
+) {
+    causal_rows_generic(src, dst, first, q, k, off)
+}
+
+/// Causal softmax of `[rows, k]` scores whose first row is row `first` of `[.., q, k]` maps.
+pub(crate) fn causal_rows(
+    src: &[f32],
+    dst: &mut [f32],
+    first: usize,
+    q: usize,
+    k: usize,
+    off: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { causal_rows_avx512(src, dst, first, q, k, off) };
+    }
+    causal_rows_generic(src, dst, first, q, k, off)
+}
+
+/// Calls `f(row_index_within_matrix, row)` for the rows of a `[.., q, k]` buffer, in parallel.
+fn rows_par<F>(dst: &mut [f32], q: usize, k: usize, f: F)
+where
+    F: Fn(usize, usize, &mut [f32]) + Sync,
+{
+    let rows_per_chunk = (CHUNK / k).max(1);
+    dst.par_chunks_mut(rows_per_chunk * k)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for (i, row) in chunk.chunks_mut(k).enumerate() {
+                let r = c * rows_per_chunk + i;
+                f(r, r % q, row);
+            }
+        });
+}
+
+fn qk_dims(layout: &Layout) -> candle_core::Result<(usize, usize)> {
+    let d = layout.shape().dims();
+    if d.len() < 2 {
+        candle_core::bail!("causal softmax needs [.., q, k] scores");
+    }
+    Ok((d[d.len() - 2], d[d.len() - 1]))
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "patchclamp-causal-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("causal softmax: only f32 is supported");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("causal softmax: input must be contiguous");
+        };
+        let (q, k) = qk_dims(layout)?;
+        let src = &data[start..end];
+        let mut out = vec![0f32; src.len()];
+        let off = k - q.min(k);
+        let rows_per_chunk = (CHUNK / k).max(1);
+        out.par_chunks_mut(rows_per_chunk * k)
+            .zip(src.par_chunks(rows_per_chunk * k))
+            .enumerate()
+            .for_each(|(c, (o, i))| causal_rows(i, o, c * rows_per_chunk, q, k, off));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &CausalSoftmaxBwd,
+        )?))
+    }
+}
+
+impl CustomOp2 for CausalSoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "patchclamp-causal-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
+            candle_core::bail!("causal softmax backward: only f32 is supported");
+        };
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("causal softmax backward: inputs must be contiguous");
+        };
+        let (p, g) = (&p[a0..a1], &g[b0..b1]);
+        let (q, k) = qk_dims(l1)?;
+        let mut out = vec![0f32; p.len()];
+        rows_par(&mut out, q, k, |r, _, row| {
+            let (pr, gr) = (&p[r * k..(r + 1) * k], &g[r * k..(r + 1) * k]);
+            let dot: f32 = pr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for ((o, &pi), &gi) in row.iter_mut().zip(pr).zip(gr) {
+                *o = pi * (gi - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Causal softmax of `[.., q, k]` attention scores (queries aligned to the last keys), fused on
+/// CPU with a fused backward; `None` where the fused kernel does not apply (other devices).
+pub fn causal_softmax(scores: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    if !(scores.device().is_cpu() && scores.dtype() == candle_core::DType::F32) {
+        return Ok(None);
+    }
+    let s = scores.contiguous()?;
+    Ok(Some(if s.track_op() {
+        s.apply_op1(CausalSoftmax)?
+    } else {
+        s.apply_op1_no_bwd(&CausalSoftmax)?
+    }))
+}
+
+// --- normalisation with a backward pass ---------------------------------------------------------
+
+/// `(x − μ) / sqrt(mean((x − μ)²) + eps) · w + b` over the last dimension (`μ = 0` for RMSNorm);
+/// one pass forward and one backward instead of a dozen broadcast ops each way.
+struct Norm {
+    center: bool,
+    eps: f32,
+}
+
+/// `(μ, 1/scale)` of one row.
+#[inline]
+fn norm_stats(row: &[f32], center: bool, eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mu = if center { lane_sum(row) / n } else { 0.0 };
+    let var = row.iter().map(|&x| (x - mu) * (x - mu)).sum::<f32>() / n;
+    (mu, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for Norm {
+    fn name(&self) -> &'static str {
+        "patchclamp-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
+            candle_core::bail!("norm: only f32 is supported");
+        };
+        let (Some((x0, x1)), Some((w0, w1)), Some((b0, b1))) = (
+            l1.contiguous_offsets(),
+            l2.contiguous_offsets(),
+            l3.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("norm: inputs must be contiguous");
+        };
+        let (x, w, b) = (&x[x0..x1], &w[w0..w1], &b[b0..b1]);
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d * (CHUNK / d).max(1))
+            .zip(x.par_chunks(d * (CHUNK / d).max(1)))
+            .for_each(|(o, i)| {
+                for (orow, row) in o.chunks_mut(d).zip(i.chunks(d)) {
+                    let (mu, r) = norm_stats(row, self.center, self.eps);
+                    for j in 0..d {
+                        orow[j] = (row[j] - mu) * r * w[j] + b[j];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let ws = w.flatten_all()?.to_vec1::<f32>()?;
+        let gs = grad.flatten_all()?.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; xs.len()];
+        let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+        let mut xhat = vec![0f32; d];
+        let mut gh = vec![0f32; d];
+        for ((row, g), out) in xs.chunks(d).zip(gs.chunks(d)).zip(dx.chunks_mut(d)) {
+            let (mu, r) = norm_stats(row, self.center, self.eps);
+            let (mut m1, mut m2) = (0f32, 0f32);
+            for j in 0..d {
+                xhat[j] = (row[j] - mu) * r;
+                gh[j] = g[j] * ws[j];
+                dw[j] += g[j] * xhat[j];
+                db[j] += g[j];
+                m1 += gh[j];
+                m2 += gh[j] * xhat[j];
+            }
+            let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+            for j in 0..d {
+                let c = if self.center { m1 } else { 0.0 };
+                out[j] = r * (gh[j] - c - xhat[j] * m2);
+            }
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// LayerNorm (`center`) or RMSNorm of `x` `[.., D]` with gain `w` and bias `b` `[D]`, fused on
+/// CPU with its backward; `None` where it does not apply (other devices or dtypes).
+pub fn norm(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    center: bool,
+    eps: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32) {
+        return Ok(None);
+    }
+    let op = Norm {
+        center,
+        eps: eps as f32,
+    };
+    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+    Ok(Some(if x.track_op() || w.track_op() || b.track_op() {
+        x.apply_op3(&w, &b, op)?
+    } else {
+        x.apply_op3_no_bwd(&w, &b, &op)?
+    }))
 }
 
 // --- matrix products for inference -------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 pub mod arch;
 mod config;
+mod fused_attention;
 mod init;
 pub mod kernels;
 mod process;

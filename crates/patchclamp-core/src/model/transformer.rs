@@ -10,7 +10,7 @@ use crate::hooks::{HookPoint as P, Hooks, NormSite};
 use crate::input::Input;
 use crate::model::config::{Activation, Config, MlpKind, NormKind, Positions};
 use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
-use crate::model::{kernels, rope};
+use crate::model::{fused_attention, kernels, rope};
 
 /// A transformer: its canonical config and weights.
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ struct Context {
     mask: Tensor,
     /// Rotary tables `[B, S, 1, rotary_dim]`.
     rope: Option<(Tensor, Tensor)>,
+    /// The mask is plain causal (no padding, no window): the fused causal softmax applies.
+    causal_only: bool,
 }
 
 impl Model {
@@ -81,7 +83,7 @@ impl Model {
                 limit: format!("{n} layers (start {first}, stop {stop})"),
             });
         }
-        hooks.prepare(&self.cfg, b, s)?;
+        hooks.prepare_input(&self.cfg, input)?;
         let w = &self.weights;
 
         let mut resid = match span.start {
@@ -117,6 +119,7 @@ impl Model {
                 Some(r) => Some(rope::tables(r, &input.positions, &self.device)?),
                 None => None,
             },
+            causal_only: input.mask.is_none() && self.cfg.sliding_window.is_none(),
         };
         for (l, block) in w.blocks.iter().enumerate().take(stop).skip(first) {
             resid = self.block(l, block, resid, &ctx, hooks)?;
@@ -198,6 +201,20 @@ impl Model {
         if kind == NormKind::None {
             return Ok(x.clone());
         }
+        // Training takes the fused kernel (one op each way) unless a hook reads the inside.
+        let affine = matches!(kind, NormKind::LayerNorm | NormKind::RmsNorm);
+        if x.track_op() && affine && !hooks.wants(scale_point) && !hooks.wants(normalized_point) {
+            if let Some(g) = &w.w {
+                let b = match &w.b {
+                    Some(b) => b.clone(),
+                    None => g.zeros_like()?,
+                };
+                let center = kind == NormKind::LayerNorm;
+                if let Some(y) = kernels::norm(x, g, &b, center, self.cfg.norm_eps)? {
+                    return Ok(y);
+                }
+            }
+        }
         let x = match kind {
             NormKind::LayerNorm | NormKind::LayerNormPre => {
                 x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?
@@ -243,14 +260,18 @@ impl Model {
             k = hooks.at(P::RotK(l), rope::apply(&k, cos, sin)?)?;
         }
 
-        // Scaling q (half the size of the scores) instead of the scores; equal up to rounding.
-        let q = (q.transpose(1, 2)?.contiguous()? * (1.0 / cfg.attn_scale))?; // [B, H, S, E]
-        let k = repeat_kv(&k.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
-        let v = repeat_kv(&v.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
-        let scores = bmm(&q, &k.t()?)?; // [B, H, S, S]
-        let scores = hooks.at(P::AttnScores(l), scores.broadcast_add(&ctx.mask)?)?;
-        let pattern = hooks.at(P::Pattern(l), softmax_last_dim(&scores)?)?;
-        let z = bmm(&pattern, &v)?.transpose(1, 2)?; // [B, S, H, E]
+        // Training with nothing hooked inside the attention map takes the fused op, whose
+        // backward never materialises the [B, H, S, S] tensors in candle's graph.
+        let tracked = q.track_op() || k.track_op() || v.track_op();
+        let inside = hooks.wants(P::AttnScores(l)) || hooks.wants(P::Pattern(l));
+        let fused = match tracked && ctx.causal_only && !inside {
+            true => fused_attention::fused_attention(&q, &k, &v, 1.0 / cfg.attn_scale)?,
+            false => None,
+        };
+        let z = match fused {
+            Some(z) => z,
+            None => self.attention_map(l, q, k, v, ctx, hooks)?,
+        };
         let z = hooks.at(P::Z(l), z)?;
 
         if hooks.wants(P::Result(l)) {
@@ -273,6 +294,41 @@ impl Model {
             // Only recorded: keep the plain path below so recording never changes the numbers.
         }
         linear(&z.reshape((b, s, h * e))?, &w.w_o, w.b_o.as_ref())
+    }
+
+    /// `z = pattern · v` through explicit scores and pattern (each a hook point); `[B, S, H, E]`.
+    fn attention_map(
+        &self,
+        l: usize,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        ctx: &Context,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (h, k_h) = (cfg.n_heads, cfg.n_kv_heads);
+        // Scaling q (half the size of the scores) instead of the scores; equal up to rounding.
+        let q = (q.transpose(1, 2)?.contiguous()? * (1.0 / cfg.attn_scale))?; // [B, H, S, E]
+        let k = repeat_kv(&k.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
+        let v = repeat_kv(&v.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
+        let scores = bmm(&q, &k.t()?)?; // [B, H, S, S]
+                                        // The fused causal softmax equals softmax(scores + mask) bit for bit; the explicit
+                                        // mask is only needed for padding, windows, or to show the masked scores.
+        let fused = match ctx.causal_only && !hooks.wants(P::AttnScores(l)) {
+            true => kernels::causal_softmax(&scores)?,
+            false => None,
+        };
+        let pattern = match fused {
+            Some(p) => p,
+            None => {
+                let scores = hooks.at(P::AttnScores(l), scores.broadcast_add(&ctx.mask)?)?;
+                softmax_last_dim(&scores)?
+            }
+        };
+        let pattern = hooks.at(P::Pattern(l), pattern)?;
+        let z = bmm(&pattern, &v)?.transpose(1, 2)?; // [B, S, H, E]
+        Ok(z)
     }
 
     /// Dense `W_out·act(W_in·x)` or gated `W_out·(act(W_gate·x) ⊙ W_in·x)`.

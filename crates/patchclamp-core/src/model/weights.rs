@@ -80,6 +80,86 @@ impl Weights {
             None => self.w_e.t().expect("2-D embedding"),
         }
     }
+
+    /// A copy with every tensor replaced by `f(name, tensor)`, visited in a fixed order under
+    /// TransformerLens state-dict names (`embed.W_E`, `blocks.0.attn.W_Q`, …; our `x @ W`
+    /// orientation, heads flattened).
+    pub fn map(&self, mut f: impl FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<Weights> {
+        let mut one = |name: String, t: &Tensor| f(&name, t);
+        let opt = |name: String,
+                   t: &Option<Tensor>,
+                   f: &mut dyn FnMut(String, &Tensor) -> Result<Tensor>| {
+            t.as_ref().map(|t| f(name, t)).transpose()
+        };
+        let w_e = one("embed.W_E".into(), &self.w_e)?;
+        let w_pos = opt("pos_embed.W_pos".into(), &self.w_pos, &mut one)?;
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (l, b) in self.blocks.iter().enumerate() {
+            let norm = |site: &str,
+                        n: &NormWeights,
+                        one: &mut dyn FnMut(String, &Tensor) -> Result<Tensor>|
+             -> Result<NormWeights> {
+                Ok(NormWeights {
+                    w: opt(format!("blocks.{l}.{site}.w"), &n.w, one)?,
+                    b: opt(format!("blocks.{l}.{site}.b"), &n.b, one)?,
+                })
+            };
+            let ln1 = norm("ln1", &b.ln1, &mut one)?;
+            let a = &b.attn;
+            let attn = AttnWeights {
+                w_q: one(format!("blocks.{l}.attn.W_Q"), &a.w_q)?,
+                b_q: opt(format!("blocks.{l}.attn.b_Q"), &a.b_q, &mut one)?,
+                w_k: one(format!("blocks.{l}.attn.W_K"), &a.w_k)?,
+                b_k: opt(format!("blocks.{l}.attn.b_K"), &a.b_k, &mut one)?,
+                w_v: one(format!("blocks.{l}.attn.W_V"), &a.w_v)?,
+                b_v: opt(format!("blocks.{l}.attn.b_V"), &a.b_v, &mut one)?,
+                w_o: one(format!("blocks.{l}.attn.W_O"), &a.w_o)?,
+                b_o: opt(format!("blocks.{l}.attn.b_O"), &a.b_o, &mut one)?,
+            };
+            let ln2 = norm("ln2", &b.ln2, &mut one)?;
+            let mlp = match &b.mlp {
+                None => None,
+                Some(m) => Some(MlpWeights {
+                    w_gate: opt(format!("blocks.{l}.mlp.W_gate"), &m.w_gate, &mut one)?,
+                    b_gate: opt(format!("blocks.{l}.mlp.b_gate"), &m.b_gate, &mut one)?,
+                    w_in: one(format!("blocks.{l}.mlp.W_in"), &m.w_in)?,
+                    b_in: opt(format!("blocks.{l}.mlp.b_in"), &m.b_in, &mut one)?,
+                    w_out: one(format!("blocks.{l}.mlp.W_out"), &m.w_out)?,
+                    b_out: opt(format!("blocks.{l}.mlp.b_out"), &m.b_out, &mut one)?,
+                }),
+            };
+            blocks.push(BlockWeights {
+                ln1,
+                attn,
+                ln2,
+                mlp,
+            });
+        }
+        let ln_final = NormWeights {
+            w: opt("ln_final.w".into(), &self.ln_final.w, &mut one)?,
+            b: opt("ln_final.b".into(), &self.ln_final.b, &mut one)?,
+        };
+        let w_u = opt("unembed.W_U".into(), &self.w_u, &mut one)?;
+        let b_u = opt("unembed.b_U".into(), &self.b_u, &mut one)?;
+        Ok(Weights {
+            w_e,
+            w_pos,
+            blocks,
+            ln_final,
+            w_u,
+            b_u,
+        })
+    }
+
+    /// Every tensor under its name, in [`Weights::map`]'s order.
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        let _ = self.map(|name, t| {
+            out.push((name.to_string(), t.clone()));
+            Ok(t.clone())
+        });
+        out
+    }
 }
 
 /// Safetensors files of a checkpoint, memory-mapped, read tensor by tensor.

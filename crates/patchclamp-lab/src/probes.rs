@@ -1,0 +1,243 @@
+//! Measurements taken during training: per-head attention scores on repeated random tokens,
+//! composition scores between heads, Singh et al.'s induction strength, and phase-change
+//! detection on a metric's curve (METHODS.md §1a, §2.1a).
+
+use candle_core::{Tensor, D};
+use patchclamp_core::rng::Rng;
+use patchclamp_core::{HookPoint, Hooks, Input, Model, Result, Selector};
+use serde::{Deserialize, Serialize};
+
+/// Per-layer, per-head attention scores (`[layer][head]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeadScores {
+    /// `mean_t A[t, t−1]`.
+    pub prev_token: Vec<Vec<f32>>,
+    /// `mean_{t ≥ L} A[t, t−L+1]` on `r r` (the TransformerLens/ARENA induction score).
+    pub induction: Vec<Vec<f32>>,
+    /// `mean_{t ≥ L} A[t, t−L]`.
+    pub duplicate: Vec<Vec<f32>>,
+}
+
+/// `n` sequences `r r` of `half` uniform random tokens (a fixed seed: the same probe at every
+/// evaluation).
+pub fn repeated_probe(vocab: usize, half: usize, n: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let r: Vec<u32> = (0..half).map(|_| rng.below(vocab as u64) as u32).collect();
+            [r.clone(), r].concat()
+        })
+        .collect()
+}
+
+/// Head scores of `model` on `probe` (each `r r`), under `hooks` (clamps, if any).
+pub fn head_scores(model: &Model, probe: &[Vec<u32>], hooks: Hooks) -> Result<HeadScores> {
+    let cfg = &model.cfg;
+    let mut hooks = hooks.capture(Selector::parse("blocks.*.attn.hook_pattern")?);
+    let input = Input::batch(probe, patchclamp_core::Padding::Right, 0, model.device())?;
+    model.forward(&input, &mut hooks)?;
+    let s = probe[0].len();
+    let half = s / 2;
+    let mut out = HeadScores::default();
+    for l in 0..cfg.n_layers {
+        let pat = hooks
+            .cache()
+            .get(HookPoint::Pattern(l))
+            .expect("captured")
+            .mean(0)?
+            .to_vec3::<f32>()?; // [H, S, S], averaged over sequences
+        let diag = |h: usize, lag: usize, from: usize| -> f32 {
+            let ts: Vec<usize> = (from.max(lag)..s).collect();
+            ts.iter().map(|&t| pat[h][t][t - lag]).sum::<f32>() / ts.len() as f32
+        };
+        out.prev_token
+            .push((0..cfg.n_heads).map(|h| diag(h, 1, 1)).collect());
+        out.induction
+            .push((0..cfg.n_heads).map(|h| diag(h, half - 1, half)).collect());
+        out.duplicate
+            .push((0..cfg.n_heads).map(|h| diag(h, half, half)).collect());
+    }
+    Ok(out)
+}
+
+/// How one head's output feeds another's input (Elhage et al. 2021).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Composition {
+    Q,
+    K,
+    V,
+}
+
+/// Composition scores `[h1][h2]` from heads of `l1` into heads of `l2 > l1`:
+/// `‖M₂ · W_OV¹‖_F / (‖M₂‖_F ‖W_OV¹‖_F)` with `M₂` the reading matrix of the chosen kind.
+pub fn composition(
+    model: &Model,
+    kind: Composition,
+    l1: usize,
+    l2: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let cfg = &model.cfg;
+    let (h, e) = (cfg.n_heads, cfg.d_head);
+    let w = |l: usize| &model.weights.blocks[l].attn;
+    // Per-head d×d circuits in the x @ W orientation: W_QK = W_Q W_Kᵀ, W_OV = W_V W_O.
+    let head = |t: &Tensor, i: usize, rows: bool| -> Result<Tensor> {
+        Ok(if rows {
+            t.narrow(0, i * e, e)?
+        } else {
+            t.narrow(1, i * e, e)?
+        })
+    };
+    let ov = |l: usize, i: usize| -> Result<Tensor> {
+        let a = w(l);
+        Ok(head(&a.w_v.detach(), i, false)?.matmul(&head(&a.w_o.detach(), i, true)?)?)
+    };
+    let qk = |l: usize, i: usize| -> Result<Tensor> {
+        let a = w(l);
+        Ok(head(&a.w_q.detach(), i, false)?.matmul(&head(&a.w_k.detach(), i, false)?.t()?)?)
+    };
+    let fro = |t: &Tensor| -> Result<f32> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?) };
+    let mut out = vec![vec![0.0; h]; h];
+    for (i, row) in out.iter_mut().enumerate() {
+        let a = ov(l1, i)?;
+        for (j, cell) in row.iter_mut().enumerate() {
+            // y = x W_OV¹ enters head 2 as its query input (Q), key input (K) or value input (V).
+            let (m2, prod) = match kind {
+                Composition::Q => {
+                    let m = qk(l2, j)?;
+                    let p = a.matmul(&m)?;
+                    (m, p)
+                }
+                Composition::K => {
+                    let m = qk(l2, j)?;
+                    let p = m.matmul(&a.t()?)?;
+                    (m, p)
+                }
+                Composition::V => {
+                    let m = ov(l2, j)?;
+                    let p = a.matmul(&m)?;
+                    (m, p)
+                }
+            };
+            *cell = fro(&prod)? / (fro(&m2)? * fro(&a)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Singh et al.'s induction strength of each head of layer `l` on `x1 ℓ1 x2 ℓ2 x_q` sequences:
+/// attention from the query to the correct label minus to the incorrect one.
+pub fn induction_strength(
+    model: &Model,
+    tokens: &[Vec<u32>],
+    hooks: Hooks,
+    l: usize,
+) -> Result<Vec<f32>> {
+    let mut hooks = hooks.capture(Selector::Point(HookPoint::Pattern(l)));
+    let input = Input::batch(tokens, patchclamp_core::Padding::Right, 0, model.device())?;
+    model.forward(&input, &mut hooks)?;
+    let pat = hooks.cache().get(HookPoint::Pattern(l)).expect("captured");
+    let q = pat.narrow(2, 4, 1)?.squeeze(2)?.to_vec3::<f32>()?; // [B, H, S]
+    let h = model.cfg.n_heads;
+    let mut out = vec![0f32; h];
+    for (row, toks) in q.iter().zip(tokens) {
+        let (correct, wrong) = if toks[4] == toks[0] { (1, 3) } else { (3, 1) };
+        for (hi, o) in out.iter_mut().enumerate() {
+            *o += row[hi][correct] - row[hi][wrong];
+        }
+    }
+    Ok(out.iter().map(|x| x / tokens.len() as f32).collect())
+}
+
+/// Accuracy of the argmax over the logits columns `classes` against the scored targets.
+pub fn accuracy(
+    logits: &Tensor,
+    batch: &crate::tasks::Batch,
+    classes: std::ops::Range<usize>,
+) -> Result<f32> {
+    let pred = logits
+        .narrow(D::Minus1, classes.start, classes.len())?
+        .argmax(D::Minus1)?
+        .to_vec2::<u32>()?;
+    let (mut right, mut n) = (0usize, 0usize);
+    for (r, row) in pred.iter().enumerate() {
+        for (t, &p) in row.iter().enumerate() {
+            if batch.weights[r][t] > 0.0 {
+                n += 1;
+                right += (p as usize + classes.start == batch.targets[r][t] as usize) as usize;
+            }
+        }
+    }
+    Ok(right as f32 / n.max(1) as f32)
+}
+
+/// The first step at which `values` falls below `threshold`.
+pub fn first_below(steps: &[u64], values: &[f32], threshold: f32) -> Option<u64> {
+    steps
+        .iter()
+        .zip(values)
+        .find(|(_, &v)| v < threshold)
+        .map(|(&s, _)| s)
+}
+
+/// The first step at which `values` rises above `threshold`.
+pub fn first_above(steps: &[u64], values: &[f32], threshold: f32) -> Option<u64> {
+    steps
+        .iter()
+        .zip(values)
+        .find(|(_, &v)| v > threshold)
+        .map(|(&s, _)| s)
+}
+
+/// How a falling curve drops: the steps where 10%, 50% and 90% of its total drop (from the
+/// start to the end value) are done, and abruptness = (t₉₀ − t₁₀) / t₉₀.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Drop {
+    pub t10: u64,
+    pub t50: u64,
+    pub t90: u64,
+    pub abruptness: f64,
+}
+
+/// Locates the drop of a falling curve; `None` if it never falls.
+pub fn drop(steps: &[u64], values: &[f32]) -> Option<Drop> {
+    let (&start, &end) = (values.first()?, values.last()?);
+    let total = start - end;
+    if total <= 0.0 {
+        return None;
+    }
+    let reach = |frac: f32| first_below(steps, values, start - frac * total + 1e-6);
+    let (t10, t50, t90) = (reach(0.1)?, reach(0.5)?, reach(0.9)?);
+    Some(Drop {
+        t10,
+        t50,
+        t90,
+        abruptness: (t90 - t10) as f64 / t90.max(1) as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_finds_the_step_of_a_sharp_fall() {
+        let steps: Vec<u64> = (0..100).map(|i| i * 10).collect();
+        let vals: Vec<f32> = (0..100)
+            .map(|i| {
+                if i < 60 {
+                    4.0
+                } else if i < 65 {
+                    2.0
+                } else {
+                    0.1
+                }
+            })
+            .collect();
+        let d = drop(&steps, &vals).unwrap();
+        assert_eq!((d.t10, d.t50, d.t90), (600, 600, 650));
+        assert!(d.abruptness < 0.1);
+        assert_eq!(first_below(&steps, &vals, 1.0), Some(650));
+        assert!(drop(&steps, &[1.0f32; 100]).is_none());
+    }
+}

@@ -1,0 +1,78 @@
+//! Seeded task generators: each draws training and evaluation batches from an [`Rng`].
+
+mod icl;
+mod repeated;
+
+pub use icl::{IclClassification, Split};
+pub use repeated::RepeatedSegments;
+
+use patchclamp_core::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+/// A batch of next-token examples: inputs, targets and which targets count.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Input tokens `[batch][seq]`.
+    pub tokens: Vec<Vec<u32>>,
+    /// Target token for each input position `[batch][seq]`.
+    pub targets: Vec<Vec<u32>>,
+    /// Loss weight per position (0 = ignored).
+    pub weights: Vec<Vec<f32>>,
+    /// Positions whose target can only be predicted by copying from context (the second
+    /// occurrence of a repeated segment; the query of a classification sequence).
+    pub in_context: Vec<Vec<bool>>,
+}
+
+impl Batch {
+    /// `(rows, positions)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (
+            self.tokens.len(),
+            self.tokens.first().map_or(0, |r| r.len()),
+        )
+    }
+}
+
+/// A seeded source of batches.
+pub trait Task: Send + Sync {
+    /// Short name (`repeated`, `icl`).
+    fn name(&self) -> &'static str;
+    /// Tokens the model must embed.
+    fn vocab(&self) -> usize;
+    /// Input positions per sequence.
+    fn seq_len(&self) -> usize;
+    /// The logits the loss reads (a slice of the vocabulary), when not all of them.
+    fn classes(&self) -> Option<std::ops::Range<usize>> {
+        None
+    }
+    /// Draws `n` sequences.
+    fn batch(&self, rng: &mut Rng, n: usize) -> Batch;
+}
+
+/// A task as written in an experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskSpec {
+    /// Random tokens with one segment repeated (induction heads).
+    Repeated(RepeatedSegments),
+    /// Singh et al. 2024 in-context classification with fixed Gaussian exemplars.
+    Icl(IclClassification),
+}
+
+impl TaskSpec {
+    /// The generator.
+    pub fn task(&self) -> &dyn Task {
+        match self {
+            TaskSpec::Repeated(t) => t,
+            TaskSpec::Icl(t) => t,
+        }
+    }
+
+    /// Checks the parameters make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            TaskSpec::Repeated(t) => t.validate(),
+            TaskSpec::Icl(t) => t.validate(),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Training checkpoints: weights, optimiser moments, data-stream state and step in one
+//! safetensors file, written atomically, so a resumed run continues bit for bit.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use patchclamp_core::fsutil::write_atomic;
+use patchclamp_core::rng::Rng;
+use patchclamp_core::{Error, Result};
+use safetensors::tensor::Dtype;
+
+use super::Trainer;
+
+const FORMAT: &str = "patchclamp-train-1";
+
+/// Writes the trainer's full state to `path` (atomically).
+pub fn save_checkpoint(tr: &Trainer, path: &Path) -> Result<()> {
+    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    for ((name, var), st) in tr.params.iter().zip(&tr.state) {
+        let data = var.flatten_all()?.to_vec1::<f32>()?;
+        bufs.push((format!("param.{name}"), var.dims().to_vec(), bytes(&data)));
+        if !st.m.is_empty() {
+            bufs.push((format!("m.{name}"), var.dims().to_vec(), bytes(&st.m)));
+        }
+        if !st.v.is_empty() {
+            bufs.push((format!("v.{name}"), var.dims().to_vec(), bytes(&st.v)));
+        }
+    }
+    let meta: BTreeMap<String, String> = [
+        ("format".to_string(), FORMAT.to_string()),
+        ("step".into(), tr.step.to_string()),
+        ("rng".into(), tr.rng.state().to_string()),
+        ("config".into(), json(&tr.model.cfg)),
+        ("train".into(), json(&tr.spec)),
+    ]
+    .into();
+    let out = serialize(&bufs, &meta);
+    write_atomic(path, &out)
+}
+
+/// The safetensors layout with sorted keys, so the same state gives the same bytes
+/// (`safetensors::serialize` orders its metadata map by hash).
+fn serialize(
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    meta: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    let mut order: Vec<&(String, Vec<usize>, Vec<u8>)> = tensors.iter().collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(meta).expect("strings"),
+    );
+    let mut offset = 0usize;
+    for (name, shape, bytes) in &order {
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
+        );
+        offset += bytes.len();
+    }
+    let mut head = serde_json::to_string(&header)
+        .expect("plain data")
+        .into_bytes();
+    // The data must start 8-byte aligned; pad the header with spaces as safetensors does.
+    while head.len() % 8 != 0 {
+        head.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + head.len() + offset);
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    for (_, _, bytes) in order {
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+fn json<T: serde::Serialize>(x: &T) -> String {
+    serde_json::to_string(x).expect("plain data serialises")
+}
+
+/// Restores a state written by [`save_checkpoint`] into a trainer built from the same
+/// model config (weights, moments, step and data stream are replaced).
+pub fn load_checkpoint(tr: &mut Trainer, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let get = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| bad(format!("not a patchclamp training checkpoint (no '{k}')")))
+    };
+    if get("format")? != FORMAT {
+        return Err(bad(format!(
+            "unknown checkpoint format '{}'",
+            get("format")?
+        )));
+    }
+    let cfg: patchclamp_core::Config =
+        serde_json::from_str(&get("config")?).map_err(|e| bad(e.to_string()))?;
+    if cfg != tr.model.cfg {
+        return Err(Error::Input(format!(
+            "checkpoint {} was written for a different model config; resume with the experiment that wrote it",
+            path.display()
+        )));
+    }
+    let step: u64 = get("step")?.parse().map_err(|_| bad("bad step".into()))?;
+    let rng: u64 = get("rng")?
+        .parse()
+        .map_err(|_| bad("bad rng state".into()))?;
+    let read = |name: &str, n: usize| -> Result<Option<Vec<f32>>> {
+        let Ok(v) = st.tensor(name) else {
+            return Ok(None);
+        };
+        if v.dtype() != Dtype::F32 || v.data().len() != 4 * n {
+            return Err(bad(format!("tensor {name} has the wrong size or dtype")));
+        }
+        Ok(Some(
+            v.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ))
+    };
+    for ((name, var), state) in tr.params.iter().zip(tr.state.iter_mut()) {
+        let n = var.elem_count();
+        let p = read(&format!("param.{name}"), n)?
+            .ok_or_else(|| bad(format!("missing parameter {name}")))?;
+        var.set(&Tensor::from_vec(p, var.dims(), &Device::Cpu)?)?;
+        if !state.m.is_empty() {
+            state.m = read(&format!("m.{name}"), n)?
+                .ok_or_else(|| bad(format!("missing optimiser state m.{name}")))?;
+        }
+        if !state.v.is_empty() {
+            state.v = read(&format!("v.{name}"), n)?
+                .ok_or_else(|| bad(format!("missing optimiser state v.{name}")))?;
+        }
+    }
+    tr.step = step;
+    tr.rng = Rng::from_state(rng);
+    Ok(())
+}
+
+/// The model stored in a training checkpoint (for inference, or as a patch source).
+pub fn load_model(path: &Path) -> Result<patchclamp_core::Model> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let cfg: patchclamp_core::Config = meta
+        .get("config")
+        .ok_or_else(|| bad("not a patchclamp training checkpoint (no 'config')".into()))
+        .and_then(|c| serde_json::from_str(c).map_err(|e| bad(e.to_string())))?;
+    let shell = patchclamp_core::model::Weights::random(&cfg, 0, &Device::Cpu)?;
+    let w = shell.map(|name, t| {
+        let key = format!("param.{name}");
+        let v = st
+            .tensor(&key)
+            .map_err(|_| bad(format!("missing parameter {name}")))?;
+        if v.dtype() != Dtype::F32 || v.shape() != t.dims() {
+            return Err(bad(format!(
+                "parameter {name} has the wrong shape or dtype"
+            )));
+        }
+        let data: Vec<f32> = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Tensor::from_vec(data, t.dims(), &Device::Cpu)?)
+    })?;
+    patchclamp_core::Model::new(cfg, w)
+}

@@ -1,0 +1,151 @@
+//! Next-token cross-entropy over the scored positions of a [`Batch`].
+
+use std::ops::Range;
+
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, D};
+use patchclamp_core::Result;
+
+use crate::tasks::Batch;
+
+/// Negative log-likelihoods of the scored positions of a batch.
+pub struct TokenNll {
+    /// `[n]`, one per position with weight > 0.
+    pub nll: Tensor,
+    /// `[n]` their weights.
+    pub weights: Tensor,
+    /// `(row, position)` of each.
+    pub at: Vec<(usize, usize)>,
+}
+
+/// Per-position negative log-likelihoods of the positions with weight > 0.
+pub fn token_nll(
+    logits: &Tensor,
+    batch: &Batch,
+    classes: Option<Range<usize>>,
+) -> Result<TokenNll> {
+    let (b, s) = batch.dims();
+    let dev = logits.device();
+    let mut rows = vec![];
+    let mut where_ = vec![];
+    let mut targets = vec![];
+    let mut weights = vec![];
+    let offset = classes.as_ref().map_or(0, |c| c.start as u32);
+    for r in 0..b {
+        for t in 0..s {
+            if batch.weights[r][t] > 0.0 {
+                rows.push((r * s + t) as u32);
+                where_.push((r, t));
+                targets.push(batch.targets[r][t] - offset);
+                weights.push(batch.weights[r][t]);
+            }
+        }
+    }
+    let v = logits.dim(D::Minus1)?;
+    let flat = logits.reshape((b * s, v))?;
+    let n = rows.len();
+    let picked = if n == b * s {
+        flat
+    } else {
+        flat.index_select(&Tensor::new(rows, dev)?, 0)?
+    };
+    let picked = match classes {
+        Some(c) => picked.narrow(1, c.start, c.len())?,
+        None => picked,
+    };
+    let nll = if picked.device().is_cpu() {
+        // One fused op each way instead of a log-softmax chain over every logit.
+        let op = CrossEntropy { targets };
+        let picked = picked.contiguous()?;
+        if picked.track_op() {
+            picked.apply_op1(op)?
+        } else {
+            picked.apply_op1_no_bwd(&op)?
+        }
+    } else {
+        let logp = log_softmax(&picked)?;
+        let tgt = Tensor::from_vec(targets, (n, 1), dev)?;
+        logp.gather(&tgt, 1)?.squeeze(1)?.neg()?
+    };
+    Ok(TokenNll {
+        nll,
+        weights: Tensor::from_vec(weights, n, dev)?,
+        at: where_,
+    })
+}
+
+/// `−log softmax(logits)[target]` per row of `[n, C]` logits, with its backward
+/// `(softmax − onehot) · grad`.
+struct CrossEntropy {
+    targets: Vec<u32>,
+}
+
+/// Row `(max, log Σ exp(x − max))`.
+fn log_sum_exp(row: &[f32]) -> (f32, f32) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+    (max, sum.ln())
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "patchclamp-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("cross entropy: only f32 is supported");
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("cross entropy: input must be contiguous");
+        };
+        let c = layout.shape().dims()[1];
+        let out = data[a..b]
+            .chunks(c)
+            .zip(&self.targets)
+            .map(|(row, &t)| {
+                let (max, lse) = log_sum_exp(row);
+                max + lse - row[t as usize]
+            })
+            .collect::<Vec<f32>>();
+        Ok((CpuStorage::F32(out), Shape::from(self.targets.len())))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (n, c) = x.dims2()?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad.to_vec1::<f32>()?;
+        let mut out = vec![0f32; n * c];
+        for (i, (row, o)) in xs.chunks(c).zip(out.chunks_mut(c)).enumerate() {
+            let (max, lse) = log_sum_exp(row);
+            for (oj, &xj) in o.iter_mut().zip(row) {
+                *oj = (xj - max - lse).exp() * g[i];
+            }
+            o[self.targets[i] as usize] -= g[i];
+        }
+        Ok(Some(Tensor::from_vec(out, (n, c), x.device())?))
+    }
+}
+
+/// The weighted mean loss of a batch (a scalar that backpropagates).
+pub fn mean_loss(logits: &Tensor, batch: &Batch, classes: Option<Range<usize>>) -> Result<Tensor> {
+    let t = token_nll(logits, batch, classes)?;
+    let total = t.weights.sum_all()?.to_scalar::<f32>()?;
+    Ok(((t.nll * t.weights)?.sum_all()? / total as f64)?)
+}
+
+/// `log softmax` over the last dimension from differentiable ops (max held constant).
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// The batch's tokens as a `[B, S]` u32 tensor input.
+pub fn input(batch: &Batch, dev: &Device) -> Result<patchclamp_core::Input> {
+    patchclamp_core::Input::batch(&batch.tokens, patchclamp_core::Padding::Right, 0, dev)
+}

@@ -1,0 +1,359 @@
+//! The trainer: seeded batches, optimiser steps, and interventions held in place during
+//! training ("optogenetics"), with exact checkpoints.
+//!
+//! Every training forward runs through the same `Hooks` as inference, so any intervention
+//! spec applies with its step window. Replacing ops cut the gradient for the elements they
+//! replace (see `patchclamp_core::hooks`): a head whose pattern is clamped gets no gradient
+//! on `W_Q` and `W_K`, while its `W_V` and `W_O` still learn.
+
+mod checkpoint;
+mod loss;
+mod model_spec;
+mod optim;
+mod run;
+mod summary;
+
+pub use checkpoint::{load_checkpoint, load_model, save_checkpoint};
+pub use loss::{log_softmax, mean_loss, token_nll, TokenNll};
+pub use model_spec::ModelSpec;
+pub use optim::{Decay, LrSchedule, Moments, OptimSpec};
+pub use run::{run, EvalRecord, Event, FreeEval, RunOptions, RunResult, StepRecord};
+pub use summary::Summary;
+
+use std::collections::{BTreeSet, HashMap};
+
+use candle_core::{Device, Tensor, Var};
+use patchclamp_core::hooks::{ActivationCache, HookPoint, Op};
+use patchclamp_core::model::Weights;
+use patchclamp_core::rng::Rng;
+use patchclamp_core::{Config, Error, Hooks, Intervention, Model, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::tasks::{Batch, Task};
+
+/// How to train: steps, batch, optimiser, schedule, evaluation and checkpoint cadence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    pub steps: u64,
+    pub batch: usize,
+    /// Seed of the data stream.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub optim: OptimSpec,
+    pub lr: LrSchedule,
+    /// Clip the global gradient norm to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<f64>,
+    /// Evaluate (and log probes) every this many steps.
+    #[serde(default = "fifty")]
+    pub eval_every: u64,
+    /// Sequences in the fixed evaluation batch.
+    #[serde(default = "sixty_four")]
+    pub eval_batch: usize,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+}
+
+fn fifty() -> u64 {
+    50
+}
+fn sixty_four() -> usize {
+    64
+}
+
+impl TrainSpec {
+    /// Checks the numbers.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.steps == 0 || self.batch == 0 || self.eval_every == 0 || self.eval_batch == 0 {
+            return Err("steps, batch, eval_every and eval_batch must be positive".into());
+        }
+        if !(self.lr.lr > 0.0 && self.lr.lr.is_finite()) {
+            return Err(format!(
+                "learning rate must be positive, got {}",
+                self.lr.lr
+            ));
+        }
+        if let Some(c) = self.clip {
+            if c.is_nan() || c <= 0.0 {
+                return Err(format!("clip must be positive, got {c}"));
+            }
+        }
+        self.optim.validate()
+    }
+}
+
+/// A model whose activations feed `patch` ops during training: the run's own model without
+/// interventions (two-pass ablations) or a fixed other model.
+pub struct Source {
+    pub name: String,
+    /// `None`: the trained model itself, run without interventions on the same batch.
+    pub model: Option<Model>,
+}
+
+/// The name under which the trained model's own unclamped activations are available.
+pub const SELF_SOURCE: &str = "self";
+
+/// Loss and bookkeeping of one update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    pub loss: f32,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+/// A model being trained, its optimiser state and data stream.
+pub struct Trainer {
+    /// The model; its weights are the trained variables.
+    pub model: Model,
+    params: Vec<(String, Var)>,
+    state: Vec<Moments>,
+    frozen: HashMap<String, Vec<bool>>,
+    pub spec: TrainSpec,
+    /// Held in place in every training forward whose step is in their window.
+    pub interventions: Vec<Intervention>,
+    sources: Vec<Source>,
+    /// Updates done.
+    pub step: u64,
+    rng: Rng,
+}
+
+impl Trainer {
+    /// A trainer for `cfg` from random weights (`init_seed`).
+    pub fn new(cfg: Config, init_seed: u64, spec: TrainSpec) -> Result<Self> {
+        let w = Weights::random(&cfg, init_seed, &Device::Cpu)?;
+        Self::from_weights(cfg, w, spec)
+    }
+
+    /// A trainer starting from given weights.
+    pub fn from_weights(cfg: Config, weights: Weights, spec: TrainSpec) -> Result<Self> {
+        spec.validate().map_err(Error::Input)?;
+        let mut params = vec![];
+        let weights = weights.map(|name, t| {
+            let v = Var::from_tensor(&t.contiguous()?)?;
+            let t = v.as_tensor().clone();
+            params.push((name.to_string(), v));
+            Ok(t)
+        })?;
+        let state = params
+            .iter()
+            .map(|(_, v)| spec.optim.init(v.elem_count()))
+            .collect();
+        let rng = Rng::new(spec.seed);
+        Ok(Trainer {
+            model: Model::new(cfg, weights)?,
+            params,
+            state,
+            frozen: HashMap::new(),
+            spec,
+            interventions: vec![],
+            sources: vec![],
+            step: 0,
+            rng,
+        })
+    }
+
+    /// Holds `ivs` in place during training (checked against the model now).
+    pub fn with_interventions(mut self, ivs: Vec<Intervention>) -> Result<Self> {
+        let names: BTreeSet<String> = ivs
+            .iter()
+            .filter_map(|iv| match &iv.op {
+                Op::Patch { source, .. } | Op::SubspacePatch { source, .. } => Some(source.clone()),
+                _ => None,
+            })
+            .collect();
+        for n in &names {
+            if n != SELF_SOURCE && !self.sources.iter().any(|s| &s.name == n) {
+                return Err(Error::Input(format!(
+                    "intervention patches from source '{n}', which this run does not define (use '{SELF_SOURCE}' for the model's own unclamped run)"
+                )));
+            }
+        }
+        if names.contains(SELF_SOURCE) && !self.sources.iter().any(|s| s.name == SELF_SOURCE) {
+            self.sources.push(Source {
+                name: SELF_SOURCE.into(),
+                model: None,
+            });
+        }
+        let s = self.model.cfg.n_ctx.min(8);
+        let dummy: HashMap<String, ActivationCache> = names
+            .iter()
+            .map(|n| {
+                let mut c = ActivationCache::default();
+                for iv in &ivs {
+                    c.insert(
+                        iv.at,
+                        Tensor::zeros(
+                            iv.at.shape(&self.model.cfg, 1, s),
+                            candle_core::DType::F32,
+                            &Device::Cpu,
+                        )
+                        .expect("cpu alloc"),
+                    );
+                }
+                (n.clone(), c)
+            })
+            .collect();
+        for iv in &ivs {
+            iv.validate(&self.model.cfg, 1, s, &dummy)?;
+        }
+        self.interventions = ivs;
+        Ok(self)
+    }
+
+    /// Adds a fixed model whose activations `patch` ops can read under `name`.
+    pub fn with_source(mut self, name: &str, model: Model) -> Self {
+        self.sources.push(Source {
+            name: name.into(),
+            model: Some(model),
+        });
+        self
+    }
+
+    /// Fixes rows `rows` of parameter `name` to `values` (row-major) and keeps them there.
+    pub fn freeze_rows(
+        &mut self,
+        name: &str,
+        rows: std::ops::Range<usize>,
+        values: &[f32],
+    ) -> Result<()> {
+        let (_, var) = self
+            .params
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| Error::Input(format!("no parameter named '{name}'")))?;
+        let dims = var.dims().to_vec();
+        let width: usize = dims[1..].iter().product();
+        if rows.end > dims[0] || values.len() != rows.len() * width {
+            return Err(Error::Input(format!(
+                "cannot freeze rows {rows:?} of {name} {dims:?} to {} values",
+                values.len()
+            )));
+        }
+        let mut data = var.flatten_all()?.to_vec1::<f32>()?;
+        data[rows.start * width..rows.end * width].copy_from_slice(values);
+        var.set(&Tensor::from_vec(data, dims.as_slice(), &Device::Cpu)?)?;
+        let mut mask = vec![false; var.elem_count()];
+        mask[rows.start * width..rows.end * width].fill(true);
+        self.frozen.insert(name.into(), mask);
+        Ok(())
+    }
+
+    /// The trained parameters in a fixed order.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// The current weights as an inference model (no gradient tracking, fast kernels).
+    pub fn snapshot(&self) -> Result<Model> {
+        let w = self.model.weights.map(|_, t| Ok(t.detach().copy()?))?;
+        Model::new(self.model.cfg.clone(), w)
+    }
+
+    /// The hooks of a training (or clamped evaluation) forward at `step` on `batch`.
+    pub fn hooks(&self, step: u64, batch: &Batch) -> Result<Hooks> {
+        let mut hooks = Hooks::none().intervene_all(self.interventions.iter().cloned());
+        hooks.set_step(step);
+        for src in &self.sources {
+            let points: Vec<HookPoint> = self
+                .interventions
+                .iter()
+                .filter(|iv| iv.when.active(step))
+                .filter(|iv| match &iv.op {
+                    Op::Patch { source, .. } | Op::SubspacePatch { source, .. } => {
+                        source == &src.name
+                    }
+                    _ => false,
+                })
+                .map(|iv| iv.at)
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let model = match &src.model {
+                Some(m) => m.clone(),
+                None => self.snapshot()?,
+            };
+            let mut h = points.iter().fold(Hooks::none(), |h, p| {
+                h.capture(patchclamp_core::Selector::Point(*p))
+            });
+            model.forward(&loss::input(batch, model.device())?, &mut h)?;
+            hooks = hooks.source(src.name.clone(), h.take_cache());
+        }
+        Ok(hooks)
+    }
+
+    /// The loss of `batch` at the current weights under the interventions active at `step`.
+    pub fn loss(&self, task: &dyn Task, batch: &Batch, step: u64) -> Result<Tensor> {
+        let mut hooks = self.hooks(step, batch)?;
+        let logits = self
+            .model
+            .forward(&loss::input(batch, self.model.device())?, &mut hooks)?;
+        mean_loss(&logits, batch, task.classes())
+    }
+
+    /// Gradients of the loss on `batch` for every parameter (zeros where none flows).
+    pub fn gradients(&self, task: &dyn Task, batch: &Batch) -> Result<(f32, Vec<Tensor>)> {
+        let loss = self.loss(task, batch, self.step)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Err(Error::Numeric(format!(
+                "training loss became {value} at step {}; lower the learning rate or add clipping",
+                self.step
+            )));
+        }
+        let grads = loss.backward()?;
+        let out = self
+            .params
+            .iter()
+            .map(|(_, v)| match grads.get(v.as_tensor()) {
+                Some(g) => Ok(g.clone()),
+                None => Ok(v.as_tensor().zeros_like()?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((value, out))
+    }
+
+    /// Draws a batch from the data stream and does one update.
+    pub fn train_step(&mut self, task: &dyn Task) -> Result<StepStats> {
+        let batch = task.batch(&mut self.rng, self.spec.batch);
+        let (loss, grads) = self.gradients(task, &batch)?;
+        let mut gs: Vec<Vec<f32>> = grads
+            .iter()
+            .map(|g| g.flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<_>>()?;
+        let norm = gs
+            .iter()
+            .flatten()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
+        if let Some(c) = self.spec.clip {
+            if norm > c {
+                let f = (c / (norm + 1e-6)) as f32;
+                gs.iter_mut().flatten().for_each(|x| *x *= f);
+            }
+        }
+        let lr = self.spec.lr.at(self.step, self.spec.steps);
+        let t = self.step + 1;
+        for (((name, var), g), st) in self.params.iter().zip(&gs).zip(self.state.iter_mut()) {
+            let mut p = var.flatten_all()?.to_vec1::<f32>()?;
+            let frozen = self.frozen.get(name).map_or(&[][..], |m| m.as_slice());
+            self.spec.optim.update(&mut p, g, st, t, lr, frozen);
+            var.set(&Tensor::from_vec(p, var.dims(), &Device::Cpu)?)?;
+        }
+        self.step = t;
+        Ok(StepStats {
+            loss,
+            grad_norm: norm,
+            lr,
+        })
+    }
+
+    /// The data stream's state (checkpoints save it).
+    pub fn rng_state(&self) -> u64 {
+        self.rng.state()
+    }
+}

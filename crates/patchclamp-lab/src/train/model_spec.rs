@@ -1,0 +1,113 @@
+//! The small models the lab trains, described in a few fields of an experiment file.
+
+use patchclamp_core::model::{Activation, Config, MlpKind, NormKind, Positions, Rope};
+use serde::{Deserialize, Serialize};
+
+/// A from-scratch model: attention-only unless `d_mlp > 0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    /// MLP width; 0 for attention-only blocks.
+    #[serde(default)]
+    pub d_mlp: usize,
+    /// `learned` or `rotary`.
+    #[serde(default = "learned")]
+    pub positions: String,
+    /// Pre-norm LayerNorm in every block and before the unembedding.
+    #[serde(default = "yes")]
+    pub layer_norm: bool,
+    /// Initialisation seed.
+    #[serde(default)]
+    pub init_seed: u64,
+}
+
+fn learned() -> String {
+    "learned".into()
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec {
+            n_layers: 2,
+            d_model: 64,
+            n_heads: 4,
+            d_mlp: 0,
+            positions: learned(),
+            layer_norm: true,
+            init_seed: 0,
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The canonical config for a task with `vocab` tokens and `n_ctx` positions.
+    pub fn config(&self, vocab: usize, n_ctx: usize) -> Result<Config, String> {
+        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+            return Err(format!(
+                "d_model {} must be a positive multiple of n_heads {}",
+                self.d_model, self.n_heads
+            ));
+        }
+        let d_head = self.d_model / self.n_heads;
+        let positions = match self.positions.as_str() {
+            "learned" => Positions::Learned,
+            "rotary" | "rope" => Positions::Rotary(Rope {
+                theta: 10000.0,
+                rotary_dim: d_head,
+                scaling: None,
+            }),
+            "none" => Positions::None,
+            other => {
+                return Err(format!(
+                    "unknown positions '{other}'; use learned, rotary or none"
+                ))
+            }
+        };
+        let cfg = Config {
+            family: "custom".into(),
+            d_model: self.d_model,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_heads,
+            d_head,
+            d_mlp: self.d_mlp,
+            d_vocab: vocab,
+            n_ctx,
+            norm: if self.layer_norm {
+                NormKind::LayerNorm
+            } else {
+                NormKind::None
+            },
+            final_norm: self.layer_norm,
+            norm_eps: 1e-5,
+            positions,
+            qkv_bias: false,
+            o_bias: false,
+            attn_scale: (d_head as f64).sqrt(),
+            mlp: if self.d_mlp == 0 {
+                MlpKind::None
+            } else {
+                MlpKind::Dense {
+                    act: Activation::Relu,
+                    bias: true,
+                }
+            },
+            tied_embeddings: false,
+            unembed_bias: false,
+            sliding_window: None,
+            default_prepend_bos: false,
+            bos_token_id: None,
+            eos_token_id: None,
+            pad_token_id: None,
+            processing: Default::default(),
+        };
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,267 @@
+//! The trainer: clamp gradient semantics, fused kernels equal to the composed graph,
+//! determinism, and resume-after-kill (METHODS.md K2 c–d).
+
+mod common;
+
+use candle_core::Tensor;
+use patchclamp_core::{HookPoint, Hooks, Intervention, Selector};
+use patchclamp_lab::tasks::{RepeatedSegments, Task, TaskSpec};
+use patchclamp_lab::train::{
+    run, token_nll, LrSchedule, ModelSpec, OptimSpec, RunOptions, TrainSpec, Trainer,
+};
+
+fn task() -> RepeatedSegments {
+    RepeatedSegments {
+        vocab: 24,
+        seq_len: 24,
+        min_len: 3,
+        max_len: 8,
+    }
+}
+
+fn spec(steps: u64) -> TrainSpec {
+    TrainSpec {
+        steps,
+        batch: 8,
+        seed: 3,
+        optim: OptimSpec::default(),
+        lr: LrSchedule::constant(3e-3),
+        clip: Some(1.0),
+        eval_every: 10,
+        eval_batch: 16,
+        checkpoint_every: 10,
+    }
+}
+
+fn trainer(steps: u64, ivs: Vec<Intervention>) -> Trainer {
+    let cfg = ModelSpec {
+        d_model: 32,
+        n_heads: 4,
+        ..ModelSpec::default()
+    }
+    .config(24, 24)
+    .unwrap();
+    Trainer::new(cfg, 1, spec(steps))
+        .unwrap()
+        .with_interventions(ivs)
+        .unwrap()
+}
+
+fn iv(text: &str) -> Intervention {
+    toml::from_str(text).unwrap()
+}
+
+/// Columns of a `[d, H·E]` (or rows of `[H·E, d]`) matrix belonging to head `h`: max |g|.
+fn head_grad(g: &Tensor, h: usize, e: usize, rows: bool) -> f32 {
+    let part = if rows {
+        g.narrow(0, h * e, e)
+    } else {
+        g.narrow(1, h * e, e)
+    }
+    .unwrap();
+    part.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn a_clamped_pattern_cuts_query_and_key_gradients_only() {
+    let tr = trainer(
+        1,
+        vec![iv("at = 'blocks.0.attn.hook_pattern'\nselect = { heads = [2] }\nop = { kind = 'prev_token' }")],
+    );
+    let t = task();
+    let batch = t.batch(&mut patchclamp_core::rng::Rng::new(0), 8);
+    let (_, grads) = tr.gradients(&t, &batch).unwrap();
+    let g = |name: &str| {
+        let i = tr.params().iter().position(|(n, _)| n == name).unwrap();
+        grads[i].clone()
+    };
+    let e = tr.model.cfg.d_head;
+    for name in ["blocks.0.attn.W_Q", "blocks.0.attn.W_K"] {
+        assert_eq!(
+            head_grad(&g(name), 2, e, false),
+            0.0,
+            "{name} of the clamped head"
+        );
+        assert!(
+            head_grad(&g(name), 1, e, false) > 0.0,
+            "{name} of another head learns"
+        );
+    }
+    assert!(
+        head_grad(&g("blocks.0.attn.W_V"), 2, e, false) > 0.0,
+        "W_V still learns"
+    );
+    assert!(
+        head_grad(&g("blocks.0.attn.W_O"), 2, e, true) > 0.0,
+        "W_O still learns"
+    );
+}
+
+#[test]
+fn fused_training_kernels_match_the_composed_graph() {
+    // Recording the pattern and the norm's scale forces the composed ops; gradients agree.
+    let tr = trainer(1, vec![]);
+    let t = task();
+    let batch = t.batch(&mut patchclamp_core::rng::Rng::new(5), 8);
+    let input = patchclamp_core::Input::batch(
+        &batch.tokens,
+        patchclamp_core::Padding::Right,
+        0,
+        tr.model.device(),
+    )
+    .unwrap();
+    let grads = |hooks: &mut Hooks| {
+        let logits = tr.model.forward(&input, hooks).unwrap();
+        let loss = token_nll(&logits, &batch, None)
+            .unwrap()
+            .nll
+            .mean_all()
+            .unwrap();
+        let composed_loss = {
+            let logp =
+                patchclamp_lab::train::log_softmax(&logits.reshape((8 * 24, 24)).unwrap()).unwrap();
+            let tg: Vec<u32> = batch.targets.concat();
+            let tg = Tensor::from_vec(tg, (8 * 24, 1), logits.device()).unwrap();
+            logp.gather(&tg, 1)
+                .unwrap()
+                .neg()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+        };
+        let diff =
+            (loss.to_scalar::<f32>().unwrap() - composed_loss.to_scalar::<f32>().unwrap()).abs();
+        assert!(
+            diff < 1e-5,
+            "fused cross-entropy equals log-softmax + gather ({diff})"
+        );
+        let g = loss.backward().unwrap();
+        tr.params()
+            .iter()
+            .map(|(n, v)| (n.clone(), g.get(v.as_tensor()).cloned()))
+            .collect::<Vec<_>>()
+    };
+    let fused = grads(&mut Hooks::none());
+    let mut composed_hooks = Hooks::none()
+        .capture(Selector::parse("blocks.*.attn.hook_pattern").unwrap())
+        .capture(Selector::parse("blocks.*.ln1.hook_scale").unwrap())
+        .capture(Selector::Point(HookPoint::FinalScale));
+    let composed = grads(&mut composed_hooks);
+    for ((name, a), (_, b)) in fused.iter().zip(&composed) {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        let d = common::max_diff(a, b);
+        let scale = b
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            d <= 1e-5 + 1e-4 * scale,
+            "{name}: fused vs composed gradient differ by {d} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_loss_curve_bit_for_bit() {
+    let losses = |steps| {
+        let mut tr = trainer(steps, vec![iv("at = 'blocks.0.hook_attn_out'\nop = { kind = 'scale', factor = 0.5 }\nwhen = { until = 5 }")]);
+        let r = run(
+            &mut tr,
+            &TaskSpec::Repeated(task()),
+            &RunOptions::default(),
+            |_| {},
+        )
+        .unwrap();
+        r.steps.iter().map(|s| s.loss.to_bits()).collect::<Vec<_>>()
+    };
+    let (a, b) = (losses(12), losses(12));
+    assert_eq!(a.len(), 12);
+    assert_eq!(a, b);
+    assert_ne!(a[0], a[11], "it trains");
+}
+
+#[test]
+fn resume_after_kill_continues_bit_identically() {
+    let dir = std::env::temp_dir().join(format!("pc-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let t = TaskSpec::Repeated(task());
+    let ivs = || {
+        vec![iv("at = 'blocks.0.attn.hook_pattern'\nselect = { heads = [0] }\nop = { kind = 'prev_token' }\nwhen = { from = 7, until = 23 }")]
+    };
+    let opts = |name: &str, stop| RunOptions {
+        log: Some(dir.join(name).join("log.jsonl")),
+        checkpoint: Some(dir.join(name).join("ckpt.safetensors")),
+        resume: true,
+        stop_after: stop,
+    };
+    let mut whole = trainer(40, ivs());
+    run(&mut whole, &t, &opts("whole", None), |_| {}).unwrap();
+    // Killed at step 25: the last checkpoint is step 20 and the log runs ahead to 25.
+    let mut killed = trainer(40, ivs());
+    let part = run(&mut killed, &t, &opts("killed", Some(25)), |_| {}).unwrap();
+    assert_eq!(part.steps.len(), 25);
+    let mut resumed = trainer(40, ivs());
+    let mut from = None;
+    let r = run(&mut resumed, &t, &opts("killed", None), |e| {
+        if let patchclamp_lab::train::Event::Resumed(s) = e {
+            from = Some(s)
+        }
+    })
+    .unwrap();
+    assert_eq!(from, Some(20));
+    assert_eq!(r.steps.len(), 40);
+    let read = |n: &str| std::fs::read_to_string(dir.join(n).join("log.jsonl")).unwrap();
+    assert_eq!(
+        read("whole"),
+        read("killed"),
+        "the resumed log equals the uninterrupted one"
+    );
+    for ((n, a), (_, b)) in whole.params().iter().zip(resumed.params()) {
+        assert_eq!(common::max_diff(a.as_tensor(), b.as_tensor()), 0.0, "{n}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_without_interventions_logs_no_free_copy_and_a_clamped_one_does() {
+    let mut tr = trainer(
+        10,
+        vec![iv("at = 'blocks.0.hook_attn_out'\nop = { kind = 'zero' }")],
+    );
+    let r = run(
+        &mut tr,
+        &TaskSpec::Repeated(task()),
+        &RunOptions::default(),
+        |_| {},
+    )
+    .unwrap();
+    let last = r.evals.last().unwrap();
+    let free = last
+        .free
+        .as_ref()
+        .expect("clamped runs log the model without clamps too");
+    assert_ne!(free.in_context_loss, last.in_context_loss);
+    let mut plain = trainer(10, vec![]);
+    let r = run(
+        &mut plain,
+        &TaskSpec::Repeated(task()),
+        &RunOptions::default(),
+        |_| {},
+    )
+    .unwrap();
+    assert!(r.evals.iter().all(|e| e.free.is_none()));
+    assert_eq!(r.evals.len(), 2, "evaluations at steps 0 and 10");
+    assert_eq!(r.evals[0].heads.prev_token.len(), 2);
+}
