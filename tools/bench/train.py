@@ -95,7 +95,7 @@ def torch_child(shape, steps, warmup, threads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--patchclamp", required=True, help="path to the patchclamp binary")
+    ap.add_argument("--patchclamp", help="path to the patchclamp binary (required)")
     ap.add_argument("--shapes", default="flagship,wide")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
@@ -106,6 +106,8 @@ def main():
     if a.child:
         torch_child(a.child, a.steps, a.warmup, a.threads)
         return
+    if not a.patchclamp:
+        ap.error("--patchclamp is required")
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads)]
     rows = []

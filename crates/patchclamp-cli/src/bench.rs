@@ -125,6 +125,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     use patchclamp_lab::tasks::RepeatedSegments;
     use patchclamp_lab::train::{LrSchedule, OptimSpec, TrainSpec, Trainer};
     crate::set_threads(Some(a.threads));
+    crate::training_threads();
     if a.steps == 0 {
         bail!("--steps must be positive");
     }

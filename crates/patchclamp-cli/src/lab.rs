@@ -62,6 +62,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     match name.as_str() {
         "induction" => induction(&a, &out, extra),
         "singh-ih" => singh(&a, &out, extra),
+        "toy-phase" | "critical-periods" if extra.is_some() => anyhow::bail!(
+            "{name} trains plain factor models without hook points; --clamp applies to induction and singh-ih (the toy clamps are built in)"
+        ),
         "toy-phase" => toy_phase(&a, &out),
         "critical-periods" => critical_periods(&a, &out),
         _ => {
@@ -196,8 +199,83 @@ fn singh(a: &Args, out: &Path, extra: Option<Vec<Intervention>>) -> anyhow::Resu
             );
         }
     }
+    if let Some(base) = done.first() {
+        let abl = singh_ablations(base)?;
+        println!("ablations of the trained baseline (accuracy on 1024 training-split sequences):");
+        for (what, acc) in &abl {
+            println!("  {what:<58} {acc:.4}");
+        }
+        let rows: Vec<serde_json::Value> = abl
+            .iter()
+            .map(|(w, a)| serde_json::json!({"ablation": w, "accuracy": a}))
+            .collect();
+        write_atomic(
+            &out.join("ablations.json"),
+            serde_json::to_string_pretty(&rows)?.as_bytes(),
+        )?;
+    }
     println!("report: {}", html.display());
     Ok(())
+}
+
+/// Accuracy of the trained baseline under test-time ablations (METHODS.md K4 ii, v): each
+/// layer-1 head removed, and layer 0's attention removed with layer 1's patterns and values
+/// preserved from the unablated run (two passes) or not.
+fn singh_ablations(run: &RunOutput) -> anyhow::Result<Vec<(String, f32)>> {
+    use patchclamp_core::{Hooks, Input, Padding, Selector};
+    use patchclamp_lab::tasks::{Task, TaskSpec};
+    let TaskSpec::Icl(task) = &run.exp.task else {
+        anyhow::bail!("singh ablations need the classification task");
+    };
+    let m = &run.model;
+    let batch = task.batch(&mut patchclamp_core::rng::Rng::new(0xAB1A7E), 1024);
+    let input = Input::batch(&batch.tokens, Padding::Right, 0, m.device())?;
+    let classes = task.classes().expect("classification");
+    let acc = |hooks: &mut Hooks| -> anyhow::Result<f32> {
+        let logits = m.forward(&input, hooks)?;
+        Ok(patchclamp_lab::probes::accuracy(
+            &logits,
+            &batch,
+            classes.clone(),
+        )?)
+    };
+    let mut out = vec![("none".to_string(), acc(&mut Hooks::none())?)];
+    let last = m.cfg.n_layers - 1;
+    for h in 0..m.cfg.n_heads {
+        let mut hooks = Hooks::none().intervene(iv(&format!(
+            "at = 'blocks.{last}.attn.hook_z'\nselect = {{ heads = [{h}] }}\nop = {{ kind = 'zero' }}"
+        )));
+        out.push((format!("remove head {last}.{h}"), acc(&mut hooks)?));
+    }
+    let mut clean = Hooks::none()
+        .capture(Selector::parse(&format!(
+            "blocks.{last}.attn.hook_pattern"
+        ))?)
+        .capture(Selector::parse(&format!("blocks.{last}.attn.hook_v"))?);
+    m.forward(&input, &mut clean)?;
+    let zero0 = iv("at = 'blocks.0.hook_attn_out'\nop = { kind = 'zero' }");
+    out.push((
+        "zero layer-0 attention".into(),
+        acc(&mut Hooks::none().intervene(zero0.clone()))?,
+    ));
+    let mut preserved = Hooks::none()
+        .source("clean", clean.take_cache())
+        .intervene(zero0)
+        .intervene(iv(&format!(
+            "at = 'blocks.{last}.attn.hook_pattern'\nop = {{ kind = 'patch', source = 'clean' }}"
+        )))
+        .intervene(iv(&format!(
+            "at = 'blocks.{last}.attn.hook_v'\nop = {{ kind = 'patch', source = 'clean' }}"
+        )));
+    out.push((
+        "zero layer-0 attention, layer-1 patterns and values preserved".into(),
+        acc(&mut preserved)?,
+    ));
+    Ok(out)
+}
+
+fn iv(text: &str) -> Intervention {
+    toml::from_str(text).expect("built-in intervention parses")
 }
 
 fn toy_phase(a: &Args, out: &Path) -> anyhow::Result<()> {

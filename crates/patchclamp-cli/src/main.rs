@@ -73,7 +73,10 @@ fn main() -> ExitCode {
         Cmd::Trace(a) => trace::main(a),
         Cmd::Bench(c) => bench::main(c),
         Cmd::Lab(a) => lab::main(a),
-        Cmd::Train(a) => train::main(a),
+        Cmd::Train(a) => {
+            training_threads();
+            train::main(a)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +108,16 @@ pub(crate) fn set_threads(threads: Option<usize>) {
     if let Some(n) = threads {
         // SAFETY: called at start-up, before any other thread exists.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+}
+
+/// Training steps of small models are many small element-wise ops: candle's element-wise
+/// worker pool spends more time waking than working, while the matrix products still use
+/// every thread. Keeps element-wise ops on the calling thread unless the user chose otherwise.
+pub(crate) fn training_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called at start-up, before any other thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
 }
 

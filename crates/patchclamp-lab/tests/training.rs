@@ -265,3 +265,83 @@ fn a_run_without_interventions_logs_no_free_copy_and_a_clamped_one_does() {
     assert_eq!(r.evals.len(), 2, "evaluations at steps 0 and 10");
     assert_eq!(r.evals[0].heads.prev_token.len(), 2);
 }
+
+#[test]
+fn clamps_can_read_another_checkpoint_or_the_models_own_unablated_run() {
+    let dir = std::env::temp_dir().join(format!("pc-sources-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let t = TaskSpec::Repeated(task());
+    // A "teacher" trained a little and saved.
+    let mut teacher = trainer(10, vec![]);
+    let opts = RunOptions {
+        checkpoint: Some(dir.join("teacher.safetensors")),
+        ..Default::default()
+    };
+    run(&mut teacher, &t, &opts, |_| {}).unwrap();
+    let loaded = patchclamp_lab::train::load_model(&dir.join("teacher.safetensors")).unwrap();
+    for ((n, a), (_, b)) in teacher
+        .snapshot()
+        .unwrap()
+        .weights
+        .named()
+        .iter()
+        .zip(loaded.weights.named())
+    {
+        assert_eq!(common::max_diff(a, &b), 0.0, "{n} survives the checkpoint");
+    }
+    let batch = task().batch(&mut patchclamp_core::rng::Rng::new(9), 4);
+    let input = patchclamp_core::Input::batch(
+        &batch.tokens,
+        patchclamp_core::Padding::Right,
+        0,
+        loaded.device(),
+    )
+    .unwrap();
+    let pattern = |m: &patchclamp_core::Model, hooks: Hooks, l: usize| {
+        let mut h = hooks.capture(Selector::Point(HookPoint::Pattern(l)));
+        m.forward(&input, &mut h).unwrap();
+        h.cache().get(HookPoint::Pattern(l)).unwrap().clone()
+    };
+    // A student whose layer-0 pattern is clamped to the teacher's on every batch.
+    let student = trainer(1, vec![])
+        .with_source("teacher", loaded.clone())
+        .with_interventions(vec![iv(
+            "at = 'blocks.0.attn.hook_pattern'\nop = { kind = 'patch', source = 'teacher' }",
+        )])
+        .unwrap();
+    let got = pattern(&student.model, student.hooks(0, &batch).unwrap(), 0);
+    assert_eq!(
+        common::max_diff(&got, &pattern(&loaded, Hooks::none(), 0)),
+        0.0
+    );
+    // Two passes: layer-0 attention ablated, layer-1 patterns preserved from the same model's
+    // unablated run on the same batch (the source "self").
+    let two_pass = trainer(1, vec![])
+        .with_interventions(vec![
+            iv("at = 'blocks.0.hook_attn_out'\nop = { kind = 'zero' }"),
+            iv("at = 'blocks.1.attn.hook_pattern'\nop = { kind = 'patch', source = 'self' }"),
+        ])
+        .unwrap();
+    let snap = two_pass.snapshot().unwrap();
+    let kept = pattern(&two_pass.model, two_pass.hooks(0, &batch).unwrap(), 1);
+    assert_eq!(
+        common::max_diff(&kept, &pattern(&snap, Hooks::none(), 1)),
+        0.0
+    );
+    let ablated_only =
+        Hooks::none().intervene(iv("at = 'blocks.0.hook_attn_out'\nop = { kind = 'zero' }"));
+    assert!(
+        common::max_diff(&pattern(&snap, ablated_only, 1), &kept) > 1e-4,
+        "without preservation the pattern moves"
+    );
+    // An unknown source is refused when the run is built.
+    let err = trainer(1, vec![])
+        .with_interventions(vec![iv(
+            "at = 'blocks.0.attn.hook_pattern'\nop = { kind = 'patch', source = 'nobody' }",
+        )])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("nobody") && err.contains("self"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

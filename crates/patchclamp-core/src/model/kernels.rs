@@ -184,10 +184,19 @@ fn lane_max(x: &[f32]) -> f32 {
             acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
         }
     }
-    rest.iter()
-        .chain(acc.iter())
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max)
+    // A halving tree keeps the horizontal step in vector registers (short rows pay for it).
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] = if acc[i + w] > acc[i] {
+                acc[i + w]
+            } else {
+                acc[i]
+            };
+        }
+    }
+    rest.iter().fold(acc[0], |m, &v| if v > m { v } else { m })
 }
 
 #[inline(always)]
@@ -200,7 +209,14 @@ fn lane_sum(x: &[f32]) -> f32 {
             acc[i] += c[i];
         }
     }
-    rest.iter().sum::<f32>() + acc.iter().sum::<f32>()
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    rest.iter().sum::<f32>() + acc[0]
 }
 
 #[inline(always)]
@@ -282,15 +298,19 @@ struct CausalSoftmaxBwd;
 /// on the row with those keys set to -inf (so recording the masked scores changes nothing).
 #[inline(always)]
 fn causal_softmax_row(row: &[f32], visible: usize, out: &mut [f32]) {
-    // Whole-row loops with a select (rather than a shorter loop) keep the code vectorised.
+    // Work on whole vector chunks up to the last visible key; everything after is exactly 0
+    // (as exp(-inf) would be), and adding zeros changes no sum, so this stays bit-identical.
+    let end = (visible.div_ceil(LANES) * LANES).min(row.len());
+    let (head, tail) = out.split_at_mut(end);
     let masked = |j: usize, x: f32| if j < visible { x } else { f32::NEG_INFINITY };
-    for (j, (o, &x)) in out.iter_mut().zip(row).enumerate() {
+    for (j, (o, &x)) in head.iter_mut().zip(row).enumerate() {
         *o = masked(j, x);
     }
-    let max = lane_max(out);
-    out.iter_mut().for_each(|o| *o = exp_approx(*o - max));
-    let inv = 1.0 / lane_sum(out);
-    out.iter_mut().for_each(|o| *o *= inv);
+    let max = lane_max(head);
+    head.iter_mut().for_each(|o| *o = exp_approx(*o - max));
+    tail.fill(0.0);
+    let inv = 1.0 / lane_sum(head);
+    head.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// Causal softmax of consecutive rows starting at global row `first`.

@@ -3,6 +3,7 @@
 pub mod arch;
 mod config;
 mod fused_attention;
+mod fused_linear;
 mod init;
 pub mod kernels;
 mod process;

@@ -10,7 +10,7 @@ use crate::hooks::{HookPoint as P, Hooks, NormSite};
 use crate::input::Input;
 use crate::model::config::{Activation, Config, MlpKind, NormKind, Positions};
 use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
-use crate::model::{fused_attention, kernels, rope};
+use crate::model::{fused_attention, fused_linear, kernels, rope};
 
 /// A transformer: its canonical config and weights.
 #[derive(Debug, Clone)]
@@ -144,7 +144,7 @@ impl Model {
         } else {
             resid
         };
-        let logits = matmul(&x, &w.unembed())?;
+        let logits = linear(&x, &w.unembed(), None)?;
         let logits = match &w.b_u {
             Some(b_u) => logits.broadcast_add(b_u)?,
             None => logits,
@@ -495,7 +495,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
             return Ok(kernels::linear_bias_inference(&x2, w, b)?.reshape(out)?);
         }
     }
-    let y = matmul(x, w)?;
+    // Training: one graph node instead of reshape, matmul, reshape.
+    let y = match fused_linear::linear(x, w)? {
+        Some(y) => y,
+        None => matmul(x, w)?,
+    };
     Ok(match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,

@@ -55,7 +55,8 @@ pub fn induction(seed: u64, steps: u64) -> Vec<(String, Experiment)> {
 }
 
 /// Singh et al. 2024 (METHODS.md §1b, K4): 2 layers × 8 heads, d 64, attention-only, RoPE,
-/// Adam; baseline and the clamp of a perfect previous-token pattern on layer-0 head 2.
+/// Adam; baseline, a perfect previous-token pattern clamped on layer-0 head 2, and a run where
+/// only layer-1 head 3 can carry values (the paper's "only head h").
 pub fn singh(seed: u64, steps: u64) -> Vec<(String, Experiment)> {
     let base = Experiment {
         name: "singh-baseline".into(),
@@ -90,8 +91,16 @@ pub fn singh(seed: u64, steps: u64) -> Vec<(String, Experiment)> {
         )],
         ..base.clone()
     };
+    let only = Experiment {
+        name: "singh-only-head-1.3".into(),
+        interventions: vec![iv(
+            "at = 'blocks.1.attn.hook_v'\nselect = { heads = [0, 1, 2, 4, 5, 6, 7] }\nop = { kind = 'zero' }",
+        )],
+        ..base.clone()
+    };
     vec![
         ("baseline".into(), base),
         ("head 0.2 clamped to prev-token".into(), pt),
+        ("only head 1.3 (others' values zeroed)".into(), only),
     ]
 }
