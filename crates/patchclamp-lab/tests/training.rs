@@ -345,3 +345,76 @@ fn clamps_can_read_another_checkpoint_or_the_models_own_unablated_run() {
     assert!(err.contains("nobody") && err.contains("self"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn broken_or_foreign_checkpoints_are_refused_with_the_file_named() {
+    let dir = std::env::temp_dir().join(format!("pc-badckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("ckpt.safetensors");
+    std::fs::write(&junk, b"not a checkpoint").unwrap();
+    let opts = RunOptions {
+        checkpoint: Some(junk.clone()),
+        resume: true,
+        ..Default::default()
+    };
+    let err = run(
+        &mut trainer(3, vec![]),
+        &TaskSpec::Repeated(task()),
+        &opts,
+        |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("ckpt.safetensors"), "{err}");
+    // A model file from the hub is valid safetensors but not a training checkpoint.
+    let hub = std::path::PathBuf::from(common::fixture("gpt2")).join("model.safetensors");
+    let err = patchclamp_lab::train::load_model(&hub)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("not a patchclamp training checkpoint"),
+        "{err}"
+    );
+    // A checkpoint of another model shape is refused on resume.
+    let other = dir.join("other.safetensors");
+    let mut small = Trainer::new(
+        ModelSpec {
+            d_model: 16,
+            n_heads: 2,
+            ..ModelSpec::default()
+        }
+        .config(24, 24)
+        .unwrap(),
+        0,
+        spec(1),
+    )
+    .unwrap();
+    run(
+        &mut small,
+        &TaskSpec::Repeated(task()),
+        &RunOptions {
+            checkpoint: Some(other.clone()),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    let opts = RunOptions {
+        checkpoint: Some(other),
+        resume: true,
+        ..Default::default()
+    };
+    let err = run(
+        &mut trainer(3, vec![]),
+        &TaskSpec::Repeated(task()),
+        &opts,
+        |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("different model config"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -9,7 +9,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::causal_rows;
+use super::kernels::{causal_rows, f32_slice};
+
+const OP: &str = "fused attention";
 
 /// `q [B, S, H, E]`, `k`, `v` `[B, S, K, E]` → `z [B, S, H, E]` (`H = K · group`).
 struct FusedAttention {
@@ -132,16 +134,6 @@ fn pattern(d: &Dims, q: &[f32], k: &[f32], b: usize, h: usize, scale: f32) -> Ve
     p
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(x) = s else {
-        candle_core::bail!("fused attention: only f32 is supported");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("fused attention: inputs must be contiguous");
-    };
-    Ok(&x[a..b])
-}
-
 /// Adds a `[S, E]` block into head `h` of a `[B, S, heads, E]` buffer.
 fn scatter_add(d: &Dims, dst: &mut [f32], block: &[f32], b: usize, h: usize, heads: usize) {
     let v = d.head(b, h, heads);
@@ -169,9 +161,9 @@ impl CustomOp3 for FusedAttention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1, l2, l3)?;
         let (q, k, v) = (
-            contiguous(s1, l1)?,
-            contiguous(s2, l2)?,
-            contiguous(s3, l3)?,
+            f32_slice(s1, l1, OP)?,
+            f32_slice(s2, l2, OP)?,
+            f32_slice(s3, l3, OP)?,
         );
         let group = d.h / d.kh;
         let blocks: Vec<Vec<f32>> = (0..d.b * d.h)

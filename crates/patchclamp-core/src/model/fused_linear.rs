@@ -6,6 +6,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
+use super::kernels::f32_slice;
+
 struct Linear;
 
 /// `dst (m×n) = lhs (m×k) · rhs (k×n)` with explicit strides (row, column) for the inputs.
@@ -50,16 +52,6 @@ fn gemm(
     }
 }
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(x) = s else {
-        candle_core::bail!("linear: only f32 is supported");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("linear: inputs must be contiguous");
-    };
-    Ok(&x[a..b])
-}
-
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
         "patchclamp-linear"
@@ -72,7 +64,7 @@ impl CustomOp2 for Linear {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w) = (f32s(s1, l1)?, f32s(s2, l2)?);
+        let (x, w) = (f32_slice(s1, l1, "linear")?, f32_slice(s2, l2, "linear")?);
         let (din, dout) = l2.shape().dims2()?;
         let rows = x.len() / din;
         let mut out = vec![0f32; rows * dout];

@@ -112,13 +112,7 @@ impl CustomOp1 for Act {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("{}: only f32 is supported", self.name());
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{}: input must be contiguous", self.name());
-        };
-        let src = &data[start..end];
+        let src = f32_slice(storage, layout, self.name())?;
         let mut out = vec![0f32; src.len()];
         let kind = self.0;
         out.par_chunks_mut(CHUNK)
@@ -170,6 +164,17 @@ fn fused(
 
 /// Softmax over the last dimension of a contiguous f32 tensor (inference only: no backward).
 struct SoftmaxLastDim;
+
+/// The f32 values of a contiguous CPU storage (custom ops' inputs), or an error naming `op`.
+pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(x) = s else {
+        candle_core::bail!("{op}: only f32 is supported");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: inputs must be contiguous");
+    };
+    Ok(&x[a..b])
+}
 
 /// Lanes for reductions: independent accumulators the compiler keeps in one vector register.
 const LANES: usize = 16;
@@ -258,14 +263,8 @@ impl CustomOp1 for SoftmaxLastDim {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("softmax: only f32 is supported");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("softmax: input must be contiguous");
-        };
+        let src = f32_slice(storage, layout, "softmax")?;
         let n = layout.shape().dims().last().copied().unwrap_or(1).max(1);
-        let src = &data[start..end];
         let mut out = vec![0f32; src.len()];
         let rows_per_chunk = (CHUNK / n).max(1);
         out.par_chunks_mut(rows_per_chunk * n)
@@ -386,14 +385,8 @@ impl CustomOp1 for CausalSoftmax {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("causal softmax: only f32 is supported");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("causal softmax: input must be contiguous");
-        };
+        let src = f32_slice(storage, layout, "causal softmax")?;
         let (q, k) = qk_dims(layout)?;
-        let src = &data[start..end];
         let mut out = vec![0f32; src.len()];
         let off = k - q.min(k);
         let rows_per_chunk = (CHUNK / k).max(1);
@@ -424,14 +417,8 @@ impl CustomOp2 for CausalSoftmaxBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
-            candle_core::bail!("causal softmax backward: only f32 is supported");
-        };
-        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("causal softmax backward: inputs must be contiguous");
-        };
-        let (p, g) = (&p[a0..a1], &g[b0..b1]);
+        let op = "causal softmax backward";
+        let (p, g) = (f32_slice(s1, l1, op)?, f32_slice(s2, l2, op)?);
         let (q, k) = qk_dims(l1)?;
         let mut out = vec![0f32; p.len()];
         rows_par(&mut out, q, k, |r, _, row| {
@@ -491,17 +478,11 @@ impl CustomOp3 for Norm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
-            candle_core::bail!("norm: only f32 is supported");
-        };
-        let (Some((x0, x1)), Some((w0, w1)), Some((b0, b1))) = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("norm: inputs must be contiguous");
-        };
-        let (x, w, b) = (&x[x0..x1], &w[w0..w1], &b[b0..b1]);
+        let (x, w, b) = (
+            f32_slice(s1, l1, "norm")?,
+            f32_slice(s2, l2, "norm")?,
+            f32_slice(s3, l3, "norm")?,
+        );
         let d = w.len();
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(d * (CHUNK / d).max(1))

@@ -81,47 +81,70 @@ fn json<T: serde::Serialize>(x: &T) -> String {
     serde_json::to_string(x).expect("plain data serialises")
 }
 
-/// Restores a state written by [`save_checkpoint`] into a trainer built from the same
-/// model config (weights, moments, step and data stream are replaced).
-pub fn load_checkpoint(tr: &mut Trainer, path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |msg: String| Error::Safetensors {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    let get = |k: &str| {
-        meta.get(k)
+/// A checkpoint file read into memory, its header checked.
+struct Stored {
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+    meta: std::collections::HashMap<String, String>,
+    cfg: patchclamp_core::Config,
+}
+
+impl Stored {
+    fn read(path: &Path) -> Result<Stored> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |msg: String| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let foreign = |what: String| {
+            Error::Input(format!(
+                "{} is not a patchclamp training checkpoint ({what}); model folders load with `patchclamp run`",
+                path.display()
+            ))
+        };
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| foreign(format!("no '{k}' entry")))
+        };
+        if get("format")? != FORMAT {
+            return Err(foreign(format!("format '{}'", get("format")?)));
+        }
+        let cfg = serde_json::from_str(get("config")?).map_err(|e| bad(e.to_string()))?;
+        Ok(Stored {
+            path: path.to_path_buf(),
+            bytes,
+            meta,
+            cfg,
+        })
+    }
+
+    fn bad(&self, msg: String) -> Error {
+        Error::Safetensors {
+            path: self.path.clone(),
+            msg,
+        }
+    }
+
+    /// A metadata entry.
+    fn get(&self, k: &str) -> Result<String> {
+        self.meta
+            .get(k)
             .cloned()
-            .ok_or_else(|| bad(format!("not a patchclamp training checkpoint (no '{k}')")))
-    };
-    if get("format")? != FORMAT {
-        return Err(bad(format!(
-            "unknown checkpoint format '{}'",
-            get("format")?
-        )));
+            .ok_or_else(|| self.bad(format!("the checkpoint has no '{k}' entry")))
     }
-    let cfg: patchclamp_core::Config =
-        serde_json::from_str(&get("config")?).map_err(|e| bad(e.to_string()))?;
-    if cfg != tr.model.cfg {
-        return Err(Error::Input(format!(
-            "checkpoint {} was written for a different model config; resume with the experiment that wrote it",
-            path.display()
-        )));
-    }
-    let step: u64 = get("step")?.parse().map_err(|_| bad("bad step".into()))?;
-    let rng: u64 = get("rng")?
-        .parse()
-        .map_err(|_| bad("bad rng state".into()))?;
-    let read = |name: &str, n: usize| -> Result<Option<Vec<f32>>> {
+
+    /// Tensor `name` as `n` f32 values, if present.
+    fn tensor(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes)
+            .map_err(|e| self.bad(e.to_string()))?;
         let Ok(v) = st.tensor(name) else {
             return Ok(None);
         };
         if v.dtype() != Dtype::F32 || v.data().len() != 4 * n {
-            return Err(bad(format!("tensor {name} has the wrong size or dtype")));
+            return Err(self.bad(format!("tensor {name} has the wrong size or dtype")));
         }
         Ok(Some(
             v.data()
@@ -129,19 +152,42 @@ pub fn load_checkpoint(tr: &mut Trainer, path: &Path) -> Result<()> {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
         ))
-    };
+    }
+
+    /// Tensor `name`, which must be present.
+    fn required(&self, name: &str, n: usize, what: &str) -> Result<Vec<f32>> {
+        self.tensor(name, n)?
+            .ok_or_else(|| self.bad(format!("missing {what} {name}")))
+    }
+}
+
+/// Restores a state written by [`save_checkpoint`] into a trainer built from the same
+/// model config (weights, moments, step and data stream are replaced).
+pub fn load_checkpoint(tr: &mut Trainer, path: &Path) -> Result<()> {
+    let st = Stored::read(path)?;
+    if st.cfg != tr.model.cfg {
+        return Err(Error::Input(format!(
+            "checkpoint {} was written for a different model config; resume with the experiment that wrote it",
+            path.display()
+        )));
+    }
+    let step: u64 = st
+        .get("step")?
+        .parse()
+        .map_err(|_| st.bad("bad step".into()))?;
+    let rng: u64 = st
+        .get("rng")?
+        .parse()
+        .map_err(|_| st.bad("bad rng state".into()))?;
     for ((name, var), state) in tr.params.iter().zip(tr.state.iter_mut()) {
         let n = var.elem_count();
-        let p = read(&format!("param.{name}"), n)?
-            .ok_or_else(|| bad(format!("missing parameter {name}")))?;
+        let p = st.required(&format!("param.{name}"), n, "parameter")?;
         var.set(&Tensor::from_vec(p, var.dims(), &Device::Cpu)?)?;
         if !state.m.is_empty() {
-            state.m = read(&format!("m.{name}"), n)?
-                .ok_or_else(|| bad(format!("missing optimiser state m.{name}")))?;
+            state.m = st.required(&format!("m.{name}"), n, "optimiser state")?;
         }
         if !state.v.is_empty() {
-            state.v = read(&format!("v.{name}"), n)?
-                .ok_or_else(|| bad(format!("missing optimiser state v.{name}")))?;
+            state.v = st.required(&format!("v.{name}"), n, "optimiser state")?;
         }
     }
     tr.step = step;
@@ -151,36 +197,11 @@ pub fn load_checkpoint(tr: &mut Trainer, path: &Path) -> Result<()> {
 
 /// The model stored in a training checkpoint (for inference, or as a patch source).
 pub fn load_model(path: &Path) -> Result<patchclamp_core::Model> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |msg: String| Error::Safetensors {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    let cfg: patchclamp_core::Config = meta
-        .get("config")
-        .ok_or_else(|| bad("not a patchclamp training checkpoint (no 'config')".into()))
-        .and_then(|c| serde_json::from_str(c).map_err(|e| bad(e.to_string())))?;
-    let shell = patchclamp_core::model::Weights::random(&cfg, 0, &Device::Cpu)?;
+    let st = Stored::read(path)?;
+    let shell = patchclamp_core::model::Weights::random(&st.cfg, 0, &Device::Cpu)?;
     let w = shell.map(|name, t| {
-        let key = format!("param.{name}");
-        let v = st
-            .tensor(&key)
-            .map_err(|_| bad(format!("missing parameter {name}")))?;
-        if v.dtype() != Dtype::F32 || v.shape() != t.dims() {
-            return Err(bad(format!(
-                "parameter {name} has the wrong shape or dtype"
-            )));
-        }
-        let data: Vec<f32> = v
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let data = st.required(&format!("param.{name}"), t.elem_count(), "parameter")?;
         Ok(Tensor::from_vec(data, t.dims(), &Device::Cpu)?)
     })?;
-    patchclamp_core::Model::new(cfg, w)
+    patchclamp_core::Model::new(st.cfg.clone(), w)
 }

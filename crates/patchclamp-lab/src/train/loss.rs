@@ -3,6 +3,7 @@
 use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, D};
+use patchclamp_core::model::kernels::f32_slice;
 use patchclamp_core::Result;
 
 use crate::tasks::Batch;
@@ -96,14 +97,9 @@ impl CustomOp1 for CrossEntropy {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("cross entropy: only f32 is supported");
-        };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("cross entropy: input must be contiguous");
-        };
+        let data = f32_slice(storage, layout, "cross entropy")?;
         let c = layout.shape().dims()[1];
-        let out = data[a..b]
+        let out = data
             .chunks(c)
             .zip(&self.targets)
             .map(|(row, &t)| {
