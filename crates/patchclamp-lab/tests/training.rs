@@ -154,7 +154,17 @@ fn fused_training_kernels_match_the_composed_graph() {
         .capture(Selector::parse("blocks.*.ln1.hook_scale").unwrap())
         .capture(Selector::Point(HookPoint::FinalScale));
     let composed = grads(&mut composed_hooks);
-    for ((name, a), (_, b)) in fused.iter().zip(&composed) {
+    // Recording the masked scores as well takes candle's composed softmax instead of the
+    // causal-softmax op: a third path to the same gradients.
+    let mut explicit_hooks = Hooks::none()
+        .capture(Selector::parse("blocks.*.attn.hook_attn_scores").unwrap())
+        .capture(Selector::parse("blocks.*.ln1.hook_scale").unwrap());
+    let explicit = grads(&mut explicit_hooks);
+    for ((name, a), (_, b)) in fused
+        .iter()
+        .zip(&composed)
+        .chain(composed.iter().zip(&explicit))
+    {
         let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
         let d = common::max_diff(a, b);
         let scale = b

@@ -313,8 +313,9 @@ impl Model {
         let k = repeat_kv(&k.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
         let v = repeat_kv(&v.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
         let scores = bmm(&q, &k.t()?)?; // [B, H, S, S]
-                                        // The fused causal softmax equals softmax(scores + mask) bit for bit; the explicit
-                                        // mask is only needed for padding, windows, or to show the masked scores.
+
+        // The fused causal softmax equals softmax(scores + mask) bit for bit; the explicit
+        // mask is only needed for padding, windows, or to show the masked scores.
         let fused = match ctx.causal_only && !hooks.wants(P::AttnScores(l)) {
             true => kernels::causal_softmax(&scores)?,
             false => None,

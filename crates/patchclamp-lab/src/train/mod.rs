@@ -177,7 +177,8 @@ impl Trainer {
                 model: None,
             });
         }
-        let s = self.model.cfg.n_ctx.min(8);
+        // Checked at the longest input the model takes, so any position the spec names fits.
+        let s = self.model.cfg.n_ctx;
         let dummy: HashMap<String, ActivationCache> = names
             .iter()
             .map(|n| {
