@@ -151,6 +151,22 @@ when = { until = 2 }
     }
 
     #[test]
+    fn the_example_experiment_files_build() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            // Experiment files have a [train] table; the others are intervention lists.
+            if p.extension().is_some_and(|e| e == "toml") && text.contains("[train]") {
+                Experiment::from_toml(&text, &p).unwrap().trainer().unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "found {n} experiment files");
+    }
+
+    #[test]
     fn bad_files_fail_at_load_with_clear_messages() {
         let p = Path::new("exp.toml");
         let err = |t: &str| Experiment::from_toml(t, p).unwrap_err().to_string();
