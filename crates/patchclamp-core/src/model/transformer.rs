@@ -35,9 +35,11 @@ pub struct Span {
 }
 
 /// Per-forward state shared by every block.
-struct Context {
-    /// Additive attention mask `[B, 1, S, S]`: 0 where allowed, -inf where not.
-    mask: Tensor,
+struct Context<'a> {
+    input: &'a Input,
+    /// Additive attention mask `[B, 1, S, S]`: 0 where allowed, -inf where not. Built on first
+    /// use: the fused causal paths never need it.
+    mask: std::cell::OnceCell<Tensor>,
     /// Rotary tables `[B, S, 1, rotary_dim]`.
     rope: Option<(Tensor, Tensor)>,
     /// The mask is plain causal (no padding, no window): the fused causal softmax applies.
@@ -114,7 +116,8 @@ impl Model {
         };
 
         let ctx = Context {
-            mask: self.attention_mask(input)?,
+            input,
+            mask: std::cell::OnceCell::new(),
             rope: match self.cfg.rotary() {
                 Some(r) => Some(rope::tables(r, &input.positions, &self.device)?),
                 None => None,
@@ -323,7 +326,14 @@ impl Model {
         let pattern = match fused {
             Some(p) => p,
             None => {
-                let scores = hooks.at(P::AttnScores(l), scores.broadcast_add(&ctx.mask)?)?;
+                let mask = match ctx.mask.get() {
+                    Some(m) => m,
+                    None => {
+                        let m = self.attention_mask(ctx.input)?;
+                        ctx.mask.get_or_init(|| m)
+                    }
+                };
+                let scores = hooks.at(P::AttnScores(l), scores.broadcast_add(mask)?)?;
                 softmax_last_dim(&scores)?
             }
         };

@@ -247,10 +247,19 @@ impl Trainer {
         &self.params
     }
 
-    /// The current weights as an inference model (no gradient tracking, fast kernels).
+    /// The current weights as an inference model (no gradient tracking, fast kernels), copied.
     pub fn snapshot(&self) -> Result<Model> {
         let w = self.model.weights.map(|_, t| Ok(t.detach().copy()?))?;
         Model::new(self.model.cfg.clone(), w)
+    }
+
+    /// The current weights without gradient tracking, sharing their storage (valid until the
+    /// next update): the per-step source runs and evaluations need no copy.
+    pub(crate) fn detached(&self) -> Result<Model> {
+        Model::new(
+            self.model.cfg.clone(),
+            self.model.weights.map(|_, t| Ok(t.detach()))?,
+        )
     }
 
     /// The hooks of a training (or clamped evaluation) forward at `step` on `batch`.
@@ -275,7 +284,7 @@ impl Trainer {
             }
             let model = match &src.model {
                 Some(m) => m.clone(),
-                None => self.snapshot()?,
+                None => self.detached()?,
             };
             let mut h = points.iter().fold(Hooks::none(), |h, p| {
                 h.capture(patchclamp_core::Selector::Point(*p))

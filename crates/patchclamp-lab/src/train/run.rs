@@ -204,7 +204,7 @@ fn evaluate(
     set: &EvalSet,
     train_loss: Option<f32>,
 ) -> Result<EvalRecord> {
-    let model = tr.snapshot()?;
+    let model = tr.detached()?;
     let step = tr.step;
     let clamped = |b: &Batch| tr.hooks(step, b);
     let (loss, ctx, icl_score, acc) = losses(&model, task, &set.batch, clamped(&set.batch)?)?;
@@ -215,7 +215,7 @@ fn evaluate(
     let heads = scores(&model, task, &set.probe, || {
         tr.hooks(step, &probe_batch(&set.probe))
     })?;
-    let strength = strength(&model, task, &set.batch, clamped(&set.batch)?)?;
+    let clamped_strength = strength(&model, task, &set.batch, clamped(&set.batch)?)?;
     let active = tr.interventions.iter().any(|iv| iv.when.active(step));
     let free = if active {
         let (loss, in_context_loss, _, accuracy) = losses(&model, task, &set.batch, Hooks::none())?;
@@ -223,7 +223,7 @@ fn evaluate(
             loss,
             in_context_loss,
             heads: scores(&model, task, &set.probe, || Ok(Hooks::none()))?,
-            induction_strength: strength_free(&model, task, &set.batch)?,
+            induction_strength: strength(&model, task, &set.batch, Hooks::none())?,
             accuracy,
         })
     } else {
@@ -243,7 +243,7 @@ fn evaluate(
         icl_score,
         heads,
         k_composition,
-        induction_strength: strength,
+        induction_strength: clamped_strength,
         accuracy: acc,
         held_out_accuracy,
         free,
@@ -288,14 +288,6 @@ fn strength(
         )?)),
         TaskSpec::Repeated(_) => Ok(None),
     }
-}
-
-fn strength_free(
-    model: &patchclamp_core::Model,
-    task: &TaskSpec,
-    batch: &Batch,
-) -> Result<Option<Vec<f32>>> {
-    strength(model, task, batch, Hooks::none())
 }
 
 /// `(loss, in-context loss, ICL score, accuracy)` on `batch`.
