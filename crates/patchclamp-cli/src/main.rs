@@ -1,5 +1,6 @@
 //! `patchclamp`: the command line on top of patchclamp-core and patchclamp-lab.
 
+mod analysis;
 mod bench;
 mod inspect;
 mod lab;
@@ -27,7 +28,17 @@ Examples:
   patchclamp patch MODEL --clean 'When Mary and John went to the store, John gave a drink to' \
       --corrupted 'When Mary and John went to the store, Mary gave a drink to' \
       --answer ' Mary' --wrong ' John' --point resid_pre --out patch-out
-  patchclamp bench forward --shape gpt2-small --batch 8 --seq 128 --threads 2";
+  patchclamp bench forward --shape gpt2-small --batch 8 --seq 128 --threads 2
+  patchclamp lens MODEL --prompt 'The Eiffel Tower is in the city of' --out runs/lens
+  patchclamp dla MODEL --prompt 'When Mary and John went to the store, John gave a drink to' \
+      --target ' Mary' --baseline ' John' --out runs/dla
+  patchclamp heads runs/induction/baseline/checkpoint.safetensors --out runs/heads
+  patchclamp neurons MODEL --prompts corpus.jsonl --out runs/neurons   # labels → LAPE
+  patchclamp extremes MODEL --prompts prompts.txt --out runs/extremes
+  patchclamp probe MODEL --prompts labelled.jsonl --out runs/probe
+  patchclamp localize MODEL --stimuli sentences.txt --control nonwords.txt --eval text.txt --out runs/loc
+  patchclamp hydra MODEL --prompt 'The capital of France is' --source 'The capital of Italy is' \
+      --target ' Paris' --out runs/hydra";
 
 /// Patch-clamp electrophysiology for transformers: record, patch, clamp, and train under clamps.
 #[derive(Parser)]
@@ -59,6 +70,22 @@ enum Cmd {
     Lab(lab::Args),
     /// Train a model from an experiment file, clamps and all; writes log, checkpoint, report.
     Train(train::Args),
+    /// Logit lens over layers and positions; latent-language curves for token sets.
+    Lens(analysis::lens::Args),
+    /// Direct logit attribution of a logit (difference) to every head and MLP.
+    Dla(analysis::dla::Args),
+    /// Head detectors: previous-token, induction, duplicate, sink, copying, composition.
+    Heads(analysis::heads::Args),
+    /// Neuron census over a prompt stream: dead, lazy, detectors, positional, LAPE.
+    Neurons(analysis::neurons::Args),
+    /// Extreme tokens: attention sinks, value drains, residual peaks, massive activations.
+    Extremes(analysis::extremes::Args),
+    /// Linear probes on labelled prompts (per layer) and TCAV.
+    Probe(analysis::probe::Args),
+    /// Localizer: units selective for one stimulus set, and ablating them vs random units.
+    Localize(analysis::localize::Args),
+    /// Hydra effect: direct vs total effect of ablating each layer, and who compensates.
+    Hydra(analysis::hydra::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +104,14 @@ fn main() -> ExitCode {
             training_threads();
             train::main(a)
         }
+        Cmd::Lens(a) => analysis::lens::main(a),
+        Cmd::Dla(a) => analysis::dla::main(a),
+        Cmd::Heads(a) => analysis::heads::main(a),
+        Cmd::Neurons(a) => analysis::neurons::main(a),
+        Cmd::Extremes(a) => analysis::extremes::main(a),
+        Cmd::Probe(a) => analysis::probe::main(a),
+        Cmd::Localize(a) => analysis::localize::main(a),
+        Cmd::Hydra(a) => analysis::hydra::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,7 +49,9 @@ pub struct RunOutput {
 pub fn threshold(task: &TaskSpec) -> f32 {
     match task {
         TaskSpec::Repeated(r) => 0.4 * (r.vocab as f32).ln(),
-        TaskSpec::Icl(_) => 0.4 * 2f32.ln(),
+        TaskSpec::Icl(_) | TaskSpec::FlipFlop(_) => 0.4 * 2f32.ln(),
+        TaskSpec::BigramBackcopy(t) => 0.4 * (t.vocab as f32).ln(),
+        TaskSpec::Languages(t) => 0.4 * (t.vocab_per_language as f32).ln(),
     }
 }
 

@@ -285,6 +285,34 @@ fn lab_induction_writes_a_full_report() {
         }
         assert!(r["experiment"].as_str().unwrap().contains("[train]"));
     }
+    // The analysis commands read lab checkpoints (token ids, no tokenizer).
+    let ck = PathBuf::from(runs[0]["folder"].as_str().unwrap()).join("checkpoint.safetensors");
+    let ck = ck.to_string_lossy().into_owned();
+    let v = analysis(
+        &["heads", &ck, "--n", "4", "--block", "8"],
+        &dir.join("heads"),
+        &["induction"],
+    );
+    assert_eq!(
+        v["heads"]["scores"]["prev_token"][0]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    analysis(
+        &["lens", &ck, "--prompt", "1 2 3 4 1 2 3"],
+        &dir.join("lens"),
+        &["lens_0"],
+    );
+    let err = fails(
+        bin()
+            .args(["lens", &ck, "--prompt", "one two", "--out"])
+            .arg(dir.join("x"))
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("token ids"), "{err}");
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("prev_token") && html.contains("phase"));
     let toy = ok(bin()
@@ -641,4 +669,236 @@ fn trace_maps_indirect_effects() {
     );
     assert!(err.contains("does not occur in the prompt"), "{err}");
     std::fs::remove_dir_all(out).unwrap();
+}
+
+/// The JSON an analysis command printed, after checking its folder holds the page and figures.
+fn analysis(args: &[&str], out: &std::path::Path, figures: &[&str]) -> serde_json::Value {
+    let mut all: Vec<&str> = args.to_vec();
+    let o = out.to_string_lossy().into_owned();
+    all.extend(["--out", &o, "--json"]);
+    let text = ok(bin().args(&all).output().unwrap());
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for f in figures {
+        let svg = std::fs::read_to_string(out.join(format!("{f}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") || svg.starts_with("<?xml"),
+            "{f}.svg"
+        );
+        assert!(page.contains("<svg"), "the page inlines its figures");
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(saved, v, "stdout JSON is result.json");
+    v
+}
+
+#[test]
+fn analysis_commands_write_results_plots_and_pages() {
+    let m = fixture("gpt2");
+    let d = tmp("analysis");
+    let prompt = "When Mary and John went to the store, John gave a drink to";
+    let v = analysis(
+        &["lens", &m, "--prompt", prompt, "--track", "id:17"],
+        &d.join("lens"),
+        &["lens_0"],
+    );
+    let lens = &v["lens"][0];
+    assert_eq!(lens["layers"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        lens["top"][2].as_array().unwrap().len(),
+        lens["tokens"].as_array().unwrap().len()
+    );
+    assert!(d.join("lens/lens_0.png").exists());
+
+    let v = analysis(
+        &[
+            "dla",
+            &m,
+            "--prompt",
+            prompt,
+            "--prompt",
+            "The cat sat on the",
+            "--target",
+            "id:17",
+            "--baseline",
+            "id:42",
+        ],
+        &d.join("dla"),
+        &["dla"],
+    );
+    let dla = &v["dla"];
+    for row in 0..2 {
+        let sum: f64 = dla["components"][row]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .sum::<f64>()
+            + dla["constant"][row].as_f64().unwrap();
+        assert!((sum - dla["total"][row].as_f64().unwrap()).abs() < 1e-4);
+    }
+
+    let v = analysis(
+        &["heads", &m, "--n", "8", "--block", "6"],
+        &d.join("heads"),
+        &["prev_token", "induction", "sink", "copying"],
+    );
+    assert_eq!(
+        v["heads"]["scores"]["induction"].as_array().unwrap().len(),
+        2
+    );
+
+    let v = analysis(
+        &[
+            "extremes",
+            &m,
+            "--prompt",
+            prompt,
+            "--prompt",
+            "The cat sat on the mat",
+        ],
+        &d.join("extremes"),
+        &["sink", "value_drain", "residual_peak"],
+    );
+    assert_eq!(v["extremes"]["prompts"], 2);
+
+    let v = analysis(
+        &[
+            "hydra", &m, "--prompt", prompt, "--source", prompt, "--target", "id:17",
+        ],
+        &d.join("hydra"),
+        &["effects", "compensation"],
+    );
+    // Patching a prompt's own outputs into itself changes nothing.
+    assert!(v["hydra"]["total"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x.as_f64().unwrap().abs() < 1e-5));
+    // Bad input: a token that is several tokens, an unknown hook point, no prompts.
+    let err = fails(
+        bin()
+            .args([
+                "dla",
+                &m,
+                "--prompt",
+                prompt,
+                "--target",
+                "Mary and John",
+                "--out",
+            ])
+            .arg(d.join("x"))
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("exactly one"), "{err}");
+    let err = fails(
+        bin()
+            .args(["heads", &m, "--block", "0", "--out"])
+            .arg(d.join("x"))
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("block"), "{err}");
+    let err = fails(
+        bin()
+            .args(["extremes", &m, "--out"])
+            .arg(d.join("x"))
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("no prompts"), "{err}");
+}
+
+#[test]
+fn census_probe_and_localizer_stream_labelled_files() {
+    let m = fixture("gpt2");
+    let d = tmp("census");
+    std::fs::create_dir_all(&d).unwrap();
+    // Two "languages": token ids from disjoint ranges, given as ids.
+    let mut jsonl = String::new();
+    let (mut a, mut b) = (String::new(), String::new());
+    for i in 0..40u32 {
+        let (lab, base) = if i % 2 == 0 { ("x", 10) } else { ("y", 60) };
+        let toks: Vec<u32> = (0..8).map(|k| base + (i * 7 + k * 3) % 20).collect();
+        jsonl.push_str(&format!("{{\"tokens\": {toks:?}, \"label\": \"{lab}\"}}\n"));
+        let s = if i % 2 == 0 { &mut a } else { &mut b };
+        s.push_str(&format!("{{\"tokens\": {toks:?}}}\n"));
+    }
+    std::fs::write(d.join("l.jsonl"), &jsonl).unwrap();
+    std::fs::write(d.join("a.jsonl"), &a).unwrap();
+    std::fs::write(d.join("b.jsonl"), &b).unwrap();
+    let file = d.join("l.jsonl").to_string_lossy().into_owned();
+    let v = analysis(
+        &["neurons", &m, "--prompts", &file, "--batch", "7"],
+        &d.join("neurons"),
+        &["frequency", "sparsity"],
+    );
+    assert_eq!(v["census"]["tokens"], 320);
+    assert_eq!(
+        v["lape"].as_array().unwrap().len(),
+        2,
+        "two labels → LAPE per label"
+    );
+    let v = analysis(
+        &["probe", &m, "--prompts", &file],
+        &d.join("probe"),
+        &["accuracy"],
+    );
+    let acc = v["probes"][0]["test_accuracy"].as_f64().unwrap();
+    assert!(
+        acc >= 0.9,
+        "disjoint token ranges are linearly separable: {acc}"
+    );
+    let (sa, sb) = (d.join("a.jsonl"), d.join("b.jsonl"));
+    let v = analysis(
+        &[
+            "localize",
+            &m,
+            "--stimuli",
+            &sa.to_string_lossy(),
+            "--control",
+            &sb.to_string_lossy(),
+            "--eval",
+            &sa.to_string_lossy(),
+            "--random-draws",
+            "3",
+        ],
+        &d.join("loc"),
+        &["selected_per_layer"],
+    );
+    assert_eq!(v["localized"]["units"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        v["ablation"]["random_increases"].as_array().unwrap().len(),
+        3
+    );
+    // Probing without labels is refused with the reason.
+    let err = fails(
+        bin()
+            .args(["probe", &m, "--prompt", "hello", "--out"])
+            .arg(d.join("x"))
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("label"), "{err}");
+    let err = fails(
+        bin()
+            .args([
+                "probe",
+                &m,
+                "--prompts",
+                &file,
+                "--point",
+                "blocks.9.hook_resid_post",
+                "--out",
+            ])
+            .arg(d.join("x"))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("out of range") || err.contains("layer"),
+        "{err}"
+    );
 }

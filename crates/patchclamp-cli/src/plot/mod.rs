@@ -49,6 +49,15 @@ pub fn diverging(t: f32) -> [u8; 3] {
     [0, 1, 2].map(|i| (a[i] + (b[i] - a[i]) * u).round() as u8)
 }
 
+/// A colour-bar value: three decimals, or scientific notation for tiny ranges.
+fn tick(v: f32) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 impl Heatmap {
     /// The colour scale's half-range: the largest |value| (1 if all are zero).
     fn limit(&self) -> f32 {
@@ -155,8 +164,9 @@ impl Heatmap {
         ] {
             let _ = writeln!(
                 s,
-                r#"<text x="{}" y="{y}" dominant-baseline="middle">{v:.3}</text>"#,
-                bx + BAR_W + 4
+                r#"<text x="{}" y="{y}" dominant-baseline="middle">{}</text>"#,
+                bx + BAR_W + 4,
+                tick(v)
             );
         }
         // The colour bar's label sits under the bar, where nothing else is drawn.
@@ -229,7 +239,7 @@ impl Heatmap {
             img.text(
                 bx + BAR_W + 4,
                 y.saturating_sub(font_data::H / 2),
-                &format!("{v:.3}"),
+                &tick(v),
                 false,
             );
         }

@@ -135,17 +135,22 @@ impl Model {
         } else {
             resid
         };
+        self.unembed_with(&resid, hooks)
+    }
 
+    /// Logits of a final-position residual `[B, S, D]`: final norm (its scale computed from
+    /// `resid` itself) and unembedding, as the end of the forward pass does (the logit lens).
+    pub fn unembed_residual(&self, resid: &Tensor) -> Result<Tensor> {
+        self.unembed_with(resid, &mut Hooks::none())
+    }
+
+    /// Final norm, unembedding and the `logits` hook.
+    fn unembed_with(&self, resid: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        let w = &self.weights;
         let x = if self.cfg.final_norm {
-            self.norm(
-                &resid,
-                &w.ln_final,
-                P::FinalScale,
-                P::FinalNormalized,
-                hooks,
-            )?
+            self.norm(resid, &w.ln_final, P::FinalScale, P::FinalNormalized, hooks)?
         } else {
-            resid
+            resid.clone()
         };
         let logits = linear(&x, &w.unembed(), None)?;
         let logits = match &w.b_u {

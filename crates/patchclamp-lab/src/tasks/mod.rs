@@ -1,9 +1,17 @@
 //! Seeded task generators: each draws training and evaluation batches from an [`Rng`].
 
+mod bigram;
+mod bigram_backcopy;
+pub mod flipflop;
 mod icl;
+mod languages;
 mod repeated;
 
+pub use bigram::BigramTable;
+pub use bigram_backcopy::BigramBackcopy;
+pub use flipflop::FlipFlop;
 pub use icl::{IclClassification, Split};
+pub use languages::{to_batch, Languages};
 pub use repeated::RepeatedSegments;
 
 use patchclamp_core::rng::Rng;
@@ -57,6 +65,12 @@ pub enum TaskSpec {
     Repeated(RepeatedSegments),
     /// Singh et al. 2024 in-context classification with fixed Gaussian exemplars.
     Icl(IclClassification),
+    /// Guo et al.'s Bigram-Backcopy task (attention sinks).
+    BigramBackcopy(BigramBackcopy),
+    /// Liu et al.'s flip-flop language (attention glitches).
+    FlipFlop(FlipFlop),
+    /// Disjoint-vocabulary bigram languages (neuron census).
+    Languages(Languages),
 }
 
 impl TaskSpec {
@@ -65,6 +79,9 @@ impl TaskSpec {
         match self {
             TaskSpec::Repeated(t) => t,
             TaskSpec::Icl(t) => t,
+            TaskSpec::BigramBackcopy(t) => t,
+            TaskSpec::FlipFlop(t) => t,
+            TaskSpec::Languages(t) => t,
         }
     }
 
@@ -73,6 +90,9 @@ impl TaskSpec {
         match self {
             TaskSpec::Repeated(t) => t.validate(),
             TaskSpec::Icl(t) => t.validate(),
+            TaskSpec::BigramBackcopy(t) => t.validate(),
+            TaskSpec::FlipFlop(t) => t.validate(),
+            TaskSpec::Languages(t) => t.validate(),
         }
     }
 }

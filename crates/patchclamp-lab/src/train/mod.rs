@@ -14,7 +14,7 @@ mod run;
 mod summary;
 
 pub use checkpoint::{load_checkpoint, load_model, save_checkpoint};
-pub use loss::{log_softmax, mean_loss, token_nll, TokenNll};
+pub use loss::{input, log_softmax, mean_loss, token_nll, TokenNll};
 pub use model_spec::ModelSpec;
 pub use optim::{Decay, LrSchedule, Moments, OptimSpec};
 pub use run::{run, EvalRecord, Event, FreeEval, RunOptions, RunResult, StepRecord};

@@ -181,13 +181,13 @@ fn eval_set(tr: &Trainer, task: &TaskSpec) -> EvalSet {
     let batch = t.batch(&mut rng, tr.spec.eval_batch);
     let held_out = match task {
         TaskSpec::Icl(icl) => Some(icl.batch_split(&mut rng, tr.spec.eval_batch, Split::HeldOut)),
-        TaskSpec::Repeated(_) => None,
+        _ => None,
     };
     let probe = match task {
         TaskSpec::Repeated(r) => {
             probes::repeated_probe(r.vocab, r.seq_len / 2, 16, tr.spec.seed ^ 0x9_90BE)
         }
-        TaskSpec::Icl(_) => vec![],
+        _ => vec![],
     };
     EvalSet {
         batch,
@@ -269,7 +269,7 @@ fn scores(
 ) -> Result<HeadScores> {
     match task {
         TaskSpec::Repeated(_) => probes::head_scores(model, probe, hooks()?),
-        TaskSpec::Icl(_) => Ok(HeadScores::default()),
+        _ => Ok(HeadScores::default()),
     }
 }
 
@@ -286,7 +286,7 @@ fn strength(
             hooks,
             model.cfg.n_layers - 1,
         )?)),
-        TaskSpec::Repeated(_) => Ok(None),
+        _ => Ok(None),
     }
 }
 
@@ -327,7 +327,7 @@ fn losses(
             let (l0, l1) = band(0.85, 0.95);
             Some(mean(&|_, p| p >= l0 && p < l1) - mean(&|_, p| p >= e0 && p < e1))
         }
-        TaskSpec::Icl(_) => None,
+        _ => None,
     };
     let acc = match t.classes() {
         Some(c) => Some(probes::accuracy(&logits, batch, c)?),

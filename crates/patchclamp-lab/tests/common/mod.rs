@@ -42,3 +42,35 @@ pub fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .to_scalar()
         .unwrap()
 }
+
+/// Trains a model of `spec` on `task` for `steps` Adam steps (fixed seeds) and returns it.
+pub fn train(
+    spec: patchclamp_lab::train::ModelSpec,
+    task: &dyn patchclamp_lab::tasks::Task,
+    steps: u64,
+    lr: f64,
+    batch: usize,
+) -> patchclamp_core::Model {
+    use patchclamp_lab::train::{LrSchedule, OptimSpec, TrainSpec, Trainer};
+    let cfg = spec.config(task.vocab(), task.seq_len()).unwrap();
+    let mut tr = Trainer::new(
+        cfg,
+        spec.init_seed,
+        TrainSpec {
+            steps,
+            batch,
+            seed: 7,
+            optim: OptimSpec::default(),
+            lr: LrSchedule::constant(lr),
+            clip: Some(1.0),
+            eval_every: steps,
+            eval_batch: 16,
+            checkpoint_every: 0,
+        },
+    )
+    .unwrap();
+    for _ in 0..steps {
+        tr.train_step(task).unwrap();
+    }
+    tr.snapshot().unwrap()
+}

@@ -1,0 +1,193 @@
+//! `patchclamp neurons`: the MLP neuron census streamed over a prompt file — frequencies, dead
+//! and lazy neurons, token / bigram / positional detectors with their vocabulary projections,
+//! and LAPE language-specific neurons when prompts carry labels.
+
+use std::collections::BTreeMap;
+
+use patchclamp_core::{Input, Padding};
+use patchclamp_lab::neurons::{
+    lape, mlp_activations, vocab_projection, Census, CensusSpec, LapeSpec,
+};
+use serde_json::json;
+
+use super::{esc, progress, Common, Output, PromptArgs, Subject};
+use crate::plot::line::{LinePlot, Series};
+
+/// Arguments of `neurons`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    prompts: PromptArgs,
+    /// Prompts per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Detectors listed per layer (all are in result.json).
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// LAPE: fraction of neurons selected (lowest entropy over labels); the paper uses 0.01.
+    #[arg(long, default_value_t = 0.01)]
+    lape_top_rate: f64,
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    let s = Subject::load(&a.common)?;
+    let prompts = s.prompts(&a.prompts)?;
+    let model = &s.model;
+    let mut census = Census::new(model, CensusSpec::default())?;
+    let mut by_label: BTreeMap<String, Census> = BTreeMap::new();
+    let total: u64 = prompts.iter().map(|p| p.tokens.len() as u64).sum();
+    let bar = progress(total, "tokens")?;
+    for chunk in prompts.chunks(a.batch.max(1)) {
+        let seqs: Vec<Vec<u32>> = chunk.iter().map(|p| p.tokens.clone()).collect();
+        let input = Input::batch(&seqs, Padding::Right, 0, model.device())?;
+        let acts = mlp_activations(model, &input)?;
+        census.add(&acts, &seqs)?;
+        // Per-label censuses reuse the same activations, one row at a time.
+        for (row, p) in chunk.iter().enumerate() {
+            if let Some(label) = &p.label {
+                let one: Vec<candle_core::Tensor> = acts
+                    .iter()
+                    .map(|t| t.narrow(0, row, 1))
+                    .collect::<candle_core::Result<_>>()?;
+                let c = match by_label.get_mut(label) {
+                    Some(c) => c,
+                    None => by_label
+                        .entry(label.clone())
+                        .or_insert(Census::new(model, CensusSpec::default())?),
+                };
+                c.add(&one, std::slice::from_ref(&p.tokens))?;
+            }
+        }
+        bar.inc(seqs.iter().map(|s| s.len() as u64).sum());
+    }
+    bar.finish_and_clear();
+    let rep = census.report();
+    let mut out = Output::new("Neuron census", json!({}));
+    let mut summary = format!(
+        "{} tokens, {} layers × {} neurons\n",
+        rep.tokens,
+        rep.layers.len(),
+        model.cfg.d_mlp
+    );
+    let layers: Vec<f64> = (0..rep.layers.len()).map(|l| l as f64).collect();
+    for (l, lr) in rep.layers.iter().enumerate() {
+        summary.push_str(&format!(
+            "L{l}: dead {:.1}%, active per token {:.1}%, {} token detectors, {} bigram detectors, {} positional\n",
+            100.0 * lr.dead_fraction,
+            100.0 * lr.sparsity,
+            lr.token_detectors.len(),
+            lr.bigram_detectors.len(),
+            lr.positional.len()
+        ));
+    }
+    // Histogram of activation frequency per layer (log-spaced would hide dead neurons).
+    let bins = 20;
+    let series = rep
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(l, lr)| {
+            let mut h = vec![0f64; bins];
+            for &f in &lr.frequency {
+                h[((f * bins as f64) as usize).min(bins - 1)] += 1.0;
+            }
+            Series {
+                name: format!("L{l}"),
+                xs: (0..bins).map(|b| (b as f64 + 0.5) / bins as f64).collect(),
+                ys: h,
+                dashed: false,
+            }
+        })
+        .collect();
+    out.line(
+        "frequency",
+        "Neurons by activation frequency (fraction of tokens with activation > 0)",
+        LinePlot {
+            title: "activation frequency histogram".into(),
+            x_label: "activation frequency".into(),
+            y_label: "neurons".into(),
+            series,
+            markers: vec![],
+            hline: None,
+            y_range: None,
+        },
+    );
+    out.line(
+        "sparsity",
+        "Per layer: dead fraction and mean fraction of active neurons per token",
+        LinePlot {
+            title: "dead and lazy neurons".into(),
+            x_label: "layer".into(),
+            y_label: "fraction".into(),
+            series: vec![
+                Series {
+                    name: "dead".into(),
+                    xs: layers.clone(),
+                    ys: rep.layers.iter().map(|l| l.dead_fraction).collect(),
+                    dashed: false,
+                },
+                Series {
+                    name: "active/token".into(),
+                    xs: layers,
+                    ys: rep.layers.iter().map(|l| l.sparsity).collect(),
+                    dashed: false,
+                },
+            ],
+            markers: vec![],
+            hline: None,
+            y_range: Some((0.0, 1.0)),
+        },
+    );
+    // Detector tables with each neuron's output-vocabulary projection.
+    let mut detectors = vec![];
+    out.html.push_str("<h3>Token detectors</h3><table><tr><th>neuron</th><th>fires on</th><th>promotes</th><th>suppresses</th></tr>");
+    for (l, lr) in rep.layers.iter().enumerate() {
+        for d in lr
+            .token_detectors
+            .iter()
+            .chain(&lr.bigram_detectors)
+            .take(a.top)
+        {
+            let (up, down) = vocab_projection(model, l, d.neuron, 5)?;
+            let show = |v: &[(u32, f32)]| v.iter().map(|(t, _)| s.show(*t)).collect::<Vec<_>>();
+            let fires: Vec<String> = d
+                .items
+                .iter()
+                .map(|it| it.iter().map(|&t| s.show(t)).collect::<Vec<_>>().join(""))
+                .collect();
+            out.html.push_str(&format!(
+                "<tr><td>L{l}N{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                d.neuron,
+                esc(&format!("{fires:?}")),
+                esc(&format!("{:?}", show(&up))),
+                esc(&format!("{:?}", show(&down)))
+            ));
+            detectors.push(json!({"layer": l, "neuron": d.neuron, "fires_on": d.items, "promotes": up, "suppresses": down}));
+        }
+    }
+    out.html.push_str("</table>");
+    let mut lape_json = serde_json::Value::Null;
+    if by_label.len() >= 2 {
+        let names: Vec<&String> = by_label.keys().collect();
+        let probs: Vec<Vec<Vec<f64>>> = by_label.values().map(|c| c.probabilities()).collect();
+        let sel = lape(
+            &probs,
+            LapeSpec {
+                top_rate: a.lape_top_rate,
+                ..LapeSpec::default()
+            },
+        )?;
+        for (n, ns) in names.iter().zip(&sel) {
+            summary.push_str(&format!("LAPE: {} neurons specific to {n:?}\n", ns.len()));
+        }
+        lape_json = json!(names
+            .iter()
+            .zip(&sel)
+            .map(|(n, ns)| json!({"label": n, "neurons": ns}))
+            .collect::<Vec<_>>());
+    }
+    out.result = json!({ "model": a.common.model, "census": rep, "detectors": detectors, "lape": lape_json });
+    out.write(&a.common, summary.trim_end())
+}
