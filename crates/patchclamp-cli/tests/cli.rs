@@ -841,6 +841,11 @@ fn census_probe_and_localizer_stream_labelled_files() {
         2,
         "two labels → LAPE per label"
     );
+    let ap = v["experts"][0]["experts"][0]["ap"].as_f64().unwrap();
+    assert!(
+        ap > 0.9,
+        "disjoint token ranges have expert neurons: AP {ap}"
+    );
     let v = analysis(
         &["probe", &m, "--prompts", &file],
         &d.join("probe"),
@@ -901,4 +906,32 @@ fn census_probe_and_localizer_stream_labelled_files() {
         err.contains("out of range") || err.contains("layer"),
         "{err}"
     );
+}
+
+#[test]
+fn extremes_measure_a_trained_bigram_backcopy_checkpoint_from_its_task() {
+    let d = tmp("bb");
+    std::fs::create_dir_all(&d).unwrap();
+    let exp = d.join("bb.toml");
+    std::fs::write(
+        &exp,
+        "name = \"bb\"\n[task]\nkind = \"bigram_backcopy\"\nvocab = 16\nseq_len = 24\ntriggers = 2\n\
+         branching = 3\ntable_seed = 0\n[model]\nn_layers = 1\nd_model = 16\nn_heads = 1\nd_mlp = 32\n\
+         [train]\nsteps = 6\nbatch = 4\nlr = { lr = 1e-3 }\neval_every = 3\neval_batch = 4\n",
+    )
+    .unwrap();
+    ok(bin().arg("train").arg(&exp).arg("--out").arg(d.join("run")).output().unwrap());
+    let ck = d.join("run/checkpoint.safetensors").to_string_lossy().into_owned();
+    let e = exp.to_string_lossy().into_owned();
+    let v = analysis(
+        &["extremes", &ck, "--task", &e, "--n", "5"],
+        &d.join("ext"),
+        &["sink", "prev_trigger"],
+    );
+    let rep = &v["extremes"];
+    assert_eq!(rep["prompts"], 5);
+    assert_eq!(v["spec"]["triggers"].as_array().unwrap().len(), 2, "the task's triggers");
+    assert_eq!(rep["prev_trigger"].as_array().unwrap().len(), 1);
+    let sink = rep["sink"][0][0].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&sink));
 }

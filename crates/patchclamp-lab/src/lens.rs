@@ -63,7 +63,7 @@ pub fn layer_probs(model: &Model, input: &Input) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-/// The logit lens on one prompt: top-`k` tokens, the probabilities of `tracked` tokens and of
+/// The logit lens on one prompt: top-`k` tokens (at least one), the probabilities of `tracked` tokens and of
 /// the actual next token, and the entropy, at every layer and position.
 pub fn logit_lens(model: &Model, tokens: &[u32], k: usize, tracked: &[u32]) -> Result<LogitLens> {
     let v = model.cfg.d_vocab;
@@ -76,7 +76,7 @@ pub fn logit_lens(model: &Model, tokens: &[u32], k: usize, tracked: &[u32]) -> R
     }
     let input = Input::single(tokens, model.device())?;
     let probs = layer_probs(model, &input)?;
-    let k = k.min(v);
+    let k = k.clamp(1, v);
     let mut out = LogitLens {
         layers: layer_labels(model.cfg.n_layers),
         tokens: tokens.to_vec(),

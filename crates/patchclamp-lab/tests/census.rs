@@ -13,8 +13,8 @@ use patchclamp_core::rng::Rng;
 use patchclamp_core::{HookPoint, Hooks, Input, Model, Padding};
 use patchclamp_lab::lens::layer_probs;
 use patchclamp_lab::neurons::{
-    lape, localize, loss_under, mlp_activations, pooled_units, vocab_projection, zero_units,
-    Census, CensusSpec, LapeSpec,
+    expert_units, lape, localize, loss_under, mlp_activations, pooled_units, vocab_projection,
+    zero_units, Census, CensusSpec, LapeSpec,
 };
 use patchclamp_lab::tasks::{Languages, Task};
 use patchclamp_lab::train::ModelSpec;
@@ -341,4 +341,102 @@ fn k10_logit_lens_last_layer_matches_output() {
     let loss = loss_under(model, &langs().batch(&mut Rng::new(3), 64), &[]).unwrap();
     eprintln!("trained loss {loss:.3} (uniform: {:.3})", 72f64.ln());
     assert!(loss < 0.5 * 72f64.ln(), "loss {loss}");
+}
+
+#[test]
+fn average_precision_experts_are_language_specific() {
+    // Suau et al.'s expertise: each MLP neuron's mean response per sequence ranks the
+    // sequences of one language (positives) against the others.
+    let model = trained();
+    let l = langs();
+    let mut rng = Rng::new(51);
+    let mut seqs = vec![];
+    let mut labels = vec![];
+    for i in 0..90 {
+        let lang = i % l.languages;
+        seqs.extend(l.batch_of(&mut rng, 1, lang).tokens);
+        labels.push(lang == 0);
+    }
+    let pooled = pooled_units(model, &seqs, HookPoint::MlpPost).unwrap();
+    let experts = expert_units(&pooled, &labels, 5);
+    eprintln!("language-0 experts (unit, AP): {experts:?}");
+    assert_eq!(experts.len(), 5);
+    assert!(experts.windows(2).all(|w| w[0].1 >= w[1].1), "ranked by AP");
+    assert!(
+        experts[0].1 >= 0.9,
+        "a neuron separates language 0: AP {}",
+        experts[0].1
+    );
+    // Chance AP is the positive rate (1/3); the experts are far above it.
+    assert!(experts[4].1 > 0.6);
+    // Deactivating them hurts language 0 more than the others (cumulativity).
+    let m = model.cfg.d_mlp;
+    let units: Vec<(usize, usize)> = experts.iter().map(|(u, _)| (u / m, u % m)).collect();
+    let ivs = zero_units(&units, HookPoint::MlpPost);
+    let inc = |lang: usize| {
+        let b = l.batch_of(&mut Rng::new(60 + lang as u64), 64, lang);
+        loss_under(model, &b, &ivs).unwrap() - loss_under(model, &b, &[]).unwrap()
+    };
+    let (own, o1, o2) = (inc(0), inc(1), inc(2));
+    eprintln!("deactivating language-0 experts: +{own:.4} on 0, +{o1:.4}, +{o2:.4} on the others");
+    assert!(own > o1.max(o2), "own {own} vs others {o1}, {o2}");
+}
+
+#[test]
+fn census_memory_does_not_grow_with_the_token_count() {
+    // Random tokens on an untrained model: neurons fire on many distinct tokens and bigrams, so
+    // the bounded summaries fill up; what is stored must stop growing.
+    let model = untrained();
+    let mut c = Census::new(
+        &model,
+        CensusSpec {
+            capacity: 16,
+            ..CensusSpec::default()
+        },
+    )
+    .unwrap();
+    let mut rng = Rng::new(8);
+    let stored = |c: &Census| -> usize {
+        c.layers
+            .iter()
+            .map(|l| {
+                l.tokens
+                    .iter()
+                    .chain(&l.bigrams)
+                    .map(|f| f.counts.len())
+                    .sum::<usize>()
+                    + l.pos_sum.len() * l.pos_sum[0].len()
+            })
+            .sum()
+    };
+    let mut sizes = vec![];
+    for _ in 0..6 {
+        for _ in 0..10 {
+            c.observe(&model, &l_random(&mut rng, 32)).unwrap();
+        }
+        sizes.push((c.tokens, stored(&c)));
+    }
+    eprintln!("(tokens, stored counters): {sizes:?}");
+    let bound = c.layers.len() * model.cfg.d_mlp * (2 * 16 + langs().seq_len);
+    assert!(
+        sizes.iter().all(|&(_, s)| s <= bound),
+        "bounded by capacity and context"
+    );
+    // Misra–Gries counters come and go as decrements empty them; their number does not trend
+    // with the token count (6× the tokens, about the same storage).
+    assert!(sizes[5].1 * 10 <= sizes[0].1 * 11, "no growth: {sizes:?}");
+    assert!(
+        c.layers[0].tokens.iter().any(|f| !f.exact()),
+        "the summaries did overflow"
+    );
+    assert_eq!(c.tokens, 60 * 32 * langs().seq_len as u64);
+}
+
+/// `n` sequences of uniform random tokens over the whole vocabulary.
+fn l_random(rng: &mut Rng, n: usize) -> Vec<Vec<u32>> {
+    langs()
+        .random_lists(rng, n)
+        .into_iter()
+        .map(|s| s[..langs().seq_len].to_vec())
+        .collect()
 }

@@ -79,6 +79,7 @@ fn bigram_backcopy_copies_after_triggers() {
     let t = BigramBackcopy::default();
     let trig = t.trigger_tokens();
     assert_eq!(trig.len(), 3);
+    eprintln!("default triggers {trig:?}");
     let pi = t.table().stationary();
     let min_trigger = trig.iter().map(|&i| pi[i as usize]).fold(1.0, f64::min);
     assert!((0..t.vocab)
@@ -114,7 +115,7 @@ fn bb_model(layers: usize, steps: u64) -> (Model, BigramBackcopy) {
         ..ModelSpec::default()
     };
     (
-        common::train(spec, &task, steps, env("PATCHCLAMP_BB_LR", 1e-3), 32),
+        common::train(spec, &task, steps, env("PATCHCLAMP_BB_LR", 3e-3), 32),
         task,
     )
 }
@@ -128,7 +129,7 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn bb_steps() -> u64 {
-    env("PATCHCLAMP_BB_STEPS", 4000)
+    env("PATCHCLAMP_BB_STEPS", 6000)
 }
 
 #[test]
@@ -186,11 +187,8 @@ fn k14_flip_flop_glitches_are_out_of_distribution() {
         init_seed: 0,
         ..ModelSpec::default()
     };
-    let steps = std::env::var("PATCHCLAMP_FF_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3000);
-    let model = common::train(spec, &train, steps, 1e-3, 32);
+    let steps = env("PATCHCLAMP_FF_STEPS", 5000);
+    let model = common::train(spec, &train, steps, env("PATCHCLAMP_FF_LR", 3e-3), 32);
     let err = |p: f64| {
         let t = FlipFlop {
             p_ignore: p,

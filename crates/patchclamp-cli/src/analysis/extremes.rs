@@ -1,6 +1,7 @@
 //! `patchclamp extremes`: attention sinks, value drains, residual peaks, massive activations.
 
 use patchclamp_lab::extremes::{extremes, ExtremeSpec};
+use patchclamp_lab::tasks::TaskSpec;
 use serde_json::json;
 
 use super::{layer_head_map, Common, Output, PromptArgs, Subject};
@@ -13,7 +14,8 @@ pub struct Args {
     common: Common,
     #[command(flatten)]
     prompts: PromptArgs,
-    /// Trigger tokens (Bigram-Backcopy): their queries are scored separately (repeatable).
+    /// Trigger tokens (Bigram-Backcopy): their queries are scored separately (repeatable;
+    /// prompts from a Bigram-Backcopy --task bring their own).
     #[arg(long)]
     trigger: Vec<String>,
     /// Massive activations: |x| above this…
@@ -27,12 +29,19 @@ pub struct Args {
 pub fn main(a: Args) -> anyhow::Result<()> {
     let s = Subject::load(&a.common)?;
     let prompts = s.prompts(&a.prompts)?;
+    let mut triggers: Vec<u32> = a
+        .trigger
+        .iter()
+        .map(|t| s.token(t))
+        .collect::<anyhow::Result<_>>()?;
+    // Prompts drawn from a Bigram-Backcopy task come with its triggers.
+    if let (true, Some(TaskSpec::BigramBackcopy(bb))) =
+        (triggers.is_empty(), a.prompts.task_spec()?)
+    {
+        triggers = bb.trigger_tokens();
+    }
     let spec = ExtremeSpec {
-        triggers: a
-            .trigger
-            .iter()
-            .map(|t| s.token(t))
-            .collect::<anyhow::Result<_>>()?,
+        triggers,
         abs_min: a.abs_min,
         ratio: a.ratio,
     };

@@ -47,6 +47,25 @@ pub struct PromptArgs {
     /// objects, optionally with a "label".
     #[arg(long = "prompts")]
     pub prompts: Option<PathBuf>,
+    /// Draw prompts from the task of an experiment file (e.g. experiments/bigram-backcopy.toml).
+    #[arg(long)]
+    pub task: Option<PathBuf>,
+    /// Prompts drawn from --task.
+    #[arg(long, default_value_t = 32)]
+    pub n: usize,
+    /// Seed of the prompts drawn from --task.
+    #[arg(long, default_value_t = 0)]
+    pub task_seed: u64,
+}
+
+impl PromptArgs {
+    /// The task of `--task`, if given.
+    pub fn task_spec(&self) -> anyhow::Result<Option<patchclamp_lab::tasks::TaskSpec>> {
+        match &self.task {
+            Some(p) => Ok(Some(patchclamp_lab::experiment::Experiment::load(p)?.task)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// A model and its tokenizer, if it has one.
@@ -175,8 +194,21 @@ impl Subject {
         if let Some(path) = &a.prompts {
             out.extend(self.read_prompts(path)?);
         }
+        if let Some(spec) = a.task_spec()? {
+            let task = spec.task();
+            let batch = task.batch(&mut patchclamp_core::rng::Rng::new(a.task_seed), a.n);
+            for t in batch.tokens {
+                self.check(&t, "drawn from --task")
+                    .context("the task does not fit this model")?;
+                out.push(Prompt {
+                    text: format!("{t:?}"),
+                    tokens: t,
+                    label: None,
+                });
+            }
+        }
         if out.is_empty() {
-            bail!("no prompts: pass --prompt TEXT or --prompts FILE");
+            bail!("no prompts: pass --prompt TEXT, --prompts FILE or --task EXPERIMENT");
         }
         Ok(out)
     }

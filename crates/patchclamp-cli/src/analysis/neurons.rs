@@ -1,12 +1,13 @@
 //! `patchclamp neurons`: the MLP neuron census streamed over a prompt file — frequencies, dead
 //! and lazy neurons, token / bigram / positional detectors with their vocabulary projections,
-//! and LAPE language-specific neurons when prompts carry labels.
+//! and, when prompts carry labels, LAPE language-specific neurons and average-precision experts.
 
 use std::collections::BTreeMap;
 
-use patchclamp_core::{Input, Padding};
+use patchclamp_core::{HookPoint, Input, Padding};
 use patchclamp_lab::neurons::{
-    lape, mlp_activations, vocab_projection, Census, CensusSpec, LapeSpec,
+    expert_units, lape, mlp_activations, pooled_units, vocab_projection, Census, CensusSpec,
+    LapeSpec,
 };
 use serde_json::json;
 
@@ -188,6 +189,35 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             .map(|(n, ns)| json!({"label": n, "neurons": ns}))
             .collect::<Vec<_>>());
     }
-    out.result = json!({ "model": a.common.model, "census": rep, "detectors": detectors, "lape": lape_json });
+    // Average-precision experts per label (labelled prompts only): each neuron's mean response
+    // per prompt ranks that label's prompts against the rest.
+    let mut experts_json = serde_json::Value::Null;
+    let labelled: Vec<&super::Prompt> = prompts.iter().filter(|p| p.label.is_some()).collect();
+    if by_label.len() >= 2 {
+        let seqs: Vec<Vec<u32>> = labelled.iter().map(|p| p.tokens.clone()).collect();
+        let mut pooled = vec![];
+        for chunk in seqs.chunks(a.batch.max(1)) {
+            pooled.extend(pooled_units(model, chunk, HookPoint::MlpPost)?);
+        }
+        let m = model.cfg.d_mlp;
+        let mut per = vec![];
+        for name in by_label.keys() {
+            let labels: Vec<bool> = labelled
+                .iter()
+                .map(|p| p.label.as_ref() == Some(name))
+                .collect();
+            let ex = expert_units(&pooled, &labels, a.top);
+            if let Some((u, ap)) = ex.first() {
+                summary.push_str(&format!(
+                    "best {name:?} expert: L{}N{} (AP {ap:.3})\n",
+                    u / m,
+                    u % m
+                ));
+            }
+            per.push(json!({"label": name, "experts": ex.iter().map(|(u, ap)| json!({"layer": u / m, "neuron": u % m, "ap": ap})).collect::<Vec<_>>()}));
+        }
+        experts_json = json!(per);
+    }
+    out.result = json!({ "model": a.common.model, "census": rep, "detectors": detectors, "lape": lape_json, "experts": experts_json });
     out.write(&a.common, summary.trim_end())
 }
