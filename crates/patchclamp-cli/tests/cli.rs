@@ -920,8 +920,17 @@ fn extremes_measure_a_trained_bigram_backcopy_checkpoint_from_its_task() {
          [train]\nsteps = 6\nbatch = 4\nlr = { lr = 1e-3 }\neval_every = 3\neval_batch = 4\n",
     )
     .unwrap();
-    ok(bin().arg("train").arg(&exp).arg("--out").arg(d.join("run")).output().unwrap());
-    let ck = d.join("run/checkpoint.safetensors").to_string_lossy().into_owned();
+    ok(bin()
+        .arg("train")
+        .arg(&exp)
+        .arg("--out")
+        .arg(d.join("run"))
+        .output()
+        .unwrap());
+    let ck = d
+        .join("run/checkpoint.safetensors")
+        .to_string_lossy()
+        .into_owned();
     let e = exp.to_string_lossy().into_owned();
     let v = analysis(
         &["extremes", &ck, "--task", &e, "--n", "5"],
@@ -930,7 +939,11 @@ fn extremes_measure_a_trained_bigram_backcopy_checkpoint_from_its_task() {
     );
     let rep = &v["extremes"];
     assert_eq!(rep["prompts"], 5);
-    assert_eq!(v["spec"]["triggers"].as_array().unwrap().len(), 2, "the task's triggers");
+    assert_eq!(
+        v["spec"]["triggers"].as_array().unwrap().len(),
+        2,
+        "the task's triggers"
+    );
     assert_eq!(rep["prev_trigger"].as_array().unwrap().len(), 1);
     let sink = rep["sink"][0][0].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&sink));
