@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 use patchclamp_core::model::NormKind;
-use patchclamp_core::{Error, HookPoint, Hooks, Input, Model, Padding, Result};
+use patchclamp_core::{ActivationCache, Error, HookPoint, Hooks, Input, Model, Padding, Result};
 use serde::{Deserialize, Serialize};
 
 /// The logit (difference) attributed: `logit[target] − logit[baseline]`.
@@ -33,6 +33,109 @@ pub struct Dla {
     pub mlps: Vec<f64>,
 }
 
+/// How a residual-stream vector moves a logit (difference) once the final norm's scale is
+/// frozen: `((x − mean x) / scale) · (g ⊙ u)` with `u = W_U[:, target] − W_U[:, baseline]`.
+#[derive(Debug, Clone)]
+pub struct Readout {
+    pub direction: LogitDirection,
+    /// `g ⊙ u` (just `u` without a final norm or gain).
+    weights: Vec<f64>,
+    /// Whether the final norm centres its input (LayerNorm).
+    center: bool,
+    /// Whether the final norm divides by a scale (read from `ln_final.hook_scale`).
+    pub norm: bool,
+    /// The part no residual vector carries: the final norm's bias and the unembedding bias.
+    pub constant: f64,
+}
+
+impl Readout {
+    /// The read-out of `direction` through `model`'s final norm and unembedding.
+    pub fn new(model: &Model, direction: LogitDirection) -> Result<Readout> {
+        let cfg = &model.cfg;
+        for t in [Some(direction.target), direction.baseline]
+            .into_iter()
+            .flatten()
+        {
+            if t as usize >= cfg.d_vocab {
+                return Err(Error::OutOfRange {
+                    what: "token id",
+                    index: t as i64,
+                    limit: format!("a vocabulary of {} tokens", cfg.d_vocab),
+                });
+            }
+        }
+        let w_u = model.weights.unembed().detach();
+        let col = |t: u32| -> Result<Vec<f64>> {
+            let c: Vec<f32> = w_u.narrow(1, t as usize, 1)?.flatten_all()?.to_vec1()?;
+            Ok(c.into_iter().map(|x| x as f64).collect())
+        };
+        let mut u = col(direction.target)?;
+        if let Some(b) = direction.baseline {
+            u.iter_mut().zip(col(b)?).for_each(|(a, x)| *a -= x);
+        }
+        let norm = cfg.final_norm && cfg.norm != NormKind::None;
+        let ln = &model.weights.ln_final;
+        let mut weights = u.clone();
+        let mut constant = 0.0;
+        if norm {
+            if let Some(g) = &ln.w {
+                let g: Vec<f32> = g.detach().to_vec1()?;
+                weights.iter_mut().zip(g).for_each(|(a, x)| *a *= x as f64);
+            }
+            if let Some(b) = &ln.b {
+                let b: Vec<f32> = b.detach().to_vec1()?;
+                constant += b.iter().zip(&u).map(|(&x, y)| x as f64 * y).sum::<f64>();
+            }
+        }
+        if let Some(b_u) = &model.weights.b_u {
+            let b_u: Vec<f32> = b_u.detach().to_vec1()?;
+            constant += b_u[direction.target as usize] as f64;
+            if let Some(b) = direction.baseline {
+                constant -= b_u[b as usize] as f64;
+            }
+        }
+        Ok(Readout {
+            direction,
+            weights,
+            center: norm && matches!(cfg.norm, NormKind::LayerNorm | NormKind::LayerNormPre),
+            norm,
+            constant,
+        })
+    }
+
+    /// The contribution of residual vector `x` under the frozen `scale`.
+    pub fn read(&self, x: &[f32], scale: f64) -> f64 {
+        let mean = if self.center {
+            x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64
+        } else {
+            0.0
+        };
+        x.iter()
+            .zip(&self.weights)
+            .map(|(&v, w)| (v as f64 - mean) * w)
+            .sum::<f64>()
+            / scale
+    }
+
+    /// The logit (difference) in a row of logits.
+    pub fn logit(&self, logits: &[f32]) -> f64 {
+        let d = &self.direction;
+        logits[d.target as usize] as f64 - d.baseline.map_or(0.0, |b| logits[b as usize] as f64)
+    }
+
+    /// The frozen final-norm scale of `(row, pos)` from a cache holding `ln_final.hook_scale`
+    /// (1 without a final norm).
+    pub fn scale(&self, cache: &ActivationCache, row: usize, pos: usize) -> Result<f64> {
+        if !self.norm {
+            return Ok(1.0);
+        }
+        let s = cache.get(HookPoint::FinalScale).ok_or_else(|| {
+            Error::Input("the read-out needs ln_final.hook_scale in the cache".into())
+        })?;
+        Ok(s.get(row)?.get(pos)?.flatten_all()?.to_vec1::<f32>()?[0] as f64)
+    }
+}
+
 /// Direct logit attribution of `direction` at the last real position of each prompt.
 pub fn direct_logit_attribution(
     model: &Model,
@@ -40,19 +143,7 @@ pub fn direct_logit_attribution(
     direction: LogitDirection,
 ) -> Result<Dla> {
     let cfg = &model.cfg;
-    let v = cfg.d_vocab;
-    for t in [Some(direction.target), direction.baseline]
-        .into_iter()
-        .flatten()
-    {
-        if t as usize >= v {
-            return Err(Error::OutOfRange {
-                what: "token id",
-                index: t as i64,
-                limit: format!("a vocabulary of {v} tokens"),
-            });
-        }
-    }
+    let ro = Readout::new(model, direction)?;
     let input = Input::batch(prompts, Padding::Right, 0, model.device())?;
     let mut hooks = Hooks::none().capture(HookPoint::Embed);
     if cfg.positions.is_learned() {
@@ -64,45 +155,11 @@ pub fn direct_logit_attribution(
             hooks = hooks.capture(HookPoint::MlpOut(l));
         }
     }
-    let norm = cfg.final_norm && cfg.norm != NormKind::None;
-    if norm {
+    if ro.norm {
         hooks = hooks.capture(HookPoint::FinalScale);
     }
     let logits = model.forward(&input, &mut hooks)?;
     let cache = hooks.cache();
-
-    // The read-out direction u = W_U[:, target] − W_U[:, baseline], times the final norm's gain.
-    let w_u = model.weights.unembed().detach();
-    let col = |t: u32| -> Result<Vec<f32>> {
-        Ok(w_u.narrow(1, t as usize, 1)?.flatten_all()?.to_vec1()?)
-    };
-    let mut u: Vec<f64> = col(direction.target)?.iter().map(|&x| x as f64).collect();
-    if let Some(b) = direction.baseline {
-        for (ui, x) in u.iter_mut().zip(col(b)?) {
-            *ui -= x as f64;
-        }
-    }
-    let ln = &model.weights.ln_final;
-    let gain: Option<Vec<f32>> = match (&ln.w, norm) {
-        (Some(g), true) => Some(g.detach().to_vec1()?),
-        _ => None,
-    };
-    let u_eff: Vec<f64> = match &gain {
-        Some(g) => u.iter().zip(g).map(|(a, &b)| a * b as f64).collect(),
-        None => u.clone(),
-    };
-    let mut constant = 0.0;
-    if let (Some(b), true) = (&ln.b, norm) {
-        constant += dot32(&b.detach().to_vec1()?, &u);
-    }
-    if let Some(b_u) = &model.weights.b_u {
-        let b_u: Vec<f32> = b_u.detach().to_vec1()?;
-        constant += b_u[direction.target as usize] as f64;
-        if let Some(b) = direction.baseline {
-            constant -= b_u[b as usize] as f64;
-        }
-    }
-    let center = norm && matches!(cfg.norm, NormKind::LayerNorm | NormKind::LayerNormPre);
 
     let mut labels = vec!["embed".to_string()];
     if cfg.positions.is_learned() {
@@ -130,29 +187,8 @@ pub fn direct_logit_attribution(
     };
     for row in 0..prompts.len() {
         let pos = input.last_index(row);
-        let scale = match norm {
-            true => vec_at(
-                cache.get(HookPoint::FinalScale).expect("captured"),
-                row,
-                pos,
-            )?
-            .flatten_all()?
-            .to_vec1::<f32>()?[0] as f64,
-            false => 1.0,
-        };
-        // One component's read-out: ((c − mean c) / scale) · (g ⊙ u).
-        let read = |c: Vec<f32>| -> f64 {
-            let mean = if center {
-                c.iter().map(|&x| x as f64).sum::<f64>() / c.len() as f64
-            } else {
-                0.0
-            };
-            c.iter()
-                .zip(&u_eff)
-                .map(|(&x, w)| (x as f64 - mean) * w)
-                .sum::<f64>()
-                / scale
-        };
+        let scale = ro.scale(cache, row, pos)?;
+        let read = |c: Vec<f32>| ro.read(&c, scale);
         let mut comps = vec![read(
             vec_at(cache.get(HookPoint::Embed).expect("captured"), row, pos)?.to_vec1()?,
         )];
@@ -182,17 +218,9 @@ pub fn direct_logit_attribution(
             }
         }
         let lg: Vec<f32> = vec_at(&logits, row, pos)?.to_vec1()?;
-        let mut total = lg[direction.target as usize] as f64;
-        if let Some(b) = direction.baseline {
-            total -= lg[b as usize] as f64;
-        }
         out.components.push(comps);
-        out.constant.push(constant);
-        out.total.push(total);
+        out.constant.push(ro.constant);
+        out.total.push(ro.logit(&lg));
     }
     Ok(out)
-}
-
-fn dot32(a: &[f32], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(&x, y)| x as f64 * y).sum()
 }

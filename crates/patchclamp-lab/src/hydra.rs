@@ -3,11 +3,12 @@
 //! against its total effect (the logit drop when its output is resample-ablated and everything
 //! downstream recomputed), and which downstream layers change their direct effect to compensate.
 
-use patchclamp_core::model::NormKind;
-use patchclamp_core::{Error, HookPoint, Hooks, Input, Intervention, Model, Op, Padding, Result};
+use patchclamp_core::{
+    ActivationCache, Error, HookPoint, Hooks, Input, Intervention, Model, Op, Padding, Result,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::dla::LogitDirection;
+use crate::dla::{LogitDirection, Readout};
 
 /// Direct and total effects of ablating each layer, averaged over prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +35,7 @@ pub fn hydra(
     direction: LogitDirection,
 ) -> Result<Hydra> {
     let cfg = &model.cfg;
+    let ro = Readout::new(model, direction)?;
     if clean.len() != source.len() || clean.iter().zip(source).any(|(a, b)| a.len() != b.len()) {
         return Err(Error::Input(
             "hydra needs one source prompt per clean prompt, of the same length".into(),
@@ -49,95 +51,45 @@ pub fn hydra(
     let dev = model.device();
     let input = Input::batch(clean, Padding::Right, 0, dev)?;
     let src_input = Input::batch(source, Padding::Right, 0, dev)?;
-    let norm = cfg.final_norm && cfg.norm != NormKind::None;
-    let record =
-        |input: &Input, ivs: Vec<Intervention>, src: Option<patchclamp_core::ActivationCache>| {
-            let mut hooks = points
-                .iter()
-                .fold(Hooks::none(), |h, p| h.capture(*p))
-                .intervene_all(ivs);
-            if norm {
-                hooks = hooks.capture(HookPoint::FinalScale);
-            }
-            if let Some(c) = src {
-                hooks = hooks.source("src", c);
-            }
-            let logits = model.forward(input, &mut hooks)?;
-            Ok::<_, Error>((logits, hooks.take_cache()))
-        };
+    let record = |input: &Input, ivs: Vec<Intervention>, src: Option<ActivationCache>| {
+        let mut hooks = points
+            .iter()
+            .fold(Hooks::none(), |h, p| h.capture(*p))
+            .intervene_all(ivs);
+        if ro.norm {
+            hooks = hooks.capture(HookPoint::FinalScale);
+        }
+        if let Some(c) = src {
+            hooks = hooks.source("src", c);
+        }
+        let logits = model.forward(input, &mut hooks)?;
+        Ok::<_, Error>((logits, hooks.take_cache()))
+    };
     let (clean_logits, clean_cache) = record(&input, vec![], None)?;
     let (_, src_cache) = record(&src_input, vec![], None)?;
 
-    // Read-out direction through the final norm's gain; scale frozen from the clean run.
-    let w_u = model.weights.unembed().detach();
-    let col = |t: u32| -> Result<Vec<f32>> {
-        Ok(w_u.narrow(1, t as usize, 1)?.flatten_all()?.to_vec1()?)
-    };
-    let mut u: Vec<f64> = col(direction.target)?.iter().map(|&x| x as f64).collect();
-    if let Some(b) = direction.baseline {
-        u.iter_mut().zip(col(b)?).for_each(|(a, x)| *a -= x as f64);
-    }
-    if let (Some(g), true) = (&model.weights.ln_final.w, norm) {
-        let g: Vec<f32> = g.detach().to_vec1()?;
-        u.iter_mut().zip(g).for_each(|(a, x)| *a *= x as f64);
-    }
-    let center = norm && matches!(cfg.norm, NormKind::LayerNorm | NormKind::LayerNormPre);
     let rows = clean.len();
+    // Every run is read through the clean run's final-norm scale.
     let scale: Vec<f64> = (0..rows)
-        .map(|r| -> Result<f64> {
-            Ok(match norm {
-                true => clean_cache
-                    .get(HookPoint::FinalScale)
-                    .expect("captured")
-                    .get(r)?
-                    .get(input.last_index(r))?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?[0] as f64,
-                false => 1.0,
-            })
-        })
+        .map(|r| ro.scale(&clean_cache, r, input.last_index(r)))
         .collect::<Result<_>>()?;
     // Mean over prompts of one layer output's direct effect in a run.
-    let direct_of = |cache: &patchclamp_core::ActivationCache, p: HookPoint| -> Result<f64> {
+    let direct_of = |cache: &ActivationCache, p: HookPoint| -> Result<f64> {
         let x = cache.get(p).expect("captured");
         let mut total = 0.0;
         for (r, sc) in scale.iter().enumerate() {
             let v: Vec<f32> = x.get(r)?.get(input.last_index(r))?.to_vec1()?;
-            let mean = if center {
-                v.iter().map(|&a| a as f64).sum::<f64>() / v.len() as f64
-            } else {
-                0.0
-            };
-            total += v
-                .iter()
-                .zip(&u)
-                .map(|(&a, w)| (a as f64 - mean) * w)
-                .sum::<f64>()
-                / sc;
+            total += ro.read(&v, *sc);
         }
         Ok(total / rows as f64)
     };
     let logit_of = |logits: &candle_core::Tensor| -> Result<f64> {
         let mut total = 0.0;
         for r in 0..rows {
-            let lg: Vec<f32> = logits.get(r)?.get(input.last_index(r))?.to_vec1()?;
-            total += lg[direction.target as usize] as f64
-                - direction.baseline.map_or(0.0, |b| lg[b as usize] as f64);
+            total += ro.logit(&logits.get(r)?.get(input.last_index(r))?.to_vec1::<f32>()?);
         }
         Ok(total / rows as f64)
     };
-    for t in [Some(direction.target), direction.baseline]
-        .into_iter()
-        .flatten()
-    {
-        if t as usize >= cfg.d_vocab {
-            return Err(Error::OutOfRange {
-                what: "token id",
-                index: t as i64,
-                limit: format!("a vocabulary of {} tokens", cfg.d_vocab),
-            });
-        }
-    }
     let clean_logit = logit_of(&clean_logits)?;
     let clean_direct: Vec<f64> = points
         .iter()

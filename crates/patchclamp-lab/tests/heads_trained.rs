@@ -8,6 +8,11 @@ use patchclamp_lab::probes::Composition;
 
 #[test]
 fn detectors_find_the_induction_circuit_of_a_trained_model() {
+    // As `patchclamp train` does: a small model's element-wise ops run faster on the calling
+    // thread than on candle's pool (the only test of this binary, set before any op).
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     // The flagship baseline's phase change is at step ~800 (seed 0).
     let steps = 1000;
     let (_, exp) = presets::induction(0, steps).remove(0);

@@ -110,12 +110,7 @@ impl Task for BigramBackcopy {
     fn batch(&self, rng: &mut Rng, n: usize) -> Batch {
         let table = self.table();
         let triggers = self.trigger_tokens();
-        let mut b = Batch {
-            tokens: vec![],
-            targets: vec![],
-            weights: vec![],
-            in_context: vec![],
-        };
+        let mut b = Batch::default();
         for _ in 0..n {
             let x = self.sequence(rng, &table, &triggers);
             let s = self.seq_len;

@@ -118,12 +118,7 @@ impl Task for FlipFlop {
         self.length - 1
     }
     fn batch(&self, rng: &mut Rng, n: usize) -> Batch {
-        let mut b = Batch {
-            tokens: vec![],
-            targets: vec![],
-            weights: vec![],
-            in_context: vec![],
-        };
+        let mut b = Batch::default();
         for _ in 0..n {
             let x = self.sequence(rng);
             let s = self.length - 1;

@@ -85,12 +85,7 @@ impl IclClassification {
     pub fn batch_split(&self, rng: &mut Rng, n: usize, split: Split) -> Batch {
         let pairs = self.pairs(split);
         let c = self.classes as u32;
-        let mut b = Batch {
-            tokens: vec![],
-            targets: vec![],
-            weights: vec![],
-            in_context: vec![],
-        };
+        let mut b = Batch::default();
         for _ in 0..n {
             let x1 = rng.below(c as u64) as u32;
             let x2 = (x1 + 1 + rng.below(c as u64 - 1) as u32) % c;

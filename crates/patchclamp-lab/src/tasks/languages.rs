@@ -92,12 +92,7 @@ impl Languages {
 
 /// Next-token batch from full sequences (every position counts).
 pub fn to_batch(seqs: Vec<Vec<u32>>) -> Batch {
-    let mut b = Batch {
-        tokens: vec![],
-        targets: vec![],
-        weights: vec![],
-        in_context: vec![],
-    };
+    let mut b = Batch::default();
     for x in seqs {
         let s = x.len() - 1;
         b.tokens.push(x[..s].to_vec());

@@ -18,7 +18,7 @@ use patchclamp_core::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 /// A batch of next-token examples: inputs, targets and which targets count.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Batch {
     /// Input tokens `[batch][seq]`.
     pub tokens: Vec<Vec<u32>>,
