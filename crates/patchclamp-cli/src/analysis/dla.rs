@@ -30,7 +30,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let toks: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
     let d = direct_logit_attribution(&s.model, &toks, dir)?;
     let what = match &a.baseline {
-        Some(b) => format!("logit[{}] − logit[{b}]", a.target),
+        Some(b) => format!("logit[{}] - logit[{b}]", a.target),
         None => format!("logit[{}]", a.target),
     };
     // Heads, and the MLPs as an extra column.

@@ -76,7 +76,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             col_labels: short,
             x_label: "downstream layer output".into(),
             y_label: "ablated".into(),
-            colorbar_label: "Δ direct effect".into(),
+            colorbar_label: "change of direct effect".into(),
         },
     );
     let (i, _) = h
