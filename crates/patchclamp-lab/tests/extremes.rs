@@ -133,7 +133,7 @@ fn bb_steps() -> u64 {
 }
 
 #[test]
-#[ignore = "trains two Bigram-Backcopy models for minutes; run with --ignored"]
+#[ignore = "trains two Bigram-Backcopy models (~20 min on one core); run with --ignored"]
 fn k14_bigram_backcopy_models_grow_attention_sinks() {
     let layers_to_run: Vec<usize> = match env("PATCHCLAMP_BB_LAYERS", 0usize) {
         0 => vec![1, 2],
@@ -181,7 +181,7 @@ fn k14_bigram_backcopy_models_grow_attention_sinks() {
 }
 
 #[test]
-#[ignore = "trains a flip-flop transformer for minutes; run with --ignored"]
+#[ignore = "trains a flip-flop transformer (~50 min on one core); run with --ignored"]
 fn k14_flip_flop_glitches_are_out_of_distribution() {
     let train = FlipFlop {
         length: 128,
@@ -196,8 +196,8 @@ fn k14_flip_flop_glitches_are_out_of_distribution() {
         init_seed: 0,
         ..ModelSpec::default()
     };
-    let steps = env("PATCHCLAMP_FF_STEPS", 5000);
-    let model = common::train(spec, &train, steps, env("PATCHCLAMP_FF_LR", 3e-3), 32);
+    let steps = env("PATCHCLAMP_FF_STEPS", 7000);
+    let model = common::train(spec, &train, steps, env("PATCHCLAMP_FF_LR", 1e-3), 32);
     let err = |p: f64| {
         let t = FlipFlop {
             p_ignore: p,
