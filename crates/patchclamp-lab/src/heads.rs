@@ -8,7 +8,7 @@ use patchclamp_core::{Error, HookPoint, Hooks, Input, Model, Padding, Result, Se
 use serde::{Deserialize, Serialize};
 
 use crate::linalg::eigenvalues;
-use crate::probes::{composition, Composition};
+use crate::probes::{composition, composition_score, Composition, LowRank};
 
 /// How the probe sequences are drawn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,15 +34,14 @@ fn thirty_two() -> usize {
 }
 
 impl HeadProbe {
-    /// The default probe for `model`: 64 sequences of a block repeated twice, BOS first when the
-    /// model expects one.
+    /// The default probe for `model`: 64 sequences of a `block`-token block repeated twice, BOS
+    /// first when the model expects one (a probe longer than the context is refused when run).
     pub fn for_model(model: &Model, block: usize) -> Self {
         let cfg = &model.cfg;
         let prefix = cfg.bos_token_id.filter(|_| cfg.default_prepend_bos);
-        let room = cfg.n_ctx - prefix.is_some() as usize;
         HeadProbe {
             n: 64,
-            block: block.min(room / 2).max(1),
+            block,
             repeats: 2,
             seed: 0,
             prefix,
@@ -237,17 +236,17 @@ fn random_composition(
     let mut mat = |r: usize, c: usize| -> Result<Tensor> {
         Ok(Tensor::from_vec(rng.normal_vec(r * c, 1.0), (r, c), &dev)?)
     };
-    let fro =
-        |t: &Tensor| -> Result<f64> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64) };
+    let mut head = || -> Result<LowRank> {
+        Ok(LowRank {
+            u: mat(d, e)?,
+            v: mat(d, e)?,
+        })
+    };
     let mut total = 0.0;
     for _ in 0..draws {
-        let ov1 = mat(d, e)?.matmul(&mat(e, d)?)?;
-        let m2 = mat(d, e)?.matmul(&mat(e, d)?)?; // a QK or OV circuit: both d×d of rank e
-        let prod = match kind {
-            Composition::Q | Composition::V => ov1.matmul(&m2)?,
-            Composition::K => m2.matmul(&ov1.t()?)?,
-        };
-        total += fro(&prod)? / (fro(&ov1)? * fro(&m2)?);
+        // Both circuits are d×d of rank e, whether QK or OV.
+        let (first, second) = (head()?, head()?);
+        total += composition_score(kind, &first, &second)? as f64;
     }
     Ok(total / draws as f64)
 }

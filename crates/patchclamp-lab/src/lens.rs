@@ -172,8 +172,10 @@ pub fn latent_language(
         }
         let input = Input::single(&p.tokens, model.device())?;
         let s = p.tokens.len();
-        for (l, probs) in layer_probs(model, &input)?.iter().enumerate() {
-            let last = probs.squeeze(0)?.get(s - 1)?;
+        // Only the last position is read: unembed just that row of each layer's residual.
+        for (l, resid) in residuals(model, &input)?.iter().enumerate() {
+            let logits = model.unembed_residual(&resid.narrow(1, s - 1, 1)?)?;
+            let last = candle_nn::ops::softmax_last_dim(&logits)?.flatten_all()?;
             for (k, ids) in p.sets.iter().enumerate() {
                 let idx = Tensor::new(ids.as_slice(), model.device())?;
                 let sum = last.index_select(&idx, D::Minus1)?.sum_all()?;

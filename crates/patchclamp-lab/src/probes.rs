@@ -69,60 +69,88 @@ pub enum Composition {
     V,
 }
 
-/// Composition scores `[h1][h2]` from heads of `l1` into heads of `l2 > l1`:
-/// `‖M₂ · W_OV¹‖_F / (‖M₂‖_F ‖W_OV¹‖_F)` with `M₂` the reading matrix of the chosen kind.
+/// A head's `d × d` circuit `U Vᵀ` kept as its `d × d_head` factors (never multiplied out).
+pub struct LowRank {
+    pub u: Tensor,
+    pub v: Tensor,
+}
+
+impl LowRank {
+    /// `W_OV = W_V W_O` of head `i` of layer `l` (x @ W orientation).
+    pub fn ov(model: &Model, l: usize, i: usize) -> Result<LowRank> {
+        let (e, kv) = (model.cfg.d_head, i / model.cfg.kv_group());
+        let a = &model.weights.blocks[l].attn;
+        Ok(LowRank {
+            u: a.w_v.detach().narrow(1, kv * e, e)?,
+            v: a.w_o.detach().narrow(0, i * e, e)?.t()?,
+        })
+    }
+
+    /// `W_QK = W_Q W_Kᵀ` of head `i` of layer `l`.
+    pub fn qk(model: &Model, l: usize, i: usize) -> Result<LowRank> {
+        let (e, kv) = (model.cfg.d_head, i / model.cfg.kv_group());
+        let a = &model.weights.blocks[l].attn;
+        Ok(LowRank {
+            u: a.w_q.detach().narrow(1, i * e, e)?,
+            v: a.w_k.detach().narrow(1, kv * e, e)?,
+        })
+    }
+
+    /// `‖U Vᵀ‖_F`.
+    fn norm(&self) -> Result<f32> {
+        // ‖U Vᵀ‖² = tr(UᵀU VᵀV) = Σ (UᵀU) ⊙ (VᵀV), both Grams symmetric.
+        let gu = self.u.t()?.matmul(&self.u)?;
+        let gv = self.v.t()?.matmul(&self.v)?;
+        Ok((gu * gv)?.sum_all()?.to_scalar::<f32>()?.max(0.0).sqrt())
+    }
+}
+
+/// `‖L C Rᵀ‖_F` from `d_head`-sized products: `Σ (LᵀL C) ⊙ (C RᵀR)` is its square.
+fn lowrank_norm(l: &Tensor, c: &Tensor, r: &Tensor) -> Result<f32> {
+    let gl = l.t()?.matmul(l)?.matmul(c)?;
+    let gr = c.matmul(&r.t()?.matmul(r)?)?;
+    Ok((gl * gr)?.sum_all()?.to_scalar::<f32>()?.max(0.0).sqrt())
+}
+
+/// The composition score of `first` (an OV circuit) into `second` (a QK circuit for Q and K
+/// composition, an OV circuit for V): `‖M₂ · W_OV¹‖_F / (‖M₂‖_F ‖W_OV¹‖_F)`, with the product
+/// taken on the side where the first head's output enters the second head.
+pub fn composition_score(kind: Composition, first: &LowRank, second: &LowRank) -> Result<f32> {
+    // y = x W_OV¹ enters head 2 as its query input (Q), key input (K) or value input (V):
+    // Q, V: W_OV¹ M₂ = U₁ (V₁ᵀU₂) V₂ᵀ; K: M₂ W_OV¹ᵀ = U₂ (V₂ᵀV₁) U₁ᵀ.
+    let prod = match kind {
+        Composition::Q | Composition::V => {
+            lowrank_norm(&first.u, &first.v.t()?.matmul(&second.u)?, &second.v)?
+        }
+        Composition::K => lowrank_norm(&second.u, &second.v.t()?.matmul(&first.v)?, &first.u)?,
+    };
+    Ok(prod / (first.norm()? * second.norm()?))
+}
+
+/// Composition scores `[h1][h2]` from heads of `l1` into heads of `l2 > l1`
+/// (Elhage et al. 2021), computed from the heads' `d_head`-sized factors.
 pub fn composition(
     model: &Model,
     kind: Composition,
     l1: usize,
     l2: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    let cfg = &model.cfg;
-    let (h, e) = (cfg.n_heads, cfg.d_head);
-    let w = |l: usize| &model.weights.blocks[l].attn;
-    // Per-head d×d circuits in the x @ W orientation: W_QK = W_Q W_Kᵀ, W_OV = W_V W_O.
-    let head = |t: &Tensor, i: usize, rows: bool| -> Result<Tensor> {
-        Ok(if rows {
-            t.narrow(0, i * e, e)?
-        } else {
-            t.narrow(1, i * e, e)?
+    let h = model.cfg.n_heads;
+    let second: Vec<LowRank> = (0..h)
+        .map(|j| match kind {
+            Composition::Q | Composition::K => LowRank::qk(model, l2, j),
+            Composition::V => LowRank::ov(model, l2, j),
         })
-    };
-    let ov = |l: usize, i: usize| -> Result<Tensor> {
-        let a = w(l);
-        Ok(head(&a.w_v.detach(), i, false)?.matmul(&head(&a.w_o.detach(), i, true)?)?)
-    };
-    let qk = |l: usize, i: usize| -> Result<Tensor> {
-        let a = w(l);
-        Ok(head(&a.w_q.detach(), i, false)?.matmul(&head(&a.w_k.detach(), i, false)?.t()?)?)
-    };
-    let fro = |t: &Tensor| -> Result<f32> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?) };
-    let mut out = vec![vec![0.0; h]; h];
-    for (i, row) in out.iter_mut().enumerate() {
-        let a = ov(l1, i)?;
-        for (j, cell) in row.iter_mut().enumerate() {
-            // y = x W_OV¹ enters head 2 as its query input (Q), key input (K) or value input (V).
-            let (m2, prod) = match kind {
-                Composition::Q => {
-                    let m = qk(l2, j)?;
-                    let p = a.matmul(&m)?;
-                    (m, p)
-                }
-                Composition::K => {
-                    let m = qk(l2, j)?;
-                    let p = m.matmul(&a.t()?)?;
-                    (m, p)
-                }
-                Composition::V => {
-                    let m = ov(l2, j)?;
-                    let p = a.matmul(&m)?;
-                    (m, p)
-                }
-            };
-            *cell = fro(&prod)? / (fro(&m2)? * fro(&a)?);
-        }
-    }
-    Ok(out)
+        .collect::<Result<_>>()?;
+    (0..h)
+        .map(|i| {
+            let first = LowRank::ov(model, l1, i)?;
+            second
+                .iter()
+                .map(|m| composition_score(kind, &first, m))
+                .collect()
+        })
+        .collect()
 }
 
 /// Singh et al.'s induction strength of each head of layer `l` on `x1 ℓ1 x2 ℓ2 x_q` sequences:

@@ -232,7 +232,7 @@ fn hand_built() -> Model {
     };
     let cfg = spec.config(V, V).unwrap();
     let w = Weights::random(&cfg, 0, &Device::Cpu).unwrap();
-    let (d, e) = (3 * V, V);
+    let e = V;
     // Scores are divided by sqrt(d_head); a gap of 40 nats makes the softmax one-hot.
     let sharp = 40.0 * (e as f32).sqrt();
     let mat = |rows: usize, cols: usize, entries: &[(usize, usize, f32)]| {
@@ -267,7 +267,6 @@ fn hand_built() -> Model {
             })
         })
         .unwrap();
-    let _ = d;
     Model::new(cfg, w).unwrap()
 }
 
@@ -455,4 +454,65 @@ fn probes_recover_a_planted_direction_and_tcav_is_significant_only_for_it() {
     assert!(t.significant, "p = {}", t.p_value);
     assert!(tcav(&fc, &fp[..3], &grads, 8, 0, 1).is_err());
     assert!(tcav(&fc, &fp, &grads, 1, 0, 1).is_err());
+}
+
+#[test]
+fn factored_composition_scores_equal_the_dense_definition() {
+    use patchclamp_lab::probes::{composition, Composition};
+    let model = random_model(
+        ModelSpec {
+            n_layers: 2,
+            d_model: 24,
+            n_heads: 3,
+            init_seed: 5,
+            ..ModelSpec::default()
+        },
+        30,
+        8,
+    );
+    let e = 8;
+    let a = |l: usize| &model.weights.blocks[l].attn;
+    let ov = |l: usize, i: usize| {
+        a(l).w_v
+            .narrow(1, i * e, e)
+            .unwrap()
+            .matmul(&a(l).w_o.narrow(0, i * e, e).unwrap())
+            .unwrap()
+    };
+    let qk = |l: usize, i: usize| {
+        a(l).w_q
+            .narrow(1, i * e, e)
+            .unwrap()
+            .matmul(&a(l).w_k.narrow(1, i * e, e).unwrap().t().unwrap())
+            .unwrap()
+    };
+    let fro = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    for kind in [Composition::Q, Composition::K, Composition::V] {
+        let got = composition(&model, kind, 0, 1).unwrap();
+        for i in 0..3 {
+            for j in 0..3 {
+                let w1 = ov(0, i);
+                let (m2, prod) = match kind {
+                    Composition::Q => (qk(1, j), w1.matmul(&qk(1, j)).unwrap()),
+                    Composition::K => (qk(1, j), qk(1, j).matmul(&w1.t().unwrap()).unwrap()),
+                    Composition::V => (ov(1, j), w1.matmul(&ov(1, j)).unwrap()),
+                };
+                let want = fro(&prod) / (fro(&m2) * fro(&w1));
+                assert!(
+                    (got[i][j] - want).abs() < 1e-4 * want.max(1e-3),
+                    "{kind:?} {i}->{j}: {} vs dense {want}",
+                    got[i][j]
+                );
+            }
+        }
+    }
 }

@@ -362,20 +362,24 @@ fn broken_or_foreign_checkpoints_are_refused_with_the_file_named() {
     std::fs::create_dir_all(&dir).unwrap();
     let junk = dir.join("ckpt.safetensors");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
-    let opts = RunOptions {
-        checkpoint: Some(junk.clone()),
-        resume: true,
-        ..Default::default()
+    // The error of resuming the test trainer from `ck`.
+    let resume_error = |ck: std::path::PathBuf| {
+        let opts = RunOptions {
+            checkpoint: Some(ck),
+            resume: true,
+            ..Default::default()
+        };
+        run(
+            &mut trainer(3, vec![]),
+            &TaskSpec::Repeated(task()),
+            &opts,
+            |_| {},
+        )
+        .err()
+        .unwrap()
+        .to_string()
     };
-    let err = run(
-        &mut trainer(3, vec![]),
-        &TaskSpec::Repeated(task()),
-        &opts,
-        |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = resume_error(junk.clone());
     assert!(err.contains("ckpt.safetensors"), "{err}");
     // A model file from the hub is valid safetensors but not a training checkpoint.
     let hub = std::path::PathBuf::from(common::fixture("gpt2")).join("model.safetensors");
@@ -411,20 +415,7 @@ fn broken_or_foreign_checkpoints_are_refused_with_the_file_named() {
         |_| {},
     )
     .unwrap();
-    let opts = RunOptions {
-        checkpoint: Some(other),
-        resume: true,
-        ..Default::default()
-    };
-    let err = run(
-        &mut trainer(3, vec![]),
-        &TaskSpec::Repeated(task()),
-        &opts,
-        |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = resume_error(other);
     assert!(err.contains("different model config"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

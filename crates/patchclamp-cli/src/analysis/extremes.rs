@@ -1,6 +1,7 @@
 //! `patchclamp extremes`: attention sinks, value drains, residual peaks, massive activations.
 
 use patchclamp_lab::extremes::{extremes, ExtremeSpec};
+use patchclamp_lab::heads::best_head;
 use patchclamp_lab::tasks::TaskSpec;
 use serde_json::json;
 
@@ -88,14 +89,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             y_range: None,
         },
     );
-    let (mut sl, mut sh, mut sv) = (0, 0, f64::MIN);
-    for (l, row) in rep.sink.iter().enumerate() {
-        for (h, &v) in row.iter().enumerate() {
-            if v > sv {
-                (sl, sh, sv) = (l, h, v);
-            }
-        }
-    }
+    let (sl, sh, sv) = best_head(&rep.sink);
     let peak = rep.residual_peak.iter().cloned().fold(f64::MIN, f64::max);
     let mut summary = format!(
         "{} prompts: strongest sink L{sl}H{sh} {sv:.3}; largest residual peak {peak:.2}; {} massive activations",

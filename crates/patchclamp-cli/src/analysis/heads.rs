@@ -28,7 +28,6 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     probe.n = a.n;
     probe.repeats = a.repeats;
     probe.seed = a.seed;
-    probe.block = a.block;
     let rep = head_report(&s.model, &probe)?;
     let sc = &rep.scores;
     let mut out = Output::new("Head detectors", json!({}));

@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use patchclamp_core::{HookPoint, Input, Padding};
+use patchclamp_core::{Input, Padding};
 use patchclamp_lab::neurons::{
-    expert_units, lape, mlp_activations, pooled_units, vocab_projection, Census, CensusSpec,
-    LapeSpec,
+    expert_units, lape, mlp_activations, vocab_projection, Census, CensusSpec, LapeSpec,
 };
 use serde_json::json;
 
@@ -38,6 +37,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let model = &s.model;
     let mut census = Census::new(model, CensusSpec::default())?;
     let mut by_label: BTreeMap<String, Census> = BTreeMap::new();
+    // Mean MLP response per labelled prompt, `[prompt][layer · d_mlp + neuron]`.
+    let mut pooled: Vec<Vec<f64>> = vec![];
     let total: u64 = prompts.iter().map(|p| p.tokens.len() as u64).sum();
     let bar = progress(total, "tokens")?;
     for chunk in prompts.chunks(a.batch.max(1)) {
@@ -45,13 +46,21 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         let input = Input::batch(&seqs, Padding::Right, 0, model.device())?;
         let acts = mlp_activations(model, &input)?;
         census.add(&acts, &seqs)?;
-        // Per-label censuses reuse the same activations, one row at a time.
+        // Per-label censuses and the per-prompt mean responses (for the AP experts) reuse the
+        // same activations, one row at a time.
         for (row, p) in chunk.iter().enumerate() {
             if let Some(label) = &p.label {
                 let one: Vec<candle_core::Tensor> = acts
                     .iter()
                     .map(|t| t.narrow(0, row, 1))
                     .collect::<candle_core::Result<_>>()?;
+                let mut mean = Vec::with_capacity(acts.len() * model.cfg.d_mlp);
+                for t in &one {
+                    // Right padding: the real tokens are the first `len` positions.
+                    let m = t.narrow(1, 0, p.tokens.len())?.mean(1)?.flatten_all()?;
+                    mean.extend(m.to_vec1::<f32>()?.into_iter().map(|x| x as f64));
+                }
+                pooled.push(mean);
                 let c = match by_label.get_mut(label) {
                     Some(c) => c,
                     None => by_label
@@ -194,11 +203,6 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let mut experts_json = serde_json::Value::Null;
     let labelled: Vec<&super::Prompt> = prompts.iter().filter(|p| p.label.is_some()).collect();
     if by_label.len() >= 2 {
-        let seqs: Vec<Vec<u32>> = labelled.iter().map(|p| p.tokens.clone()).collect();
-        let mut pooled = vec![];
-        for chunk in seqs.chunks(a.batch.max(1)) {
-            pooled.extend(pooled_units(model, chunk, HookPoint::MlpPost)?);
-        }
         let m = model.cfg.d_mlp;
         let mut per = vec![];
         for name in by_label.keys() {

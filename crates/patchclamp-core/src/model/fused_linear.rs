@@ -174,18 +174,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let composed = x.as_tensor().broadcast_matmul(w.as_tensor()).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let diff = crate::model::kernels::max_diff;
         assert!(diff(&fused, &composed) < 1e-5);
         let gf = (fused * &probe)
             .unwrap()

@@ -740,23 +740,25 @@ pub fn bmm_inference(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     a3.apply_op2_no_bwd(&b3, &BatchedMatmul)?.reshape(out_dims)
 }
 
+/// Largest absolute element-wise difference (for the kernels' unit tests).
+#[cfg(test)]
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     #[test]
     fn fused_products_match_candle() {
