@@ -498,8 +498,8 @@ fn factored_composition_scores_equal_the_dense_definition() {
     };
     for kind in [Composition::Q, Composition::K, Composition::V] {
         let got = composition(&model, kind, 0, 1).unwrap();
-        for i in 0..3 {
-            for j in 0..3 {
+        for (i, row) in got.iter().enumerate() {
+            for (j, &score) in row.iter().enumerate() {
                 let w1 = ov(0, i);
                 let (m2, prod) = match kind {
                     Composition::Q => (qk(1, j), w1.matmul(&qk(1, j)).unwrap()),
@@ -508,9 +508,8 @@ fn factored_composition_scores_equal_the_dense_definition() {
                 };
                 let want = fro(&prod) / (fro(&m2) * fro(&w1));
                 assert!(
-                    (got[i][j] - want).abs() < 1e-4 * want.max(1e-3),
-                    "{kind:?} {i}->{j}: {} vs dense {want}",
-                    got[i][j]
+                    (score - want).abs() < 1e-4 * want.max(1e-3),
+                    "{kind:?} {i}->{j}: {score} vs dense {want}"
                 );
             }
         }
