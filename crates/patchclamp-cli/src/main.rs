@@ -32,7 +32,7 @@ Examples:
   patchclamp lens MODEL --prompt 'The Eiffel Tower is in the city of' --out runs/lens
   patchclamp dla MODEL --prompt 'When Mary and John went to the store, John gave a drink to' \
       --target ' Mary' --baseline ' John' --out runs/dla
-  patchclamp heads runs/induction/baseline/checkpoint.safetensors --out runs/heads
+  patchclamp heads runs/induction/induction-baseline/checkpoint.safetensors --out runs/heads
   patchclamp neurons MODEL --prompts corpus.jsonl --out runs/neurons   # labels → LAPE
   patchclamp extremes MODEL --prompts prompts.txt --out runs/extremes
   patchclamp probe MODEL --prompts labelled.jsonl --out runs/probe
