@@ -39,9 +39,9 @@ pub struct PatchArgs {
     answer: u32,
     #[arg(long)]
     wrong: u32,
-    /// Variants per forward.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
+    /// Variants per forward (default: about 4096 token rows per forward).
+    #[arg(long)]
+    batch: Option<usize>,
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Timed repetitions (the median is reported).
@@ -285,7 +285,7 @@ fn reset_peak_rss() {
 }
 
 fn patch(a: PatchArgs) -> anyhow::Result<()> {
-    use patchclamp_lab::patching::{sweep, Direction, Metric, PatchingConfig, Site};
+    use patchclamp_lab::patching::{default_batch, sweep, Direction, Metric, PatchingConfig, Site};
     crate::set_threads(Some(a.threads));
     if a.clean.is_empty() || a.iters == 0 {
         bail!("--clean ids and a positive --iters are required");
@@ -312,7 +312,7 @@ fn patch(a: PatchArgs) -> anyhow::Result<()> {
             site,
             direction: Direction::Denoise,
             metric,
-            batch: a.batch,
+            batch: a.batch.unwrap_or(default_batch(a.clean.len())),
             window: 1,
         };
         let mut times = Vec::new();

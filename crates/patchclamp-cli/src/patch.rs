@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use patchclamp_core::Tokenizer;
 use patchclamp_lab::attribution::attribute;
-use patchclamp_lab::patching::{sweep, Direction, Metric, PatchingConfig, Site};
+use patchclamp_lab::patching::{default_batch, sweep, Direction, Metric, PatchingConfig, Site};
 use serde_json::json;
 
 use crate::plot::Heatmap;
@@ -38,9 +38,9 @@ pub struct Args {
     /// logit-diff (needs --wrong), prob, logprob or kl.
     #[arg(long, default_value = "logit-diff")]
     metric: String,
-    /// Variants per forward pass.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
+    /// Variants per forward pass (default: about 4096 token rows per forward).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Patch this many consecutive layers around each layer together (sliding window).
     #[arg(long, default_value_t = 1)]
     window: usize,
@@ -106,7 +106,7 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
             Direction::Denoise
         },
         metric,
-        batch: a.batch,
+        batch: a.batch.unwrap_or(default_batch(clean.len())),
         window: a.window,
     };
     let r = match method {

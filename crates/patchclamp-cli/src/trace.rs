@@ -44,9 +44,9 @@ pub struct Args {
     /// Freeze the MLP outputs after each restored window at their corrupted values.
     #[arg(long)]
     severed: bool,
-    /// Variants per forward pass.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
+    /// Variants per forward pass (default: about 4096 token rows per forward).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Output folder (result.json, result.safetensors, heatmap.svg, heatmap.png).
     #[arg(long)]
     out: PathBuf,
@@ -104,7 +104,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         seed: a.seed,
         metric: Metric::Prob { answer },
         severed: a.severed,
-        batch: a.batch,
+        batch: a
+            .batch
+            .unwrap_or(patchclamp_lab::patching::default_batch(ids.len())),
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(indicatif::ProgressStyle::with_template(

@@ -608,7 +608,11 @@ fn attribute_estimates_the_same_grid_as_patch() {
         exact["values"].as_array().unwrap().len(),
         approx["values"].as_array().unwrap().len()
     );
-    assert_eq!(exact["clean_metric"], approx["clean_metric"]);
+    // The sweep's reference runs compute the last position only, the attribution's every
+    // position with gradients: equal up to rounding.
+    let metric = |v: &serde_json::Value| v["clean_metric"].as_f64().unwrap();
+    let (a, b) = (metric(&exact), metric(&approx));
+    assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
     assert!(out.join("attribute/heatmap.png").is_file());
     std::fs::remove_dir_all(out).unwrap();
 }

@@ -62,6 +62,7 @@ pub fn attribute(
         n_cols,
         clean_metric: clean_m,
         corrupt_metric: corrupt_m,
+        unchanged: 0,
     })
 }
 

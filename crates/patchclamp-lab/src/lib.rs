@@ -14,6 +14,7 @@ pub mod means;
 pub mod neurons;
 pub mod patching;
 pub mod probes;
+pub mod staggered;
 pub mod stats;
 pub mod tasks;
 pub mod toy;

@@ -1,14 +1,16 @@
 //! Activation patching (Zhang & Nanda 2023; METHODS.md §5.1): exact sweeps over
-//! (layer, position) or (layer, head), many variants per forward, each forward starting from the
-//! base run's cached residual at the patched layer so the shared prefix is computed once.
+//! (layer, position) or (layer, head), many variants per forward, each variant entering the
+//! forward at its patched layer from the base run's cached residual so the shared prefix is
+//! computed once, and variants that change nothing skipped.
 
 use candle_core::{DType, Tensor, D};
 use patchclamp_core::model::Span;
 use patchclamp_core::{
     ActivationCache, Error, HookPoint, Hooks, Input, Intervention, Model, Op, Result, Selection,
-    Selector,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::staggered::{base_points, first_change, forward_rows, RowPatches, Slice};
 
 /// Which activation a sweep patches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +49,14 @@ impl Site {
     /// Whether the sweep's columns are heads (else positions).
     pub fn per_head(self) -> bool {
         matches!(self, Site::Z | Site::Q | Site::K | Site::V | Site::Pattern)
+    }
+
+    /// The slice column `c` of a sweep patches: a head at every position, or one position.
+    pub fn slice(self, c: usize) -> Slice {
+        match self.per_head() {
+            true => Slice::Head(c),
+            false => Slice::Position(c),
+        }
     }
 }
 
@@ -92,6 +102,13 @@ fn one() -> usize {
     1
 }
 
+/// Variants per forward for `seq`-token prompts: about 4096 token rows per forward, which keeps
+/// the products large (weights are packed once per product) and activations small (GPT-2 small:
+/// ~50 MB of MLP activations).
+pub fn default_batch(seq: usize) -> usize {
+    (4096 / seq.max(1)).max(1)
+}
+
 /// A sweep's result: `values[layer][col]`, plus the two reference metrics.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PatchingResult {
@@ -107,6 +124,10 @@ pub struct PatchingResult {
     pub n_cols: usize,
     pub clean_metric: f32,
     pub corrupt_metric: f32,
+    /// Variants whose patch changed nothing (the source equals the base run there): their
+    /// metric is the base run's, computed without a forward.
+    #[serde(default)]
+    pub unchanged: usize,
 }
 
 impl PatchingResult {
@@ -162,6 +183,59 @@ pub fn metric_rows(
     })
 }
 
+/// The few logits a metric reads, when it reads only a few: the logit difference.
+fn metric_columns(metric: Metric) -> Option<[u32; 2]> {
+    match metric {
+        Metric::LogitDiff { answer, wrong } => Some([answer, wrong]),
+        _ => None,
+    }
+}
+
+/// The metric of each row of a group's forward (`forward_rows` with `metric_columns`) from the
+/// base run of `tokens`.
+pub(crate) fn variant_metrics(
+    model: &Model,
+    tokens: &[u32],
+    base: &ActivationCache,
+    group: &Group,
+    hooks: &mut Hooks,
+    metric: Metric,
+    clean_lp: &Tensor,
+) -> Result<Vec<f32>> {
+    let columns = metric_columns(metric);
+    let starts: Vec<usize> = group.rows.iter().map(|v| v.layers.start).collect();
+    let logits = forward_rows(
+        model,
+        tokens,
+        base,
+        &starts,
+        group.from,
+        columns.as_ref().map(|c| &c[..]),
+        hooks,
+    )?;
+    match columns {
+        // Columns 0 and 1 are the answer's and the wrong token's logits.
+        Some(_) => metric_rows(
+            &logits,
+            Metric::LogitDiff {
+                answer: 0,
+                wrong: 1,
+            },
+            None,
+        ),
+        None => metric_rows(&logits, metric, Some(clean_lp)),
+    }
+}
+
+/// The last position's logits of a batch-1 run `[1, 1, V]`, recording `hooks`.
+fn last_logits(model: &Model, tokens: &[u32], hooks: &mut Hooks) -> Result<Tensor> {
+    let span = Span {
+        last_position_only: true,
+        ..Default::default()
+    };
+    model.forward_span(&Input::single(tokens, model.device())?, hooks, span)
+}
+
 /// Log-probabilities at the last position of a batch-1 run `[1, V]`.
 fn last_logprobs(logits: &Tensor) -> Result<Tensor> {
     let (_, s, _) = logits.dims3()?;
@@ -208,7 +282,6 @@ pub fn sweep(
     if cfg.batch == 0 {
         return Err(Error::Input("batch must be at least 1".into()));
     }
-    let dev = model.device();
     let n_layers = model.cfg.n_layers;
     let seq = clean.len();
     let (base_ids, source_ids) = match cfg.direction {
@@ -222,12 +295,15 @@ pub fn sweep(
     for p in &points {
         rec = rec.capture(*p);
     }
-    let source_logits = model.forward(&Input::single(source_ids, dev)?, &mut rec)?;
+    let source_logits = last_logits(model, source_ids, &mut rec)?;
     let source = rec.take_cache();
-    // The base run: its residual entering each block is the shared prefix of every variant.
-    let mut rec = Hooks::none().capture(Selector::parse("blocks.*.hook_resid_pre")?);
-    let base_in = Input::single(base_ids, dev)?;
-    let base_logits = model.forward(&base_in, &mut rec)?;
+    // The base run: its residual entering each block is the shared prefix of every variant,
+    // its activations at the patched points show which patches change nothing.
+    let mut rec = Hooks::none();
+    for p in base_points(model).into_iter().chain(points.iter().copied()) {
+        rec = rec.capture(p);
+    }
+    let base_logits = last_logits(model, base_ids, &mut rec)?;
     let base_cache = rec.take_cache();
 
     let (clean_logits, corrupt_logits) = match cfg.direction {
@@ -237,6 +313,7 @@ pub fn sweep(
     let clean_lp = last_logprobs(clean_logits)?;
     let clean_metric = metric_rows(clean_logits, cfg.metric, Some(&clean_lp))?[0];
     let corrupt_metric = metric_rows(corrupt_logits, cfg.metric, Some(&clean_lp))?[0];
+    let base_metric = metric_rows(&base_logits, cfg.metric, Some(&clean_lp))?[0];
 
     let n_cols = match cfg.site {
         Site::K | Site::V => model.cfg.n_kv_heads,
@@ -245,46 +322,57 @@ pub fn sweep(
     };
     let total = n_layers * n_cols;
     let mut values = vec![0f32; total];
-    let mut done = 0;
-    // Variants in (layer, col) order; each forward takes `batch` of them and starts at the
-    // lowest layer among them, from the base run's residual there. Rows patched at a later
-    // layer recompute a few unpatched layers, but the products get `batch` rows, which keeps
-    // the weight-packing cost of small products amortised.
-    let variants: Vec<(usize, usize)> = (0..n_layers)
-        .flat_map(|l| (0..n_cols).map(move |c| (l, c)))
-        .collect();
-    for chunk in variants.chunks(cfg.batch) {
-        let b = chunk.len();
-        let l0 = chunk
-            .iter()
-            .map(|&(l, _)| layer_window(l, cfg.window, n_layers).start)
-            .min()
-            .unwrap_or(0);
-        let resid = base_cache
-            .get(HookPoint::ResidPre(l0))
-            .expect("recorded above");
-        let mut hooks = Hooks::none().source("source", source.clone());
-        for (row, &(l, c)) in chunk.iter().enumerate() {
-            for layer in layer_window(l, cfg.window, n_layers) {
-                hooks = hooks.intervene(variant(cfg.site, points[layer], row, c, b));
+    // A patch changes nothing before the first position where its slices differ between the
+    // two runs (causal attention), and a variant whose slices are equal everywhere is the base
+    // run itself.
+    let mut variants: Vec<Variant> = Vec::new();
+    let mut unchanged = 0;
+    for l in 0..n_layers {
+        for c in 0..n_cols {
+            let slice = cfg.site.slice(c);
+            let layers = layer_window(l, cfg.window, n_layers);
+            let mut from: Option<usize> = None;
+            for layer in layers.clone() {
+                if let Some(p) = first_change(&source, &base_cache, points[layer], slice)? {
+                    from = Some(from.map_or(p, |f| f.min(p)));
+                }
+            }
+            match from {
+                None => {
+                    values[l * n_cols + c] = base_metric;
+                    unchanged += 1;
+                }
+                Some(from) => variants.push(Variant {
+                    at: l * n_cols + c,
+                    layers: layers.clone(),
+                    from,
+                    tail: layers.end == n_layers && points[n_layers - 1].is_query_side(),
+                }),
             }
         }
-        let input = Input {
-            tokens: Tensor::new(base_ids, dev)?.unsqueeze(0)?.repeat((b, 1))?,
-            positions: base_in.positions.repeat((b, 1))?,
-            mask: None,
-            lengths: vec![seq; b],
-            padding: Default::default(),
-        };
-        let span = Span {
-            start: Some((l0, resid.repeat((b, 1, 1))?)),
-            stop_at_layer: None,
-            last_position_only: true,
-        };
-        let logits = model.forward_span(&input, &mut hooks, span)?;
-        let m = metric_rows(&logits, cfg.metric, Some(&clean_lp))?;
-        for (row, &(l, c)) in chunk.iter().enumerate() {
-            values[l * n_cols + c] = m[row];
+    }
+    let mut done = unchanged;
+    progress(done, total);
+    for group in plan(variants, seq, cfg.batch) {
+        let b = group.rows.len();
+        let mut patches = RowPatches::default();
+        for (row, v) in group.rows.iter().enumerate() {
+            for layer in v.layers.clone() {
+                patches.add(points[layer], "source", row, cfg.site.slice(v.at % n_cols));
+            }
+        }
+        let mut hooks = patches.into_hooks(&[("source", &source)], b, group.from)?;
+        let m = variant_metrics(
+            model,
+            base_ids,
+            &base_cache,
+            &group,
+            &mut hooks,
+            cfg.metric,
+            &clean_lp,
+        )?;
+        for (row, v) in group.rows.iter().enumerate() {
+            values[v.at] = m[row];
         }
         done += b;
         progress(done, total);
@@ -304,7 +392,61 @@ pub fn sweep(
         n_cols,
         clean_metric,
         corrupt_metric,
+        unchanged,
     })
+}
+
+/// One variant of a sweep: where its result goes, the layers it patches, the first position its
+/// patch changes.
+#[derive(Debug, Clone)]
+pub(crate) struct Variant {
+    /// Index into the result (`layer · n_cols + col`).
+    pub at: usize,
+    pub layers: std::ops::Range<usize>,
+    pub from: usize,
+    /// Patches a point of the last block past its keys and values, which keeps every position
+    /// of that block (the others compute only its last position).
+    pub tail: bool,
+}
+
+/// The forwards of a sweep: variants that start recomputing at nearby positions share one
+/// forward from the earliest of them (a forward's products want many rows; a row recomputing
+/// positions it need not costs little while it at most doubles its positions), rows in
+/// ascending start layers, at most `batch` rows each.
+pub(crate) struct Group {
+    pub from: usize,
+    pub rows: Vec<Variant>,
+}
+
+pub(crate) fn plan(mut variants: Vec<Variant>, seq: usize, batch: usize) -> Vec<Group> {
+    variants.sort_by_key(|v| (v.tail, v.from, v.layers.start));
+    let mut groups: Vec<Group> = Vec::new();
+    let mut current: Vec<Variant> = Vec::new();
+    let flush = |rows: &mut Vec<Variant>, groups: &mut Vec<Group>| {
+        if rows.is_empty() {
+            return;
+        }
+        let from = rows.iter().map(|v| v.from).min().unwrap_or(0);
+        let mut rows = std::mem::take(rows);
+        rows.sort_by_key(|v| v.layers.start);
+        for chunk in rows.chunks(batch) {
+            groups.push(Group {
+                from,
+                rows: chunk.to_vec(),
+            });
+        }
+    };
+    for v in variants {
+        if let Some(first) = current.first() {
+            let fits = first.tail == v.tail && seq - first.from <= 2 * (seq - v.from);
+            if !fits {
+                flush(&mut current, &mut groups);
+            }
+        }
+        current.push(v);
+    }
+    flush(&mut current, &mut groups);
+    groups
 }
 
 /// The layers patched for layer `l`: `w` consecutive layers centred on it, clipped to the model

@@ -3,15 +3,15 @@
 //! or the MLP or attention output over a window of layers — to its clean value and measure how
 //! much of the answer's probability comes back.
 
-use patchclamp_core::hooks::{Positions, Values};
-use patchclamp_core::model::Span;
+use patchclamp_core::hooks::Values;
 use patchclamp_core::rng::Rng;
 use patchclamp_core::{
     Error, HookPoint, Hooks, Input, Intervention, Model, Op, Result, Selection, Selector,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::patching::{layer_window, metric_rows, Metric};
+use crate::patching::{layer_window, metric_rows, plan, variant_metrics, Metric, Variant};
+use crate::staggered::{base_points, first_change, RowPatches, Slice};
 
 /// Which state is restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,81 +155,64 @@ pub fn trace(
             },
             when: Default::default(),
         };
-        // The corrupted run: its metric, its residuals (shared prefixes) and MLP outputs (severing).
-        let mut rec = Hooks::none()
-            .intervene(corrupt_iv.clone())
-            .capture(Selector::parse("blocks.*.hook_resid_pre")?);
+        // The corrupted run: its metric, what the variants start from (residuals, keys and
+        // values), the restored points (where restoring changes something) and MLP outputs
+        // (severing).
+        let mut rec = Hooks::none().intervene(corrupt_iv.clone());
+        for p in base_points(model).into_iter().chain(points.iter().copied()) {
+            rec = rec.capture(p);
+        }
         if cfg.severed {
             rec = rec.capture(Selector::parse("blocks.*.hook_mlp_out")?);
         }
         let corrupt_logits = model.forward(&input, &mut rec)?;
         let corrupted = rec.take_cache();
-        corrupt_sum += metric_rows(&corrupt_logits, cfg.metric, Some(&clean_lp))?[0];
+        let corrupt_m = metric_rows(&corrupt_logits, cfg.metric, Some(&clean_lp))?[0];
+        corrupt_sum += corrupt_m;
 
-        for chunk in variants.chunks(cfg.batch) {
-            let b = chunk.len();
-            let start = chunk
-                .iter()
-                .map(|&(l, _)| window(l, cfg.window, n_layers).start)
-                .min()
-                .unwrap_or(0);
-            let mut hooks = Hooks::none()
-                .source("clean", clean.clone())
-                .source("corrupt", corrupted.clone());
-            for (row, &(l, p)) in chunk.iter().enumerate() {
-                let w = window(l, cfg.window, n_layers);
-                for layer in w.clone() {
-                    hooks = hooks.intervene(Intervention {
-                        at: cfg.kind.point(layer),
-                        select: Selection {
-                            rows: Some(vec![row]),
-                            positions: Some(Positions::Indices(vec![p as i64])),
-                            ..Default::default()
-                        },
-                        op: Op::Patch {
-                            source: "clean".into(),
-                            rows: Some(vec![0; b]),
-                        },
-                        when: Default::default(),
-                    });
+        let mut rows = Vec::new();
+        for &(l, p) in &variants {
+            let layers = window(l, cfg.window, n_layers);
+            let mut from: Option<usize> = None;
+            for layer in layers.clone() {
+                let f = first_change(&clean, &corrupted, points[layer], Slice::Position(p))?;
+                from = from.or(f);
+            }
+            match from {
+                // Restoring a state the noise never reached changes nothing.
+                None => restored[l * seq + p] += corrupt_m,
+                Some(_) => rows.push(Variant {
+                    at: l * seq + p,
+                    tail: (layers.end == n_layers && points[n_layers - 1].is_query_side())
+                        || (cfg.severed && layers.end < n_layers),
+                    layers,
+                    from: p,
+                }),
+            }
+        }
+        done += variants.len() - rows.len();
+        progress(done, total);
+        for group in plan(rows, seq, cfg.batch) {
+            let b = group.rows.len();
+            let mut patches = RowPatches::default();
+            for (row, v) in group.rows.iter().enumerate() {
+                let p = v.at % seq;
+                for layer in v.layers.clone() {
+                    patches.add(points[layer], "clean", row, Slice::Position(p));
                 }
                 if cfg.severed {
-                    for layer in w.end..n_layers {
-                        hooks = hooks.intervene(Intervention {
-                            at: HookPoint::MlpOut(layer),
-                            select: Selection {
-                                rows: Some(vec![row]),
-                                ..Default::default()
-                            },
-                            op: Op::Patch {
-                                source: "corrupt".into(),
-                                rows: Some(vec![0; b]),
-                            },
-                            when: Default::default(),
-                        });
+                    for layer in v.layers.end..n_layers {
+                        patches.add(HookPoint::MlpOut(layer), "corrupt", row, Slice::All);
                     }
                 }
             }
-            let batch_in = Input {
-                tokens: input.tokens.repeat((b, 1))?,
-                positions: input.positions.repeat((b, 1))?,
-                mask: None,
-                lengths: vec![seq; b],
-                padding: Default::default(),
-            };
-            let resid = corrupted
-                .get(HookPoint::ResidPre(start))
-                .expect("recorded above")
-                .repeat((b, 1, 1))?;
-            let span = Span {
-                start: Some((start, resid)),
-                stop_at_layer: None,
-                last_position_only: true,
-            };
-            let logits = model.forward_span(&batch_in, &mut hooks, span)?;
-            let m = metric_rows(&logits, cfg.metric, Some(&clean_lp))?;
-            for (row, &(l, p)) in chunk.iter().enumerate() {
-                restored[l * seq + p] += m[row];
+            let mut hooks =
+                patches.into_hooks(&[("clean", &clean), ("corrupt", &corrupted)], b, group.from)?;
+            let m = variant_metrics(
+                model, tokens, &corrupted, &group, &mut hooks, cfg.metric, &clean_lp,
+            )?;
+            for (row, v) in group.rows.iter().enumerate() {
+                restored[v.at] += m[row];
             }
             done += b;
             progress(done, total);

@@ -378,6 +378,7 @@ impl Intervention {
                     Error::Input(format!("the induction clamp at {p} needs the input tokens"))
                 })?;
                 let (b, _, sq, sk) = x.dims4()?;
+                let tokens = &tokens[..tokens.len().min(b)];
                 if tokens.len() != b || tokens.iter().any(|t| t.len() != sk || sk != sq) {
                     return Err(Error::Input(format!(
                         "the induction clamp at {p} got tokens that do not match the pattern's shape {:?}",
@@ -410,6 +411,8 @@ impl Intervention {
             .ok_or_else(|| Error::Input(format!("patch source '{name}' has no {}", self.at)))?;
         let src = match rows {
             Some(r) => {
+                // The map covers the whole batch; rows that join later are not here yet.
+                let r = &r[..r.len().min(x.dim(0)?)];
                 let idx = Tensor::new(r.iter().map(|&i| i as u32).collect::<Vec<_>>(), x.device())?;
                 src.contiguous()?.index_select(&idx, 0)?
             }
@@ -450,9 +453,10 @@ impl Intervention {
         let last = dims.len() - 1;
         // One indicator per dimension; their product is the mask.
         let mut ind: Vec<Option<Vec<u8>>> = vec![None; dims.len()];
+        // Rows past the end have not joined the forward yet (`Span::joins`): nothing to select.
         let onehot = |n: usize, idx: &[usize]| {
             let mut v = vec![0u8; n];
-            for &i in idx {
+            for &i in idx.iter().filter(|&&i| i < n) {
                 v[i] = 1;
             }
             v

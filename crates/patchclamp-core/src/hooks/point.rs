@@ -115,6 +115,23 @@ const GLOBAL_KINDS: &[(&str, HookPoint)] = &[
 ];
 
 impl HookPoint {
+    /// Whether this point comes after a block's keys and values and holds query positions:
+    /// what a forward that reads only the last position may compute for that position alone.
+    pub fn is_query_side(&self) -> bool {
+        use HookPoint::*;
+        !matches!(
+            self,
+            Embed
+                | PosEmbed
+                | ResidPre(_)
+                | NormScale(_, NormSite::Ln1)
+                | NormNormalized(_, NormSite::Ln1)
+                | K(_)
+                | V(_)
+                | RotK(_)
+        )
+    }
+
     /// The block this point belongs to, if any.
     pub fn layer(&self) -> Option<usize> {
         use HookPoint::*;

@@ -455,13 +455,58 @@ struct Norm {
     eps: f32,
 }
 
-/// `(μ, 1/scale)` of one row.
+/// `(μ, scale)` of one row.
 #[inline]
-fn norm_stats(row: &[f32], center: bool, eps: f32) -> (f32, f32) {
+fn norm_scale(row: &[f32], center: bool, eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
     let mu = if center { lane_sum(row) / n } else { 0.0 };
     let var = row.iter().map(|&x| (x - mu) * (x - mu)).sum::<f32>() / n;
-    (mu, 1.0 / (var + eps).sqrt())
+    (mu, (var + eps).sqrt())
+}
+
+/// `(μ, 1/scale)` of one row.
+#[inline]
+fn norm_stats(row: &[f32], center: bool, eps: f32) -> (f32, f32) {
+    let (mu, scale) = norm_scale(row, center, eps);
+    (mu, 1.0 / scale)
+}
+
+/// The inside of [`norm`] for inference: `(x − μ) / scale` `[.., D]` and `scale` `[.., 1]`,
+/// with the fused kernel's arithmetic, so that `normalized · w + b` equals its output bit for
+/// bit (recording a norm's inside changes no number); `None` where it does not apply.
+pub fn norm_parts(
+    x: &Tensor,
+    center: bool,
+    eps: f64,
+) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+    if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32) || x.track_op() {
+        return Ok(None);
+    }
+    let d = x.dim(candle_core::D::Minus1)?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut normalized = vec![0f32; xs.len()];
+    let mut scales = vec![0f32; xs.len() / d.max(1)];
+    let rows = (CHUNK / d.max(1)).max(1);
+    normalized
+        .par_chunks_mut(d * rows)
+        .zip(scales.par_chunks_mut(rows))
+        .zip(xs.par_chunks(d * rows))
+        .for_each(|((o, sc), i)| {
+            for ((orow, s), row) in o.chunks_mut(d).zip(sc.iter_mut()).zip(i.chunks(d)) {
+                let (mu, scale) = norm_scale(row, center, eps as f32);
+                let r = 1.0 / scale;
+                *s = scale;
+                for j in 0..d {
+                    orow[j] = (row[j] - mu) * r;
+                }
+            }
+        });
+    let mut scale_shape = x.dims().to_vec();
+    *scale_shape.last_mut().expect("non-scalar") = 1;
+    Ok(Some((
+        Tensor::from_vec(normalized, x.shape(), x.device())?,
+        Tensor::from_vec(scales, scale_shape, x.device())?,
+    )))
 }
 
 impl CustomOp3 for Norm {

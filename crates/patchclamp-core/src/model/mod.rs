@@ -12,5 +12,5 @@ mod transformer;
 mod weights;
 
 pub use config::{Activation, Config, MlpKind, NormKind, Positions, Processing, Rope, RopeScaling};
-pub use transformer::{activation, ensure_finite, linear, softmax_last_dim, Model, Span};
+pub use transformer::{activation, ensure_finite, linear, softmax_last_dim, KvPrefix, Model, Span};
 pub use weights::{AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights};

@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::{Error, Result};
-use crate::hooks::{HookPoint as P, Hooks, NormSite};
+use crate::hooks::{ActivationCache, HookPoint, HookPoint as P, Hooks, NormSite};
 use crate::input::Input;
 use crate::model::config::{Activation, Config, MlpKind, NormKind, Positions};
 use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
@@ -32,6 +32,57 @@ pub struct Span {
     /// Unembed only the last position (logits `[B, 1, V]`): sweeps whose metric reads the
     /// last position skip most of the unembedding, the largest product of a small model.
     pub last_position_only: bool,
+    /// Rows that enter later: `(l, resid)` appends `resid` `[b, S, D]` to the batch as part of
+    /// block `l`'s `hook_resid_pre` (layers ascending, from the first block run). The input
+    /// covers every row, the rows present from the start first; hooks see the rows present at
+    /// each point. Sweeps use this so each variant runs only the blocks after its patch.
+    pub joins: Vec<(usize, Tensor)>,
+    /// Positions before the input's first are not recomputed: the input holds the positions
+    /// after them (with their absolute position ids) and each block reads the earlier
+    /// positions' keys and values from a cached run.
+    pub prefix: Option<KvPrefix>,
+}
+
+/// The keys and values of the first positions of a sequence at every block, from a cached run.
+#[derive(Debug, Clone)]
+pub struct KvPrefix {
+    /// Per block: keys `[1, p, K, E]` (after rotary embedding) and values `[1, p, K, E]`.
+    pub layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvPrefix {
+    /// The first `len` positions of row 0 of a run that recorded `hook_k` (`hook_rot_k` under
+    /// rotary positions) and `hook_v` at every block.
+    pub fn from_cache(cfg: &Config, cache: &ActivationCache, len: usize) -> Result<Self> {
+        let layers = (0..cfg.n_layers)
+            .map(|l| {
+                let key = match cfg.rotary() {
+                    Some(_) => P::RotK(l),
+                    None => P::K(l),
+                };
+                let get = |p: P| -> Result<Tensor> {
+                    let t = cache.get(p).ok_or_else(|| {
+                        Error::Input(format!("a key-value prefix needs {p} in the cache"))
+                    })?;
+                    Ok(t.narrow(0, 0, 1)?.narrow(1, 0, len)?.contiguous()?)
+                };
+                Ok((get(key)?, get(P::V(l))?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvPrefix { layers })
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
+    }
+
+    /// Whether no positions are cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Per-forward state shared by every block.
@@ -44,6 +95,8 @@ struct Context<'a> {
     rope: Option<(Tensor, Tensor)>,
     /// The mask is plain causal (no padding, no window): the fused causal softmax applies.
     causal_only: bool,
+    /// Keys and values of the positions before the input's.
+    prefix: Option<&'a KvPrefix>,
 }
 
 impl Model {
@@ -85,12 +138,16 @@ impl Model {
                 limit: format!("{n} layers (start {first}, stop {stop})"),
             });
         }
+        let b0 = self.check_joins(&span.joins, b, s, first, stop)?;
+        if let Some(prefix) = &span.prefix {
+            self.check_prefix(prefix, input, s)?;
+        }
         hooks.prepare_input(&self.cfg, input)?;
         let w = &self.weights;
 
         let mut resid = match span.start {
             Some((_, resid)) => {
-                let want = [b, s, self.cfg.d_model];
+                let want = [b0, s, self.cfg.d_model];
                 if resid.dims() != want {
                     return Err(Error::Input(format!(
                         "start residual has shape {:?}, expected {want:?}",
@@ -102,13 +159,13 @@ impl Model {
             None => {
                 let embed = w
                     .w_e
-                    .index_select(&input.tokens.flatten_all()?, 0)?
-                    .reshape((b, s, ()))?;
+                    .index_select(&input.tokens.narrow(0, 0, b0)?.flatten_all()?, 0)?
+                    .reshape((b0, s, ()))?;
                 let mut resid = hooks.at(P::Embed, embed)?;
                 if let Some(w_pos) = &w.w_pos {
                     let pos = w_pos
-                        .index_select(&input.positions.flatten_all()?, 0)?
-                        .reshape((b, s, ()))?;
+                        .index_select(&input.positions.narrow(0, 0, b0)?.flatten_all()?, 0)?
+                        .reshape((b0, s, ()))?;
                     resid = (resid + hooks.at(P::PosEmbed, pos)?)?;
                 }
                 resid
@@ -123,15 +180,28 @@ impl Model {
                 None => None,
             },
             causal_only: input.mask.is_none() && self.cfg.sliding_window.is_none(),
+            prefix: span.prefix.as_ref(),
         };
+        let mut joins = span.joins.into_iter().peekable();
         for (l, block) in w.blocks.iter().enumerate().take(stop).skip(first) {
-            resid = self.block(l, block, resid, &ctx, hooks)?;
+            while let Some((_, rows)) = joins.next_if(|(at, _)| *at == l) {
+                resid = Tensor::cat(&[&resid, &rows], 0)?;
+            }
+            // The metric reads the last position only: past the last block's keys and values,
+            // nothing else of its other positions is needed (unless a hook looks at it).
+            let last_only = span.last_position_only
+                && l + 1 == n
+                && stop == n
+                && !HookPoint::all(&self.cfg)
+                    .into_iter()
+                    .any(|p| p.layer() == Some(l) && p.is_query_side() && hooks.wants(p));
+            resid = self.block(l, block, resid, &ctx, hooks, last_only)?;
         }
         if stop < n || span.stop_at_layer == Some(n) {
             return Ok(resid);
         }
         let resid = if span.last_position_only {
-            resid.narrow(1, s - 1, 1)?
+            resid.narrow(1, resid.dim(1)? - 1, 1)?
         } else {
             resid
         };
@@ -142,6 +212,43 @@ impl Model {
     /// `resid` itself) and unembedding, as the end of the forward pass does (the logit lens).
     pub fn unembed_residual(&self, resid: &Tensor) -> Result<Tensor> {
         self.unembed_with(resid, &mut Hooks::none())
+    }
+
+    /// Logits of the tokens `ids` only, `[B, S, k]`, for a final residual `[B, S, D]` (from
+    /// `stop_at_layer = n_layers`): a metric that reads a few logits skips the rest of the
+    /// unembedding, the largest product of a sweep's forward.
+    pub fn logits_of(&self, resid: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        let w = &self.weights;
+        if let Some(&id) = ids.iter().find(|&&i| i as usize >= self.cfg.d_vocab) {
+            return Err(Error::OutOfRange {
+                what: "token id",
+                index: id as i64,
+                limit: format!("a vocabulary of {} tokens", self.cfg.d_vocab),
+            });
+        }
+        let x = if self.cfg.final_norm {
+            self.norm(
+                resid,
+                &w.ln_final,
+                P::FinalScale,
+                P::FinalNormalized,
+                &mut Hooks::none(),
+            )?
+        } else {
+            resid.clone()
+        };
+        let idx = Tensor::new(ids, &self.device)?;
+        let w_u = w.unembed();
+        // A tied unembedding is W_Eᵀ, a view: pick W_E's rows instead of copying it.
+        let w_u = match w_u.is_contiguous() {
+            true => w_u.index_select(&idx, 1)?,
+            false => w_u.t()?.contiguous()?.index_select(&idx, 0)?.t()?,
+        }; // [D, k]
+        let logits = matmul(&x, &w_u)?;
+        Ok(match &w.b_u {
+            Some(b_u) => logits.broadcast_add(&b_u.index_select(&idx, 0)?)?,
+            None => logits,
+        })
     }
 
     /// Final norm, unembedding and the `logits` hook.
@@ -168,6 +275,7 @@ impl Model {
         resid: Tensor,
         ctx: &Context,
         hooks: &mut Hooks,
+        last_only: bool,
     ) -> Result<Tensor> {
         let resid = hooks.at(P::ResidPre(l), resid)?;
         let x = self.norm(
@@ -177,8 +285,12 @@ impl Model {
             P::NormNormalized(l, NormSite::Ln1),
             hooks,
         )?;
-        let attn_out = self.attention(l, &w.attn, &x, ctx, hooks)?;
+        let attn_out = self.attention(l, &w.attn, &x, ctx, hooks, last_only)?;
         let attn_out = hooks.at(P::AttnOut(l), attn_out)?;
+        let resid = match last_only {
+            true => resid.narrow(1, resid.dim(1)? - 1, 1)?,
+            false => resid,
+        };
         let resid = (resid + attn_out)?;
         let Some(mlp) = &w.mlp else {
             return hooks.at(P::ResidPost(l), resid);
@@ -209,17 +321,28 @@ impl Model {
         if kind == NormKind::None {
             return Ok(x.clone());
         }
-        // Training takes the fused kernel (one op each way) unless a hook reads the inside.
+        // The fused kernel (one op each way) unless a hook reads the inside; for inference a
+        // recorded or edited `hook_normalized` comes from the same arithmetic, so recording it
+        // changes no number. An edited scale takes the step-by-step path below.
         let affine = matches!(kind, NormKind::LayerNorm | NormKind::RmsNorm);
-        if x.track_op() && affine && !hooks.wants(scale_point) && !hooks.wants(normalized_point) {
-            if let Some(g) = &w.w {
+        let center = kind == NormKind::LayerNorm;
+        if let (true, Some(g)) = (affine, &w.w) {
+            if !hooks.wants(scale_point) && !hooks.wants(normalized_point) {
                 let b = match &w.b {
                     Some(b) => b.clone(),
                     None => g.zeros_like()?,
                 };
-                let center = kind == NormKind::LayerNorm;
                 if let Some(y) = kernels::norm(x, g, &b, center, self.cfg.norm_eps)? {
                     return Ok(y);
+                }
+            } else if !hooks.edits(scale_point) {
+                if let Some((x, scale)) = kernels::norm_parts(x, center, self.cfg.norm_eps)? {
+                    hooks.at(scale_point, scale)?;
+                    let x = hooks.at(normalized_point, x)?.broadcast_mul(g)?;
+                    return Ok(match &w.b {
+                        Some(b) => x.broadcast_add(b)?,
+                        None => x,
+                    });
                 }
             }
         }
@@ -244,7 +367,8 @@ impl Model {
         })
     }
 
-    /// Multi-head (grouped-query) causal attention; returns the output added to the residual.
+    /// Multi-head (grouped-query) causal attention; returns the output added to the residual
+    /// (for the last position only when `last_only`).
     fn attention(
         &self,
         l: usize,
@@ -252,27 +376,46 @@ impl Model {
         x: &Tensor,
         ctx: &Context,
         hooks: &mut Hooks,
+        last_only: bool,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, s, _) = x.dims3()?;
         let (h, k_h, e) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        // Queries: every position, or the last one (keys and values still cover them all).
+        let (xq, sq) = match last_only {
+            true => (x.narrow(1, s - 1, 1)?, 1),
+            false => (x.clone(), s),
+        };
 
-        let q = linear(x, &w.w_q, w.b_q.as_ref())?.reshape((b, s, h, e))?; // [B, S, H, E]
+        let q = linear(&xq, &w.w_q, w.b_q.as_ref())?.reshape((b, sq, h, e))?; // [B, Sq, H, E]
         let k = linear(x, &w.w_k, w.b_k.as_ref())?.reshape((b, s, k_h, e))?; // [B, S, K, E]
         let v = linear(x, &w.w_v, w.b_v.as_ref())?.reshape((b, s, k_h, e))?; // [B, S, K, E]
         let mut q = hooks.at(P::Q(l), q)?;
         let mut k = hooks.at(P::K(l), k)?;
-        let v = hooks.at(P::V(l), v)?;
+        let mut v = hooks.at(P::V(l), v)?;
         if let Some((cos, sin)) = &ctx.rope {
-            q = hooks.at(P::RotQ(l), rope::apply(&q, cos, sin)?)?;
-            k = hooks.at(P::RotK(l), rope::apply(&k, cos, sin)?)?;
+            // Rows that join later are not here yet: the tables cover the first `b` rows.
+            let (cos, sin) = (first_rows(cos, b)?, first_rows(sin, b)?);
+            let (cos_q, sin_q) = (cos.narrow(1, s - sq, sq)?, sin.narrow(1, s - sq, sq)?);
+            q = hooks.at(P::RotQ(l), rope::apply(&q, &cos_q, &sin_q)?)?;
+            k = hooks.at(P::RotK(l), rope::apply(&k, &cos, &sin)?)?;
+        }
+        if let Some(prefix) = ctx.prefix {
+            // The earlier positions' keys and values, the same for every row.
+            let (pk, pv) = &prefix.layers[l];
+            let dtype = k.dtype();
+            let rows =
+                |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.repeat((b, 1, 1, 1))?) };
+            k = Tensor::cat(&[&rows(pk)?, &k], 1)?;
+            v = Tensor::cat(&[&rows(pv)?, &v], 1)?;
         }
 
         // Training with nothing hooked inside the attention map takes the fused op, whose
         // backward never materialises the [B, H, S, S] tensors in candle's graph.
         let tracked = q.track_op() || k.track_op() || v.track_op();
         let inside = hooks.wants(P::AttnScores(l)) || hooks.wants(P::Pattern(l));
-        let fused = match tracked && ctx.causal_only && !inside {
+        let square = sq == k.dim(1)?;
+        let fused = match tracked && ctx.causal_only && !inside && square {
             true => fused_attention::fused_attention(&q, &k, &v, 1.0 / cfg.attn_scale)?,
             false => None,
         };
@@ -285,10 +428,10 @@ impl Model {
         if hooks.wants(P::Result(l)) {
             // Per-head outputs z_h · W_O[h] (without b_O), only computed when someone asks.
             let d = cfg.d_model;
-            let zh = z.permute((2, 0, 1, 3))?.reshape((h, b * s, e))?; // [H, B·S, E]
+            let zh = z.permute((2, 0, 1, 3))?.reshape((h, b * sq, e))?; // [H, B·Sq, E]
             let w_o = w.w_o.reshape((h, e, d))?; // [H, E, D]
             let result = bmm(&zh, &w_o)?
-                .reshape((h, b, s, d))?
+                .reshape((h, b, sq, d))?
                 .permute((1, 2, 0, 3))?; // [B, S, H, D]
             let result = hooks.at(P::Result(l), result)?;
             if hooks.edits(P::Result(l)) {
@@ -301,7 +444,7 @@ impl Model {
             }
             // Only recorded: keep the plain path below so recording never changes the numbers.
         }
-        linear(&z.reshape((b, s, h * e))?, &w.w_o, w.b_o.as_ref())
+        linear(&z.reshape((b, sq, h * e))?, &w.w_o, w.b_o.as_ref())
     }
 
     /// `z = pattern · v` through explicit scores and pattern (each a hook point); `[B, S, H, E]`.
@@ -334,11 +477,16 @@ impl Model {
                 let mask = match ctx.mask.get() {
                     Some(m) => m,
                     None => {
-                        let m = self.attention_mask(ctx.input)?;
+                        let m =
+                            self.attention_mask(ctx.input, ctx.prefix.map_or(0, |p| p.len()))?;
                         ctx.mask.get_or_init(|| m)
                     }
                 };
-                let scores = hooks.at(P::AttnScores(l), scores.broadcast_add(mask)?)?;
+                // The present rows; the last query rows when only the last position is asked.
+                let (_, _, sq, _) = scores.dims4()?;
+                let mask = first_rows(mask, scores.dim(0)?)?;
+                let mask = mask.narrow(2, mask.dim(2)? - sq, sq)?;
+                let scores = hooks.at(P::AttnScores(l), scores.broadcast_add(&mask)?)?;
                 softmax_last_dim(&scores)?
             }
         };
@@ -370,28 +518,103 @@ impl Model {
         linear(&post, &w.w_out, w.b_out.as_ref())
     }
 
-    /// Causal (optionally sliding-window) mask that also hides padding keys.
-    fn attention_mask(&self, input: &Input) -> Result<Tensor> {
+    /// Causal (optionally sliding-window) mask `[B, 1, S, p + S]` that also hides padding keys;
+    /// the first `p` keys are a cached prefix's.
+    fn attention_mask(&self, input: &Input, p: usize) -> Result<Tensor> {
         let (b, s) = input.dims()?;
         let key_ok: Option<Vec<u8>> = match &input.mask {
             Some(m) => Some(m.flatten_all()?.to_vec1::<u8>()?),
             None => None,
         };
         let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
-        let mut mask = vec![0f32; b * s * s];
+        let n = p + s; // keys
+        let mut mask = vec![0f32; b * s * n];
         for row in 0..b {
-            for q in 0..s {
-                for k in 0..s {
+            for q in p..n {
+                for k in 0..n {
                     let causal = k <= q && q - k < window;
-                    let valid = key_ok.as_ref().is_none_or(|m| m[row * s + k] == 1);
+                    // Prefix keys come from an unpadded run.
+                    let valid = k < p || key_ok.as_ref().is_none_or(|m| m[row * s + k - p] == 1);
                     // A padding query attends to itself so its softmax stays finite.
                     if !(causal && valid) && k != q {
-                        mask[(row * s + q) * s + k] = f32::NEG_INFINITY;
+                        mask[(row * s + q - p) * n + k] = f32::NEG_INFINITY;
                     }
                 }
             }
         }
-        Ok(Tensor::from_vec(mask, (b, 1, s, s), &self.device)?)
+        Ok(Tensor::from_vec(mask, (b, 1, s, n), &self.device)?)
+    }
+
+    /// Checks a key-value prefix against the model and an `s`-position input that follows it.
+    fn check_prefix(&self, prefix: &KvPrefix, input: &Input, s: usize) -> Result<()> {
+        if input.mask.is_some() {
+            return Err(Error::Input(
+                "a key-value prefix needs an unpadded input".into(),
+            ));
+        }
+        if prefix.layers.len() != self.cfg.n_layers {
+            return Err(Error::Input(format!(
+                "the key-value prefix has {} blocks, the model {}",
+                prefix.layers.len(),
+                self.cfg.n_layers
+            )));
+        }
+        let want = [1, prefix.len(), self.cfg.n_kv_heads, self.cfg.d_head];
+        for (l, (k, v)) in prefix.layers.iter().enumerate() {
+            if k.dims() != want || v.dims() != want {
+                return Err(Error::Input(format!(
+                    "the key-value prefix at block {l} has shapes {:?} and {:?}, expected {want:?}",
+                    k.dims(),
+                    v.dims()
+                )));
+            }
+        }
+        if prefix.len() + s > self.cfg.n_ctx {
+            return Err(Error::Input(format!(
+                "{} cached and {s} new positions exceed the model's context of {} tokens",
+                prefix.len(),
+                self.cfg.n_ctx
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a span's late rows against a `b × s` input run over blocks `first..stop`;
+    /// returns the number of rows present from the start.
+    fn check_joins(
+        &self,
+        joins: &[(usize, Tensor)],
+        b: usize,
+        s: usize,
+        first: usize,
+        stop: usize,
+    ) -> Result<usize> {
+        let mut late = 0;
+        let mut prev = first;
+        for (l, rows) in joins {
+            if *l < prev || *l >= stop {
+                return Err(Error::OutOfRange {
+                    what: "join layer",
+                    index: *l as i64,
+                    limit: format!("ascending layers in {prev}..{stop}"),
+                });
+            }
+            prev = *l;
+            let dims = rows.dims();
+            if dims.len() != 3 || dims[1..] != [s, self.cfg.d_model] {
+                return Err(Error::Input(format!(
+                    "rows joining at layer {l} have shape {dims:?}, expected [_, {s}, {}]",
+                    self.cfg.d_model
+                )));
+            }
+            late += dims[0];
+        }
+        if late >= b {
+            return Err(Error::Input(format!(
+                "{late} joining rows leave none of the input's {b} rows to start the forward"
+            )));
+        }
+        Ok(b - late)
     }
 
     /// Rejects inputs the model cannot run: ids outside the vocabulary, too many positions.
@@ -544,6 +767,14 @@ fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let mut out = dims;
     *out.last_mut().expect("non-scalar") = w.dim(1)?;
     Ok(y.reshape(out)?)
+}
+
+/// The first `b` rows of `x` (all of them when it has `b`).
+fn first_rows(x: &Tensor, b: usize) -> Result<Tensor> {
+    Ok(match x.dim(0)? == b {
+        true => x.clone(),
+        false => x.narrow(0, 0, b)?,
+    })
 }
 
 /// `[B, K, S, E]` → `[B, K·g, S, E]`, repeating each kv head for its `g` query heads.

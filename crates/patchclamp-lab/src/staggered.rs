@@ -1,0 +1,283 @@
+//! Batched variant forwards for sweeps: one batch row per variant, each row entering the model at
+//! the first block its patch changes (from the base run's residual there), recomputing only the
+//! positions from the first one the patch changes (earlier positions' keys and values come from
+//! the base run), each row patched at its own slices in one masked select per hook point.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor};
+use patchclamp_core::model::{KvPrefix, Span};
+use patchclamp_core::{ActivationCache, Error, HookPoint, Hooks, Input, Model, Result};
+
+/// Which slice of a row is patched at a hook point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slice {
+    /// One position (query position for `pattern`).
+    Position(usize),
+    /// One head (kv head for `k`/`v`), every position.
+    Head(usize),
+    /// The whole row.
+    All,
+}
+
+/// The dimension holding (query) positions in `point`'s activation.
+fn pos_dim(point: HookPoint) -> usize {
+    match point {
+        HookPoint::AttnScores(_) | HookPoint::Pattern(_) => 2,
+        _ => 1,
+    }
+}
+
+/// The dimension of `point`'s activation a slice indexes (`None`: the whole row).
+fn slice_dim(point: HookPoint, slice: Slice) -> Option<(usize, usize)> {
+    match slice {
+        Slice::Position(p) => Some((pos_dim(point), p)),
+        Slice::Head(h) => Some((3 - pos_dim(point), h)),
+        Slice::All => None,
+    }
+}
+
+/// The patches of one batched forward: for each (hook point, source run) the rows and slices
+/// copied from that source's row 0.
+#[derive(Debug, Default)]
+pub struct RowPatches {
+    map: BTreeMap<(HookPoint, String), Vec<(usize, Slice)>>,
+}
+
+impl RowPatches {
+    /// Patch `slice` of batch row `row` at `point` from `source`'s row 0.
+    pub fn add(&mut self, point: HookPoint, source: &str, row: usize, slice: Slice) {
+        self.map
+            .entry((point, source.to_string()))
+            .or_default()
+            .push((row, slice));
+    }
+
+    /// Hooks applying every patch of a `batch`-row forward that recomputes positions `from..`
+    /// (the sources hold every position), one edit per (point, source).
+    pub fn into_hooks(
+        self,
+        sources: &[(&str, &ActivationCache)],
+        batch: usize,
+        from: usize,
+    ) -> Result<Hooks> {
+        let mut hooks = Hooks::none();
+        for ((point, name), items) in self.map {
+            let cache = sources
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| *c)
+                .ok_or_else(|| Error::Input(format!("no patch source named '{name}'")))?;
+            let src = cache
+                .get(point)
+                .ok_or_else(|| Error::Input(format!("patch source '{name}' has no {point}")))?
+                .narrow(0, 0, 1)?;
+            let (dim, n) = (pos_dim(point), src.dim(pos_dim(point))?);
+            let src = src
+                .narrow(dim, from.min(n), n - from.min(n))?
+                .contiguous()?;
+            let mut shifted = Vec::with_capacity(items.len());
+            for (row, slice) in items {
+                shifted.push((
+                    row,
+                    match slice {
+                        Slice::Position(p) if p < from => {
+                            return Err(Error::Input(format!(
+                            "position {p} is patched in a forward that starts at position {from}"
+                        )))
+                        }
+                        Slice::Position(p) => Slice::Position(p - from),
+                        s => s,
+                    },
+                ));
+            }
+            let mask = row_mask(point, src.dims(), &shifted, batch, src.device())?;
+            hooks = hooks.edit(point, move |_, x| {
+                // Rows that join later are not in `x` yet: the first rows of the mask are its rows.
+                let rows = x.dim(0)?;
+                let mask = mask.narrow(0, 0, rows)?;
+                let src = src.broadcast_as(x.shape())?.contiguous()?;
+                // hook_z and friends arrive as transposed views; the select wants them dense.
+                Ok(mask.where_cond(&src, &x.contiguous()?)?)
+            });
+        }
+        Ok(hooks)
+    }
+}
+
+/// A contiguous u8 mask `[batch, ...]` of a point's activation selecting the patched slices
+/// (contiguous so the select takes its fast path).
+fn row_mask(
+    point: HookPoint,
+    dims: &[usize],
+    items: &[(usize, Slice)],
+    batch: usize,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    let per_row: usize = dims[1..].iter().product();
+    let mut mask = vec![0u8; batch * per_row];
+    for &(row, slice) in items {
+        if row >= batch {
+            return Err(Error::OutOfRange {
+                what: "batch row",
+                index: row as i64,
+                limit: format!("{batch} rows"),
+            });
+        }
+        let out = &mut mask[row * per_row..(row + 1) * per_row];
+        let Some((dim, idx)) = slice_dim(point, slice) else {
+            out.fill(1);
+            continue;
+        };
+        if idx >= dims[dim] {
+            return Err(Error::OutOfRange {
+                what: if matches!(slice, Slice::Head(_)) {
+                    "head"
+                } else {
+                    "position"
+                },
+                index: idx as i64,
+                limit: format!("{} at {point}", dims[dim]),
+            });
+        }
+        // Element (i_1, .., i_n) of the row is selected when i_dim = idx.
+        let inner: usize = dims[dim + 1..].iter().product();
+        let n = dims[dim];
+        for (i, m) in out.iter_mut().enumerate() {
+            if (i / inner) % n == idx {
+                *m = 1;
+            }
+        }
+    }
+    let mut shape = dims.to_vec();
+    shape[0] = batch;
+    Ok(Tensor::from_vec(mask, shape, dev)?)
+}
+
+/// The hook points a base run records for [`forward_rows`]: the residual entering each block,
+/// and the keys and values the later positions attend to.
+pub fn base_points(model: &Model) -> Vec<HookPoint> {
+    (0..model.cfg.n_layers)
+        .flat_map(|l| {
+            let key = match model.cfg.rotary() {
+                Some(_) => HookPoint::RotK(l),
+                None => HookPoint::K(l),
+            };
+            [HookPoint::ResidPre(l), key, HookPoint::V(l)]
+        })
+        .collect()
+}
+
+/// One batched forward whose row `i` enters block `starts[i]` (ascending) with the base run's
+/// `hook_resid_pre` there, recomputing positions `from..` only (`base` holds [`base_points`] of
+/// a batch-1 run of `tokens`); the last position's logits `[B, 1, V]`, or of the tokens
+/// `columns` only (`[B, 1, k]`).
+pub fn forward_rows(
+    model: &Model,
+    tokens: &[u32],
+    base: &ActivationCache,
+    starts: &[usize],
+    from: usize,
+    columns: Option<&[u32]>,
+    hooks: &mut Hooks,
+) -> Result<Tensor> {
+    let s = tokens.len();
+    if from >= s {
+        return Err(Error::OutOfRange {
+            what: "first recomputed position",
+            index: from as i64,
+            limit: format!("{s} positions"),
+        });
+    }
+    if starts.is_empty() || starts.windows(2).any(|w| w[0] > w[1]) {
+        return Err(Error::Input(
+            "rows must be given in ascending start layers, at least one".into(),
+        ));
+    }
+    let resid = |l: usize, n: usize| -> Result<Tensor> {
+        let r = base.get(HookPoint::ResidPre(l)).ok_or_else(|| {
+            Error::Input(format!("the base run has no blocks.{l}.hook_resid_pre"))
+        })?;
+        Ok(r.narrow(0, 0, 1)?
+            .narrow(1, from, s - from)?
+            .repeat((n, 1, 1))?)
+    };
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    for &l in starts {
+        match groups.last_mut() {
+            Some((at, n)) if *at == l => *n += 1,
+            _ => groups.push((l, 1)),
+        }
+    }
+    let (l0, n0) = groups[0];
+    let joins = groups[1..]
+        .iter()
+        .map(|&(l, n)| Ok((l, resid(l, n)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let b = starts.len();
+    let dev = model.device();
+    let one = Input::single(tokens, dev)?;
+    let input = Input {
+        tokens: one.tokens.narrow(1, from, s - from)?.repeat((b, 1))?,
+        positions: one.positions.narrow(1, from, s - from)?.repeat((b, 1))?,
+        mask: None,
+        lengths: vec![s - from; b],
+        padding: Default::default(),
+    };
+    let prefix = match from {
+        0 => None,
+        _ => Some(KvPrefix::from_cache(&model.cfg, base, from)?),
+    };
+    let span = Span {
+        start: Some((l0, resid(l0, n0)?)),
+        stop_at_layer: columns.map(|_| model.cfg.n_layers),
+        last_position_only: true,
+        joins,
+        prefix,
+    };
+    let out = model.forward_span(&input, hooks, span)?;
+    match columns {
+        Some(ids) => model.logits_of(&out.narrow(1, out.dim(1)? - 1, 1)?, ids),
+        None => Ok(out),
+    }
+}
+
+/// The first position at which `slice` of `point` differs, bit for bit, between two runs'
+/// caches (row 0 of each): a patch of it changes nothing before there (`None`: nothing at all).
+pub fn first_change(
+    a: &ActivationCache,
+    b: &ActivationCache,
+    point: HookPoint,
+    slice: Slice,
+) -> Result<Option<usize>> {
+    let (Some(x), Some(y)) = (a.get(point), b.get(point)) else {
+        return Ok(Some(0));
+    };
+    if x.dims() != y.dims() {
+        return Ok(Some(0));
+    }
+    let dim = pos_dim(point);
+    // Positions the slice covers: one, or all of them.
+    let (first, n) = match slice {
+        Slice::Position(p) => (p, 1),
+        _ => (0, x.dim(dim)?),
+    };
+    // Position-major values of the slice: [n, rest].
+    let cut = |t: &Tensor| -> Result<Vec<f32>> {
+        let t = t.narrow(0, 0, 1)?;
+        let t = match slice_dim(point, slice) {
+            Some((d, idx)) => t.narrow(d, idx, 1)?,
+            None => t,
+        };
+        Ok(t.transpose(0, dim)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?)
+    };
+    let (u, v) = (cut(x)?, cut(y)?);
+    let per = u.len() / n.max(1);
+    // NaN never equals itself, so a NaN counts as changed.
+    Ok((0..n)
+        .find(|&p| u[p * per..(p + 1) * per] != v[p * per..(p + 1) * per])
+        .map(|p| first + p))
+}
