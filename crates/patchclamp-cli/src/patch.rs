@@ -155,7 +155,7 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
         "clean_tokens": clean, "corrupted_tokens": corrupt, "token_labels": token_labels,
         "method": method_name, "config": pc, "n_layers": r.n_layers, "n_cols": r.n_cols, "col_labels": col_labels,
         "clean_metric": r.clean_metric, "corrupt_metric": r.corrupt_metric,
-        "values": r.values, "normalized": r.normalized,
+        "values": r.values, "normalized": r.normalized, "unchanged": r.unchanged,
     });
     let heat = Heatmap {
         title: format!(

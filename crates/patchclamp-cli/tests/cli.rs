@@ -527,6 +527,28 @@ fn patch_writes_json_tensors_and_heatmaps() {
             }
         );
         assert_eq!(v["values"].as_array().unwrap().len(), rows * cols);
+        // Patching the residual where both runs hold the same values changes nothing, and those
+        // variants are the corrupted run itself: at block 0 (the embeddings) every position
+        // with the same token, later every position before the first changed token (causal
+        // attention).
+        let unchanged = v["unchanged"].as_u64().unwrap() as usize;
+        if point == "resid_pre" {
+            let (c, k) = (&v["clean_tokens"], &v["corrupted_tokens"]);
+            let same: Vec<bool> = (0..cols).map(|i| c[i] == k[i]).collect();
+            let first = same.iter().position(|s| !s).unwrap();
+            let equal = same.iter().filter(|&&s| s).count();
+            assert_eq!(unchanged, equal + (rows - 1) * first);
+            let values = v["values"].as_array().unwrap();
+            for l in 0..rows {
+                assert_eq!(
+                    values[l * cols],
+                    v["corrupt_metric"],
+                    "layer {l}, position 0"
+                );
+            }
+        } else {
+            assert_eq!(unchanged, 0);
+        }
         let t = candle_core::safetensors::load(
             out.join("result.safetensors"),
             &candle_core::Device::Cpu,
