@@ -10,7 +10,9 @@ use patchclamp_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::staggered::{base_points, first_change, forward_rows, RowPatches, Slice};
+use crate::staggered::{
+    base_points, first_change, forward_rows, plan, Group, RowPatches, Slice, Variant,
+};
 
 /// Which activation a sweep patches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -394,59 +396,6 @@ pub fn sweep(
         corrupt_metric,
         unchanged,
     })
-}
-
-/// One variant of a sweep: where its result goes, the layers it patches, the first position its
-/// patch changes.
-#[derive(Debug, Clone)]
-pub(crate) struct Variant {
-    /// Index into the result (`layer · n_cols + col`).
-    pub at: usize,
-    pub layers: std::ops::Range<usize>,
-    pub from: usize,
-    /// Patches a point of the last block past its keys and values, which keeps every position
-    /// of that block (the others compute only its last position).
-    pub tail: bool,
-}
-
-/// The forwards of a sweep: variants that start recomputing at nearby positions share one
-/// forward from the earliest of them (a forward's products want many rows; a row recomputing
-/// positions it need not costs little while it at most doubles its positions), rows in
-/// ascending start layers, at most `batch` rows each.
-pub(crate) struct Group {
-    pub from: usize,
-    pub rows: Vec<Variant>,
-}
-
-pub(crate) fn plan(mut variants: Vec<Variant>, seq: usize, batch: usize) -> Vec<Group> {
-    variants.sort_by_key(|v| (v.tail, v.from, v.layers.start));
-    let mut groups: Vec<Group> = Vec::new();
-    let mut current: Vec<Variant> = Vec::new();
-    let flush = |rows: &mut Vec<Variant>, groups: &mut Vec<Group>| {
-        if rows.is_empty() {
-            return;
-        }
-        let from = rows.iter().map(|v| v.from).min().unwrap_or(0);
-        let mut rows = std::mem::take(rows);
-        rows.sort_by_key(|v| v.layers.start);
-        for chunk in rows.chunks(batch) {
-            groups.push(Group {
-                from,
-                rows: chunk.to_vec(),
-            });
-        }
-    };
-    for v in variants {
-        if let Some(first) = current.first() {
-            let fits = first.tail == v.tail && seq - first.from <= 2 * (seq - v.from);
-            if !fits {
-                flush(&mut current, &mut groups);
-            }
-        }
-        current.push(v);
-    }
-    flush(&mut current, &mut groups);
-    groups
 }
 
 /// The layers patched for layer `l`: `w` consecutive layers centred on it, clipped to the model

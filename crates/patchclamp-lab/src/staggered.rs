@@ -281,3 +281,100 @@ pub fn first_change(
         .find(|&p| u[p * per..(p + 1) * per] != v[p * per..(p + 1) * per])
         .map(|p| first + p))
 }
+
+/// One variant of a sweep: where its result goes, the layers it patches, the first position its
+/// patch changes.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    /// Index into the result (`layer · n_cols + col`).
+    pub at: usize,
+    pub layers: std::ops::Range<usize>,
+    pub from: usize,
+    /// Patches a point of the last block past its keys and values, which keeps every position
+    /// of that block (the others compute only its last position).
+    pub tail: bool,
+}
+
+/// One forward of a sweep: its rows recompute positions `from..`.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub from: usize,
+    /// One per row, in ascending start layers.
+    pub rows: Vec<Variant>,
+}
+
+/// The forwards of a sweep over `seq`-token prompts: variants that start recomputing at nearby
+/// positions share one forward from the earliest of them (a forward's products want many rows;
+/// a row may recompute up to twice the positions it needs), variants that keep the last block
+/// whole go to their own forwards, at most `batch` rows each.
+pub fn plan(mut variants: Vec<Variant>, seq: usize, batch: usize) -> Vec<Group> {
+    variants.sort_by_key(|v| (v.tail, v.from, v.layers.start));
+    let mut groups: Vec<Group> = Vec::new();
+    let mut current: Vec<Variant> = Vec::new();
+    let flush = |rows: &mut Vec<Variant>, groups: &mut Vec<Group>| {
+        if rows.is_empty() {
+            return;
+        }
+        let from = rows.iter().map(|v| v.from).min().unwrap_or(0);
+        let mut rows = std::mem::take(rows);
+        rows.sort_by_key(|v| v.layers.start);
+        for chunk in rows.chunks(batch) {
+            groups.push(Group {
+                from,
+                rows: chunk.to_vec(),
+            });
+        }
+    };
+    for v in variants {
+        if let Some(first) = current.first() {
+            let fits = first.tail == v.tail && seq - first.from <= 2 * (seq - v.from);
+            if !fits {
+                flush(&mut current, &mut groups);
+            }
+        }
+        current.push(v);
+    }
+    flush(&mut current, &mut groups);
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_cover_every_variant_once_within_their_bounds() {
+        let seq = 15;
+        let variants: Vec<Variant> = (0..12)
+            .flat_map(|l| (2..seq).map(move |p| (l, p)))
+            .map(|(l, p)| Variant {
+                at: l * seq + p,
+                layers: l..l + 1,
+                from: p,
+                tail: l == 11 && p % 2 == 0,
+            })
+            .collect();
+        let groups = plan(variants.clone(), seq, 40);
+        let mut seen: Vec<usize> = groups
+            .iter()
+            .flat_map(|g| g.rows.iter().map(|v| v.at))
+            .collect();
+        seen.sort();
+        let mut want: Vec<usize> = variants.iter().map(|v| v.at).collect();
+        want.sort();
+        assert_eq!(seen, want, "every variant in exactly one forward");
+        for g in &groups {
+            assert!(!g.rows.is_empty() && g.rows.len() <= 40);
+            assert!(g
+                .rows
+                .windows(2)
+                .all(|w| w[0].layers.start <= w[1].layers.start));
+            assert!(g.rows.iter().all(|v| v.tail == g.rows[0].tail));
+            for v in &g.rows {
+                assert!(v.from >= g.from && seq - g.from <= 2 * (seq - v.from));
+            }
+        }
+        // Positions 2..15 fall into a few forwards, not one per position.
+        assert!(groups.len() < 10, "{} forwards", groups.len());
+    }
+}

@@ -10,8 +10,8 @@ use patchclamp_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::patching::{layer_window, metric_rows, plan, variant_metrics, Metric, Variant};
-use crate::staggered::{base_points, first_change, RowPatches, Slice};
+use crate::patching::{layer_window, metric_rows, variant_metrics, Metric};
+use crate::staggered::{base_points, first_change, plan, RowPatches, Slice, Variant};
 
 /// Which state is restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,15 +173,15 @@ pub fn trace(
         let mut rows = Vec::new();
         for &(l, p) in &variants {
             let layers = window(l, cfg.window, n_layers);
-            let mut from: Option<usize> = None;
+            let mut changed = false;
             for layer in layers.clone() {
-                let f = first_change(&clean, &corrupted, points[layer], Slice::Position(p))?;
-                from = from.or(f);
+                let slice = Slice::Position(p);
+                changed |= first_change(&clean, &corrupted, points[layer], slice)?.is_some();
             }
-            match from {
+            match changed {
                 // Restoring a state the noise never reached changes nothing.
-                None => restored[l * seq + p] += corrupt_m,
-                Some(_) => rows.push(Variant {
+                false => restored[l * seq + p] += corrupt_m,
+                true => rows.push(Variant {
                     at: l * seq + p,
                     tail: (layers.end == n_layers && points[n_layers - 1].is_query_side())
                         || (cfg.severed && layers.end < n_layers),

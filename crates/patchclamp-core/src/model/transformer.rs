@@ -39,7 +39,8 @@ pub struct Span {
     pub joins: Vec<(usize, Tensor)>,
     /// Positions before the input's first are not recomputed: the input holds the positions
     /// after them (with their absolute position ids) and each block reads the earlier
-    /// positions' keys and values from a cached run.
+    /// positions' keys and values from a cached run. Hook points hold the input's positions
+    /// (attention maps: its queries against every key), and selections index those.
     pub prefix: Option<KvPrefix>,
 }
 
@@ -321,9 +322,10 @@ impl Model {
         if kind == NormKind::None {
             return Ok(x.clone());
         }
-        // The fused kernel (one op each way) unless a hook reads the inside; for inference a
-        // recorded or edited `hook_normalized` comes from the same arithmetic, so recording it
-        // changes no number. An edited scale takes the step-by-step path below.
+        // The fused kernel (one op each way) unless a hook reads the inside. At inference a
+        // recorded or edited `hook_normalized` comes from the fused kernel's arithmetic, so
+        // recording it changes no number; training with a hook inside, and an edited scale,
+        // take the step-by-step path below.
         let affine = matches!(kind, NormKind::LayerNorm | NormKind::RmsNorm);
         let center = kind == NormKind::LayerNorm;
         if let (true, Some(g)) = (affine, &w.w) {
