@@ -288,7 +288,9 @@ pub fn first_change(
 pub struct Variant {
     /// Index into the result (`layer · n_cols + col`).
     pub at: usize,
+    /// The blocks it patches (its row joins the forward at the first).
     pub layers: std::ops::Range<usize>,
+    /// The first position its patch changes.
     pub from: usize,
     /// Patches a point of the last block past its keys and values, which keeps every position
     /// of that block (the others compute only its last position).
@@ -298,6 +300,7 @@ pub struct Variant {
 /// One forward of a sweep: its rows recompute positions `from..`.
 #[derive(Debug, Clone)]
 pub struct Group {
+    /// The first position the forward recomputes (the earliest of its rows').
     pub from: usize,
     /// One per row, in ascending start layers.
     pub rows: Vec<Variant>,
