@@ -47,6 +47,9 @@ pub struct PatchArgs {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Sweeps to run: resid_pre (per position), z (per head).
+    #[arg(long, value_delimiter = ',', default_value = "resid_pre,z")]
+    sweeps: Vec<String>,
     #[arg(long)]
     json: bool,
 }
@@ -307,7 +310,12 @@ fn patch(a: PatchArgs) -> anyhow::Result<()> {
         wrong: a.wrong,
     };
     let mut rows = Vec::new();
-    for (name, site) in [("resid_pre", Site::ResidPre), ("z", Site::Z)] {
+    for name in &a.sweeps {
+        let site = match name.as_str() {
+            "resid_pre" => Site::ResidPre,
+            "z" => Site::Z,
+            other => bail!("unknown sweep '{other}'; use resid_pre or z"),
+        };
         let cfg = PatchingConfig {
             site,
             direction: Direction::Denoise,
