@@ -230,7 +230,7 @@ pub(crate) fn variant_metrics(
 }
 
 /// The last position's logits of a batch-1 run `[1, 1, V]`, recording `hooks`.
-fn last_logits(model: &Model, tokens: &[u32], hooks: &mut Hooks) -> Result<Tensor> {
+pub(crate) fn last_logits(model: &Model, tokens: &[u32], hooks: &mut Hooks) -> Result<Tensor> {
     let span = Span {
         last_position_only: true,
         ..Default::default()
@@ -239,7 +239,7 @@ fn last_logits(model: &Model, tokens: &[u32], hooks: &mut Hooks) -> Result<Tenso
 }
 
 /// Log-probabilities at the last position of a batch-1 run `[1, V]`.
-fn last_logprobs(logits: &Tensor) -> Result<Tensor> {
+pub(crate) fn last_logprobs(logits: &Tensor) -> Result<Tensor> {
     let (_, s, _) = logits.dims3()?;
     Ok(candle_nn::ops::log_softmax(
         &logits.narrow(1, s - 1, 1)?.squeeze(1)?,
@@ -315,7 +315,10 @@ pub fn sweep(
     let clean_lp = last_logprobs(clean_logits)?;
     let clean_metric = metric_rows(clean_logits, cfg.metric, Some(&clean_lp))?[0];
     let corrupt_metric = metric_rows(corrupt_logits, cfg.metric, Some(&clean_lp))?[0];
-    let base_metric = metric_rows(&base_logits, cfg.metric, Some(&clean_lp))?[0];
+    let base_metric = match cfg.direction {
+        Direction::Denoise => corrupt_metric,
+        Direction::Noise => clean_metric,
+    };
 
     let n_cols = match cfg.site {
         Site::K | Site::V => model.cfg.n_kv_heads,

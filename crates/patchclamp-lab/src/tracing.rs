@@ -6,11 +6,13 @@
 use patchclamp_core::hooks::Values;
 use patchclamp_core::rng::Rng;
 use patchclamp_core::{
-    Error, HookPoint, Hooks, Input, Intervention, Model, Op, Result, Selection, Selector,
+    Error, HookPoint, Hooks, Intervention, Model, Op, Result, Selection, Selector,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::patching::{layer_window, metric_rows, variant_metrics, Metric};
+use crate::patching::{
+    last_logits, last_logprobs, layer_window, metric_rows, variant_metrics, Metric,
+};
 use crate::staggered::{base_points, first_change, plan, RowPatches, Slice, Variant};
 
 /// Which state is restored.
@@ -80,6 +82,35 @@ pub fn window(l: usize, w: usize, n_layers: usize) -> std::ops::Range<usize> {
     layer_window(l, w, n_layers)
 }
 
+/// One noise draw for a `seq × d` prompt: Gaussian noise of standard deviation `nu` added to the
+/// embeddings of the `subject` positions (the next `subject.len() · d` draws of `rng`).
+pub fn subject_noise(
+    rng: &mut Rng,
+    subject: &[usize],
+    seq: usize,
+    d: usize,
+    nu: f64,
+) -> Intervention {
+    let mut eps = vec![0f64; seq * d];
+    for &p in subject {
+        for (i, e) in rng.normal_vec(d, nu).into_iter().enumerate() {
+            eps[p * d + i] = e as f64;
+        }
+    }
+    Intervention {
+        at: HookPoint::Embed,
+        select: Selection::default(),
+        op: Op::Add {
+            vector: Values::Tensor {
+                shape: vec![1, seq, d],
+                data: eps,
+            },
+            coef: 1.0,
+        },
+        when: Default::default(),
+    }
+}
+
 /// Runs the trace of `tokens` (the last position is read).
 pub fn trace(
     model: &Model,
@@ -103,7 +134,6 @@ pub fn trace(
     if cfg.samples == 0 || cfg.batch == 0 {
         return Err(Error::Input("samples and batch must be at least 1".into()));
     }
-    let dev = model.device();
     let noise = match cfg.noise {
         Some(v) => v,
         None => {
@@ -113,18 +143,14 @@ pub fn trace(
             3.0 * var.max(0.0).sqrt()
         }
     };
-    let input = Input::single(tokens, dev)?;
     let points: Vec<HookPoint> = (0..n_layers).map(|l| cfg.kind.point(l)).collect();
     let mut rec = Hooks::none();
     for &p in &points {
         rec = rec.capture(p);
     }
-    let clean_logits = model.forward(&input, &mut rec)?;
+    let clean_logits = last_logits(model, tokens, &mut rec)?;
     let clean = rec.take_cache();
-    let clean_lp = {
-        let last = clean_logits.narrow(1, seq - 1, 1)?.squeeze(1)?;
-        candle_nn::ops::log_softmax(&last, candle_core::D::Minus1)?
-    };
+    let clean_lp = last_logprobs(&clean_logits)?;
     let clean_metric = metric_rows(&clean_logits, cfg.metric, Some(&clean_lp))?[0];
 
     let variants: Vec<(usize, usize)> = (0..n_layers)
@@ -136,25 +162,7 @@ pub fn trace(
     let mut rng = Rng::new(cfg.seed);
     let mut done = 0;
     for _ in 0..cfg.samples {
-        // One noise draw per sample, on the subject tokens' embeddings.
-        let mut eps = vec![0f32; seq * d];
-        for &p in &cfg.subject {
-            for (i, e) in rng.normal_vec(d, noise).into_iter().enumerate() {
-                eps[p * d + i] = e;
-            }
-        }
-        let corrupt_iv = Intervention {
-            at: HookPoint::Embed,
-            select: Selection::default(),
-            op: Op::Add {
-                vector: Values::Tensor {
-                    shape: vec![1, seq, d],
-                    data: eps.iter().map(|&x| x as f64).collect(),
-                },
-                coef: 1.0,
-            },
-            when: Default::default(),
-        };
+        let corrupt_iv = subject_noise(&mut rng, &cfg.subject, seq, d, noise);
         // The corrupted run: its metric, what the variants start from (residuals, keys and
         // values), the restored points (where restoring changes something) and MLP outputs
         // (severing).
@@ -165,7 +173,7 @@ pub fn trace(
         if cfg.severed {
             rec = rec.capture(Selector::parse("blocks.*.hook_mlp_out")?);
         }
-        let corrupt_logits = model.forward(&input, &mut rec)?;
+        let corrupt_logits = last_logits(model, tokens, &mut rec)?;
         let corrupted = rec.take_cache();
         let corrupt_m = metric_rows(&corrupt_logits, cfg.metric, Some(&clean_lp))?[0];
         corrupt_sum += corrupt_m;

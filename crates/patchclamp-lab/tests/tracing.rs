@@ -6,7 +6,7 @@ use candle_core::Device;
 use common::fixture;
 use patchclamp_core::load;
 use patchclamp_lab::patching::Metric;
-use patchclamp_lab::tracing::{trace, window, TraceConfig, TraceKind};
+use patchclamp_lab::tracing::{subject_noise, trace, window, TraceConfig, TraceKind};
 
 fn config(kind: TraceKind, window: usize, noise: Option<f64>) -> TraceConfig {
     TraceConfig {
@@ -20,6 +20,14 @@ fn config(kind: TraceKind, window: usize, noise: Option<f64>) -> TraceConfig {
         severed: false,
         batch: 16,
     }
+}
+
+/// The prompt every trace here runs on.
+fn cat_sat(m: &patchclamp_core::Loaded) -> Vec<u32> {
+    m.tokenizer()
+        .unwrap()
+        .prompt(&m.model.cfg, "The cat sat on the mat", None)
+        .unwrap()
 }
 
 #[test]
@@ -36,11 +44,7 @@ fn tracing_limits_hold_exactly() {
     let dev = Device::Cpu;
     for name in ["gpt2", "llama"] {
         let m = load(&fixture(name), &dev).unwrap();
-        let tokens = m
-            .tokenizer()
-            .unwrap()
-            .prompt(&m.model.cfg, "The cat sat on the mat", None)
-            .unwrap();
+        let tokens = cat_sat(&m);
         let (n, s) = (m.model.cfg.n_layers, tokens.len());
         // No noise: nothing to restore.
         let r = trace(
@@ -84,11 +88,7 @@ fn tracing_limits_hold_exactly() {
 fn tracing_is_deterministic_and_batch_independent() {
     let dev = Device::Cpu;
     let m = load(&fixture("gpt2"), &dev).unwrap();
-    let tokens = m
-        .tokenizer()
-        .unwrap()
-        .prompt(&m.model.cfg, "The cat sat on the mat", None)
-        .unwrap();
+    let tokens = cat_sat(&m);
     let cfg = config(TraceKind::Mlp, 2, None);
     let a = trace(&m.model, &tokens, &cfg, |_, _| {}).unwrap();
     let b = trace(
@@ -159,7 +159,7 @@ fn tracing_is_deterministic_and_batch_independent() {
 /// positions reused, unreached states skipped) change nothing beyond rounding (1e-5 absolute).
 #[test]
 fn traces_equal_one_full_forward_per_restoration() {
-    use patchclamp_core::hooks::{Positions, Values};
+    use patchclamp_core::hooks::Positions;
     use patchclamp_core::rng::Rng;
     use patchclamp_core::{HookPoint, Hooks, Input, Intervention, Op, Selection};
     let dev = Device::Cpu;
@@ -170,11 +170,7 @@ fn traces_equal_one_full_forward_per_restoration() {
         ("mistral", TraceKind::Mlp, 1, true),
     ] {
         let m = load(&fixture(name), &dev).unwrap();
-        let tokens = m
-            .tokenizer()
-            .unwrap()
-            .prompt(&m.model.cfg, "The cat sat on the mat", None)
-            .unwrap();
+        let tokens = cat_sat(&m);
         let (n, s, d) = (m.model.cfg.n_layers, tokens.len(), m.model.cfg.d_model);
         let cfg = TraceConfig {
             samples: 1,
@@ -183,26 +179,8 @@ fn traces_equal_one_full_forward_per_restoration() {
             ..config(kind, w, Some(0.7))
         };
         let r = trace(&m.model, &tokens, &cfg, |_, _| {}).unwrap();
-        // The one noise draw, as the trace makes it.
-        let mut rng = Rng::new(cfg.seed);
-        let mut eps = vec![0f64; s * d];
-        for &p in &cfg.subject {
-            for (i, e) in rng.normal_vec(d, 0.7).into_iter().enumerate() {
-                eps[p * d + i] = e as f64;
-            }
-        }
-        let noise = Intervention {
-            at: HookPoint::Embed,
-            select: Selection::default(),
-            op: Op::Add {
-                vector: Values::Tensor {
-                    shape: vec![1, s, d],
-                    data: eps,
-                },
-                coef: 1.0,
-            },
-            when: Default::default(),
-        };
+        // The trace's one noise draw (the first of its seeded stream).
+        let noise = subject_noise(&mut Rng::new(cfg.seed), &cfg.subject, s, d, 0.7);
         let input = Input::single(&tokens, &dev).unwrap();
         let point = |l: usize| match kind {
             TraceKind::Hidden => HookPoint::ResidPost(l),

@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::{Error, Result};
-use crate::hooks::{ActivationCache, HookPoint, HookPoint as P, Hooks, NormSite};
+use crate::hooks::{ActivationCache, HookPoint as P, Hooks, NormSite};
 use crate::input::Input;
 use crate::model::config::{Activation, Config, MlpKind, NormKind, Positions};
 use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
@@ -193,7 +193,7 @@ impl Model {
             let last_only = span.last_position_only
                 && l + 1 == n
                 && stop == n
-                && !HookPoint::all(&self.cfg)
+                && !P::all(&self.cfg)
                     .into_iter()
                     .any(|p| p.layer() == Some(l) && p.is_query_side() && hooks.wants(p));
             resid = self.block(l, block, resid, &ctx, hooks, last_only)?;
