@@ -68,6 +68,10 @@ pub struct TrainArgs {
     warmup: u64,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Train through the hooked forward and candle's backward (the path of steps with an
+    /// intervention in force) instead of the fused step.
+    #[arg(long)]
+    hooked: bool,
     #[arg(long)]
     json: bool,
 }
@@ -148,6 +152,8 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         checkpoint_every: 0,
     };
     let mut tr = Trainer::new(cfg.clone(), 0, spec)?;
+    tr.set_fused(!a.hooked);
+    let path = if tr.fused_at(0) { "fused" } else { "hooked" };
     for _ in 0..a.warmup {
         tr.train_step(&task)?;
     }
@@ -159,13 +165,13 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let row = serde_json::json!({
         "shape": a.shape, "framework": "patchclamp", "params": cfg.n_params(),
         "steps_per_s": a.steps as f64 / secs, "ms_per_step": 1e3 * secs / a.steps as f64,
-        "threads": a.threads,
+        "threads": a.threads, "path": path,
     });
     if a.json {
         println!("{row}");
     } else {
         println!(
-            "{} ({} params): {:.1} steps/s ({:.1} ms/step), {} threads",
+            "{} ({} params, {path} step): {:.1} steps/s ({:.1} ms/step), {} threads",
             a.shape,
             cfg.n_params(),
             a.steps as f64 / secs,

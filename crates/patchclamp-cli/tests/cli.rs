@@ -343,7 +343,9 @@ fn small_experiment(dir: &std::path::Path, steps: u64, extra: &str) -> PathBuf {
 #[test]
 fn train_resumes_after_a_kill_with_the_same_log() {
     let dir = tmp("train");
-    let clamp = "[[interventions]]\nat = \"blocks.0.attn.hook_pattern\"\nselect = { heads = [1] }\nop = { kind = \"prev_token\" }\n";
+    // A clamp held for steps 50..1000: the steps outside it take the fused step, so the run
+    // crosses both training paths.
+    let clamp = "[[interventions]]\nat = \"blocks.0.attn.hook_pattern\"\nselect = { heads = [1] }\nop = { kind = \"prev_token\" }\nwhen = { from = 50, until = 1000 }\n";
     let exp = small_experiment(&dir, 1500, clamp);
     let whole = dir.join("whole");
     ok(bin()
@@ -399,6 +401,29 @@ fn train_resumes_after_a_kill_with_the_same_log() {
     let b = std::fs::read(killed.join("checkpoint.safetensors")).unwrap();
     assert_eq!(a, b, "final checkpoints are byte-identical");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_train_times_either_training_path() {
+    for (flag, path) in [(None, "fused"), (Some("--hooked"), "hooked")] {
+        let mut cmd = bin();
+        cmd.args([
+            "bench",
+            "train",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+        ])
+        .arg("--json");
+        cmd.args(flag);
+        let row: serde_json::Value = serde_json::from_str(&ok(cmd.output().unwrap())).unwrap();
+        assert_eq!(row["path"], path);
+        assert_eq!(row["params"], 45_440);
+        assert!(row["ms_per_step"].as_f64().unwrap() > 0.0, "{row}");
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! on `W_Q` and `W_K`, while its `W_V` and `W_O` still learn.
 
 mod checkpoint;
+mod fused_step;
 mod loss;
 mod model_spec;
 mod optim;
@@ -27,6 +28,7 @@ use patchclamp_core::hooks::{ActivationCache, HookPoint, Op};
 use patchclamp_core::model::Weights;
 use patchclamp_core::rng::Rng;
 use patchclamp_core::{Config, Error, Hooks, Intervention, Model, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::tasks::{Batch, Task};
@@ -118,6 +120,10 @@ pub struct Trainer {
     /// Updates done.
     pub step: u64,
     rng: Rng,
+    /// The tape-free step for models of its family (`None` outside it).
+    fused: Option<fused_step::FusedStep>,
+    /// Whether steps with no intervention in force take the fused step.
+    use_fused: bool,
 }
 
 impl Trainer {
@@ -142,6 +148,11 @@ impl Trainer {
             .map(|(_, v)| spec.optim.init(v.elem_count()))
             .collect();
         let rng = Rng::new(spec.seed);
+        let shapes: Vec<(&str, usize)> = params
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.elem_count()))
+            .collect();
+        let fused = fused_step::FusedStep::new(&cfg, &shapes);
         Ok(Trainer {
             model: Model::new(cfg, weights)?,
             params,
@@ -152,7 +163,24 @@ impl Trainer {
             sources: vec![],
             step: 0,
             rng,
+            fused,
+            use_fused: true,
         })
+    }
+
+    /// Chooses whether steps with no intervention in force use the fused training step (the
+    /// default) or, like every other step, the hooked forward with candle's backward. The two
+    /// agree to rounding; turning it off reproduces the hooked path's numbers exactly.
+    pub fn set_fused(&mut self, on: bool) {
+        self.use_fused = on;
+    }
+
+    /// Whether the step at `step` takes the fused path: a model of its family, the path on,
+    /// and no intervention in force.
+    pub fn fused_at(&self, step: u64) -> bool {
+        self.use_fused
+            && self.fused.is_some()
+            && !self.interventions.iter().any(|iv| iv.when.active(step))
     }
 
     /// Holds `ivs` in place during training (checked against the model now).
@@ -304,7 +332,8 @@ impl Trainer {
         mean_loss(&logits, batch, task.classes())
     }
 
-    /// Gradients of the loss on `batch` for every parameter (zeros where none flows).
+    /// Gradients of the loss on `batch` for every parameter (zeros where none flows), through
+    /// the hooked forward and candle's backward whatever the step.
     pub fn gradients(&self, task: &dyn Task, batch: &Batch) -> Result<(f32, Vec<Tensor>)> {
         let loss = self.loss(task, batch, self.step)?;
         let value = loss.to_scalar::<f32>()?;
@@ -326,33 +355,83 @@ impl Trainer {
         Ok((value, out))
     }
 
+    /// The loss on `batch` and its gradients (flattened, in [`Trainer::params`] order) from the
+    /// fused step, which takes no interventions; an error for a model outside its family.
+    pub fn fused_gradients(
+        &mut self,
+        task: &dyn Task,
+        batch: &Batch,
+    ) -> Result<(f32, Vec<Vec<f32>>)> {
+        let values = self.values()?;
+        self.fused_gradients_at(&values, task, batch)
+    }
+
+    /// The parameters' current values, flattened, in [`Trainer::params`] order.
+    fn values(&self) -> Result<Vec<Vec<f32>>> {
+        Ok(self
+            .params
+            .iter()
+            .map(|(_, v)| v.flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<Vec<_>>>()?)
+    }
+
+    fn fused_gradients_at(
+        &mut self,
+        values: &[Vec<f32>],
+        task: &dyn Task,
+        batch: &Batch,
+    ) -> Result<(f32, Vec<Vec<f32>>)> {
+        let step = self.step;
+        let fused = self.fused.as_mut().ok_or_else(|| {
+            Error::Input("the fused training step does not support this model".into())
+        })?;
+        let (value, grads) = fused.loss_and_grads(values, batch, task.classes())?;
+        if !value.is_finite() {
+            return Err(Error::Numeric(format!(
+                "training loss became {value} at step {step}; lower the learning rate or add clipping"
+            )));
+        }
+        Ok((value, grads))
+    }
+
     /// Draws a batch from the data stream and does one update.
     pub fn train_step(&mut self, task: &dyn Task) -> Result<StepStats> {
         let batch = task.batch(&mut self.rng, self.spec.batch);
-        let (loss, grads) = self.gradients(task, &batch)?;
-        let mut gs: Vec<Vec<f32>> = grads
-            .iter()
-            .map(|g| g.flatten_all()?.to_vec1::<f32>())
-            .collect::<candle_core::Result<_>>()?;
-        let norm = gs
-            .iter()
-            .flatten()
-            .map(|&x| (x as f64) * (x as f64))
-            .sum::<f64>()
-            .sqrt();
+        let mut values = self.values()?;
+        let (loss, mut gs) = if self.fused_at(self.step) {
+            self.fused_gradients_at(&values, task, &batch)?
+        } else {
+            let (loss, grads) = self.gradients(task, &batch)?;
+            let gs = grads
+                .iter()
+                .map(|g| g.flatten_all()?.to_vec1::<f32>())
+                .collect::<candle_core::Result<_>>()?;
+            (loss, gs)
+        };
+        // Per-tensor sums in parallel, added in a fixed order: deterministic.
+        let squares: Vec<f64> = gs
+            .par_iter()
+            .map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .collect();
+        let norm = squares.iter().sum::<f64>().sqrt();
         if let Some(c) = self.spec.clip {
             if norm > c {
                 let f = (c / (norm + 1e-6)) as f32;
-                gs.iter_mut().flatten().for_each(|x| *x *= f);
+                gs.par_iter_mut()
+                    .for_each(|g| g.iter_mut().for_each(|x| *x *= f));
             }
         }
         let lr = self.spec.lr.at(self.step, self.spec.steps);
         let t = self.step + 1;
-        for (((name, var), g), st) in self.params.iter().zip(&gs).zip(self.state.iter_mut()) {
-            let mut p = var.flatten_all()?.to_vec1::<f32>()?;
+        for (((name, var), (p, g)), st) in self
+            .params
+            .iter()
+            .zip(values.iter_mut().zip(&gs))
+            .zip(self.state.iter_mut())
+        {
             let frozen = self.frozen.get(name).map_or(&[][..], |m| m.as_slice());
-            self.spec.optim.update(&mut p, g, st, t, lr, frozen);
-            var.set(&Tensor::from_vec(p, var.dims(), &Device::Cpu)?)?;
+            self.spec.optim.update_parallel(p, g, st, t, lr, frozen);
+            var.set(&Tensor::from_slice(p, var.dims(), &Device::Cpu)?)?;
         }
         self.step = t;
         Ok(StepStats {

@@ -1,6 +1,7 @@
 //! Optimisers (SGD, Adam, AdamW) and learning-rate schedules, on plain f32 buffers so an
 //! update is deterministic and its state saves and restores exactly.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Which update rule.
@@ -174,6 +175,96 @@ impl OptimSpec {
         lr: f64,
         frozen: &[bool],
     ) {
+        self.update_part(p, g, &mut s.m, &mut s.v, t, lr, frozen)
+    }
+
+    /// [`OptimSpec::update`] of a whole parameter split into pieces updated in parallel (each
+    /// element's arithmetic is the same, so the result does not depend on the split).
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_parallel(
+        &self,
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut Moments,
+        t: u64,
+        lr: f64,
+        frozen: &[bool],
+    ) {
+        const PIECE: usize = 1 << 14;
+        let n = p.len();
+        if n <= PIECE || rayon::current_num_threads() == 1 {
+            return self.update(p, g, s, t, lr, frozen);
+        }
+        // Optional state and mask split alongside (empty ones stay empty).
+        fn split(v: &mut [f32], pieces: usize) -> Vec<&mut [f32]> {
+            if v.is_empty() {
+                (0..pieces).map(|_| &mut [][..]).collect()
+            } else {
+                v.chunks_mut(PIECE).collect()
+            }
+        }
+        let pieces = n.div_ceil(PIECE);
+        let (ms, vs) = (split(&mut s.m, pieces), split(&mut s.v, pieces));
+        let fz: Vec<&[bool]> = if frozen.is_empty() {
+            vec![&[]; pieces]
+        } else {
+            frozen.chunks(PIECE).collect()
+        };
+        p.par_chunks_mut(PIECE)
+            .zip(g.par_chunks(PIECE))
+            .zip(ms.into_par_iter().zip(vs))
+            .zip(fz)
+            .for_each(|(((p, g), (m, v)), f)| self.update_part(p, g, m, v, t, lr, f));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update_part(
+        &self,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        t: u64,
+        lr: f64,
+        frozen: &[bool],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { self.update_avx512(p, g, m, v, t, lr, frozen) };
+        }
+        self.update_generic(p, g, m, v, t, lr, frozen)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn update_avx512(
+        &self,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        t: u64,
+        lr: f64,
+        frozen: &[bool],
+    ) {
+        self.update_generic(p, g, m, v, t, lr, frozen)
+    }
+
+    /// The update rules, written element by element (the same arithmetic at any vector width).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn update_generic(
+        &self,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        t: u64,
+        lr: f64,
+        frozen: &[bool],
+    ) {
         let lr = lr as f32;
         let live = |i: usize| frozen.is_empty() || !frozen[i];
         match *self {
@@ -184,9 +275,9 @@ impl OptimSpec {
                 let (mu, wd) = (momentum as f32, weight_decay as f32);
                 for i in (0..p.len()).filter(|&i| live(i)) {
                     let mut d = g[i] + wd * p[i];
-                    if !s.m.is_empty() {
-                        s.m[i] = mu * s.m[i] + d;
-                        d = s.m[i];
+                    if !m.is_empty() {
+                        m[i] = mu * m[i] + d;
+                        d = m[i];
                     }
                     p[i] -= lr * d;
                 }
@@ -207,15 +298,25 @@ impl OptimSpec {
                 let (b1, b2, e, wd) = (beta1 as f32, beta2 as f32, eps as f32, weight_decay as f32);
                 let c1 = 1.0 - beta1.powi(t as i32) as f32;
                 let c2 = 1.0 - beta2.powi(t as i32) as f32;
-                for i in (0..p.len()).filter(|&i| live(i)) {
-                    let gi = if decoupled { g[i] } else { g[i] + wd * p[i] };
-                    s.m[i] = b1 * s.m[i] + (1.0 - b1) * gi;
-                    s.v[i] = b2 * s.v[i] + (1.0 - b2) * gi * gi;
-                    let step = (s.m[i] / c1) / ((s.v[i] / c2).sqrt() + e);
+                let one = |p: &mut f32, g: f32, m: &mut f32, v: &mut f32| {
+                    let gi = if decoupled { g } else { g + wd * *p };
+                    *m = b1 * *m + (1.0 - b1) * gi;
+                    *v = b2 * *v + (1.0 - b2) * gi * gi;
+                    let step = (*m / c1) / ((*v / c2).sqrt() + e);
                     if decoupled {
-                        p[i] -= lr * wd * p[i];
+                        *p -= lr * wd * *p;
                     }
-                    p[i] -= lr * step;
+                    *p -= lr * step;
+                };
+                if frozen.is_empty() {
+                    // Zipped, no indices: the loop vectorises.
+                    for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v)) {
+                        one(p, g, m, v);
+                    }
+                } else {
+                    for i in (0..p.len()).filter(|&i| live(i)) {
+                        one(&mut p[i], g[i], &mut m[i], &mut v[i]);
+                    }
                 }
             }
         }

@@ -1,0 +1,1001 @@
+//! The fused training step: loss and gradients of the lab's attention-only models in one
+//! hand-written forward and backward pass, without candle's tape.
+//!
+//! A step of a model this small is mostly bookkeeping under candle (a zeroed gradient and an
+//! add per graph node, thread wake-ups between small ops); here the batch is cut into chunks of
+//! whole sequences, each chunk runs forward and backward on one thread with single-threaded
+//! matrix products (its working set stays in cache), and the chunks' weight gradients are summed
+//! in a fixed order, so the numbers do not depend on the thread count. The trainer takes this
+//! path only for steps with no intervention in force and a model of the family below; any
+//! other step goes through the hooked forward and candle's backward. Both agree to 1e-5
+//! (tested).
+//!
+//! The family: learned positions, pre-LayerNorm attention-only blocks without biases, a final
+//! LayerNorm and an untied unembedding without bias — the lab's default `ModelSpec`.
+
+use std::ops::Range;
+
+use patchclamp_core::model::kernels::exp_approx;
+use patchclamp_core::model::{MlpKind, NormKind, Positions};
+use patchclamp_core::{Config, Error, Result};
+use rayon::prelude::*;
+
+use crate::tasks::Batch;
+
+/// Tokens per chunk: large enough for efficient products, small enough to stay in cache.
+const CHUNK_TOKENS: usize = 512;
+
+/// Rows of attention computed together: causal blocks skip the keys no query of the block sees.
+const BLOCK: usize = 16;
+
+/// The sizes of a model of the fused family.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Dims {
+    layers: usize,
+    d: usize,
+    heads: usize,
+    d_head: usize,
+    vocab: usize,
+    n_ctx: usize,
+    eps: f32,
+    scale: f32,
+}
+
+impl Dims {
+    /// Width of the attention's heads together.
+    fn attn(&self) -> usize {
+        self.heads * self.d_head
+    }
+}
+
+/// Where each tensor of one block sits in the trainer's parameter list.
+#[derive(Debug, Clone, Copy)]
+struct BlockIdx {
+    ln_w: usize,
+    ln_b: usize,
+    w_q: usize,
+    w_k: usize,
+    w_v: usize,
+    w_o: usize,
+}
+
+/// A compiled training step for one model: parameter positions and reusable chunk buffers.
+pub(crate) struct FusedStep {
+    dims: Dims,
+    w_e: usize,
+    w_pos: usize,
+    blocks: Vec<BlockIdx>,
+    lnf_w: usize,
+    lnf_b: usize,
+    w_u: usize,
+    /// Element counts of the trainer's parameters.
+    sizes: Vec<usize>,
+    /// Buffers of each chunk, kept between steps (allocating them costs page faults).
+    work: Vec<Work>,
+}
+
+/// The weights of one step in the layout the kernels read.
+struct Params<'a> {
+    w_e: &'a [f32],
+    w_pos: &'a [f32],
+    ln_w: Vec<&'a [f32]>,
+    ln_b: Vec<&'a [f32]>,
+    /// `[d, 3·attn]`: `W_Q | W_K | W_V` side by side, one product for all three.
+    w_qkv: Vec<Vec<f32>>,
+    w_o: Vec<&'a [f32]>,
+    lnf_w: &'a [f32],
+    lnf_b: &'a [f32],
+    w_u: &'a [f32],
+}
+
+/// One chunk's gradients, laid out as [`Params`].
+#[derive(Default)]
+struct Grads {
+    w_e: Vec<f32>,
+    w_pos: Vec<f32>,
+    ln_w: Vec<Vec<f32>>,
+    ln_b: Vec<Vec<f32>>,
+    w_qkv: Vec<Vec<f32>>,
+    w_o: Vec<Vec<f32>>,
+    lnf_w: Vec<f32>,
+    lnf_b: Vec<f32>,
+    w_u: Vec<f32>,
+}
+
+/// Saved activations of one layer of a chunk.
+#[derive(Default)]
+struct LayerActs {
+    /// LayerNorm input centred and scaled `[T, d]`, and `1/scale` `[T]`.
+    xhat: Vec<f32>,
+    rstd: Vec<f32>,
+    /// LayerNorm output `[T, d]`.
+    h: Vec<f32>,
+    /// `[T, 3·attn]`: queries, keys, values.
+    qkv: Vec<f32>,
+    /// Patterns `[R, H, S, S]` (zero above the diagonal).
+    p: Vec<f32>,
+    /// Head outputs before `W_O` `[T, attn]`.
+    z: Vec<f32>,
+}
+
+/// A chunk's buffers.
+#[derive(Default)]
+struct Work {
+    /// `(tokens, sequence length)` the buffers are sized for.
+    size: (usize, usize),
+    layers: Vec<LayerActs>,
+    resid: Vec<f32>,
+    /// The final norm's saved activations (no attention parts).
+    last: LayerActs,
+    logits: Vec<f32>,
+    d_resid: Vec<f32>,
+    d_h: Vec<f32>,
+    d_z: Vec<f32>,
+    d_qkv: Vec<f32>,
+    d_p: Vec<f32>,
+    grads: Grads,
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) {
+    v.clear();
+    v.resize(n, 0.0);
+}
+
+impl Work {
+    /// Sizes the buffers for `tokens` tokens of `s`-token sequences and zeroes the gradients
+    /// that accumulate. Every other buffer is overwritten before it is read, except the
+    /// patterns' masked corners, which stay zero while the size stays the same.
+    fn prepare(&mut self, dims: &Dims, tokens: usize, s: usize) {
+        let (d, a, v) = (dims.d, dims.attn(), dims.vocab);
+        if self.size == (tokens, s) {
+            let g = &mut self.grads;
+            for x in [&mut g.w_e, &mut g.w_pos, &mut g.lnf_w, &mut g.lnf_b] {
+                x.fill(0.0);
+            }
+            g.ln_w
+                .iter_mut()
+                .chain(&mut g.ln_b)
+                .for_each(|x| x.fill(0.0));
+            return;
+        }
+        let rows = tokens / s;
+        self.size = (tokens, s);
+        self.layers.resize_with(dims.layers, Default::default);
+        for l in &mut self.layers {
+            resize(&mut l.xhat, tokens * d);
+            resize(&mut l.rstd, tokens);
+            resize(&mut l.h, tokens * d);
+            resize(&mut l.qkv, tokens * 3 * a);
+            resize(&mut l.p, rows * dims.heads * s * s);
+            resize(&mut l.z, tokens * a);
+        }
+        resize(&mut self.last.xhat, tokens * d);
+        resize(&mut self.last.rstd, tokens);
+        resize(&mut self.last.h, tokens * d);
+        for (buf, n) in [
+            (&mut self.resid, tokens * d),
+            (&mut self.logits, tokens * v),
+            (&mut self.d_resid, tokens * d),
+            (&mut self.d_h, tokens * d),
+            (&mut self.d_z, tokens * a),
+            (&mut self.d_qkv, tokens * 3 * a),
+            (&mut self.d_p, s * s),
+        ] {
+            resize(buf, n);
+        }
+        let g = &mut self.grads;
+        resize(&mut g.w_e, v * d);
+        resize(&mut g.w_pos, dims.n_ctx * d);
+        for list in [&mut g.ln_w, &mut g.ln_b] {
+            list.resize_with(dims.layers, Vec::new);
+            list.iter_mut().for_each(|x| resize(x, d));
+        }
+        g.w_qkv.resize_with(dims.layers, Vec::new);
+        g.w_qkv.iter_mut().for_each(|x| resize(x, d * 3 * a));
+        g.w_o.resize_with(dims.layers, Vec::new);
+        g.w_o.iter_mut().for_each(|x| resize(x, a * d));
+        resize(&mut g.lnf_w, d);
+        resize(&mut g.lnf_b, d);
+        resize(&mut g.w_u, d * v);
+    }
+}
+
+impl FusedStep {
+    /// The step for a model with `cfg` whose parameters are `(name, element count)` in the
+    /// trainer's order, or `None` when the model is outside the fused family.
+    pub(crate) fn new(cfg: &Config, params: &[(&str, usize)]) -> Option<FusedStep> {
+        let family = cfg.norm == NormKind::LayerNorm
+            && cfg.final_norm
+            && matches!(cfg.positions, Positions::Learned)
+            && matches!(cfg.mlp, MlpKind::None)
+            && cfg.n_kv_heads == cfg.n_heads
+            && !cfg.qkv_bias
+            && !cfg.o_bias
+            && !cfg.tied_embeddings
+            && !cfg.unembed_bias
+            && cfg.sliding_window.is_none()
+            && cfg.n_layers > 0;
+        if !family {
+            return None;
+        }
+        let find = |n: &str| params.iter().position(|(x, _)| *x == n);
+        let blocks = (0..cfg.n_layers)
+            .map(|l| {
+                Some(BlockIdx {
+                    ln_w: find(&format!("blocks.{l}.ln1.w"))?,
+                    ln_b: find(&format!("blocks.{l}.ln1.b"))?,
+                    w_q: find(&format!("blocks.{l}.attn.W_Q"))?,
+                    w_k: find(&format!("blocks.{l}.attn.W_K"))?,
+                    w_v: find(&format!("blocks.{l}.attn.W_V"))?,
+                    w_o: find(&format!("blocks.{l}.attn.W_O"))?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        // The only other tensors allowed are the second norms of attention-only blocks, which
+        // nothing reads (their gradient is zero); anything else means a different model.
+        let unused = params.iter().filter(|(n, _)| n.contains(".ln2.")).count();
+        if params.len() != 6 * cfg.n_layers + 5 + unused {
+            return None;
+        }
+        Some(FusedStep {
+            dims: Dims {
+                layers: cfg.n_layers,
+                d: cfg.d_model,
+                heads: cfg.n_heads,
+                d_head: cfg.d_head,
+                vocab: cfg.d_vocab,
+                n_ctx: cfg.n_ctx,
+                eps: cfg.norm_eps as f32,
+                scale: (1.0 / cfg.attn_scale) as f32,
+            },
+            w_e: find("embed.W_E")?,
+            w_pos: find("pos_embed.W_pos")?,
+            blocks,
+            lnf_w: find("ln_final.w")?,
+            lnf_b: find("ln_final.b")?,
+            w_u: find("unembed.W_U")?,
+            sizes: params.iter().map(|(_, n)| *n).collect(),
+            work: vec![],
+        })
+    }
+
+    /// The weighted mean next-token loss of `batch` (over the logits of `classes`, if given)
+    /// and its gradient for every parameter (`params` in the trainer's order, flattened).
+    pub(crate) fn loss_and_grads(
+        &mut self,
+        params: &[Vec<f32>],
+        batch: &Batch,
+        classes: Option<Range<usize>>,
+    ) -> Result<(f32, Vec<Vec<f32>>)> {
+        let dims = self.dims;
+        let (b, s) = batch.dims();
+        self.check(params, batch, classes.as_ref())?;
+        let total: f64 = batch.weights.iter().flatten().map(|&w| w as f64).sum();
+        if total <= 0.0 {
+            return Err(Error::Input(
+                "the batch has no position with a positive loss weight".into(),
+            ));
+        }
+        let (d, a) = (dims.d, dims.attn());
+        let qkv = |l: usize| {
+            let bi = self.blocks[l];
+            let mut w = vec![0f32; d * 3 * a];
+            for (part, &idx) in [bi.w_q, bi.w_k, bi.w_v].iter().enumerate() {
+                for (row, src) in w.chunks_mut(3 * a).zip(params[idx].chunks(a)) {
+                    row[part * a..(part + 1) * a].copy_from_slice(src);
+                }
+            }
+            w
+        };
+        let p = Params {
+            w_e: &params[self.w_e],
+            w_pos: &params[self.w_pos],
+            ln_w: self.blocks.iter().map(|x| &params[x.ln_w][..]).collect(),
+            ln_b: self.blocks.iter().map(|x| &params[x.ln_b][..]).collect(),
+            w_qkv: (0..dims.layers).map(qkv).collect(),
+            w_o: self.blocks.iter().map(|x| &params[x.w_o][..]).collect(),
+            lnf_w: &params[self.lnf_w],
+            lnf_b: &params[self.lnf_b],
+            w_u: &params[self.w_u],
+        };
+        let rows_per_chunk = CHUNK_TOKENS.div_ceil(s).clamp(1, b);
+        let chunks: Vec<Range<usize>> = (0..b)
+            .step_by(rows_per_chunk)
+            .map(|r| r..(r + rows_per_chunk).min(b))
+            .collect();
+        self.work.resize_with(chunks.len(), Default::default);
+        let cls = classes.unwrap_or(0..dims.vocab);
+        let inv_total = (1.0 / total) as f32;
+        let job = |(rows, w): (&Range<usize>, &mut Work)| {
+            w.prepare(&dims, rows.len() * s, s);
+            chunk_pass(&dims, &p, batch, rows.clone(), s, &cls, inv_total, w)
+        };
+        let sums: Vec<f64> = if rayon::current_num_threads() > 1 && chunks.len() > 1 {
+            chunks
+                .par_iter()
+                .zip(self.work.par_iter_mut())
+                .map(job)
+                .collect()
+        } else {
+            chunks.iter().zip(self.work.iter_mut()).map(job).collect()
+        };
+        let loss = (sums.iter().sum::<f64>() / total) as f32;
+        Ok((loss, self.reduce(chunks.len())))
+    }
+
+    /// Rejects a batch or parameter list the step cannot take, with the reason.
+    fn check(
+        &self,
+        params: &[Vec<f32>],
+        batch: &Batch,
+        classes: Option<&Range<usize>>,
+    ) -> Result<()> {
+        let dims = &self.dims;
+        let (b, s) = batch.dims();
+        let sizes = params.iter().map(Vec::len);
+        if params.len() != self.sizes.len() || !sizes.eq(self.sizes.iter().copied()) {
+            return Err(Error::Input(
+                "fused step: the parameters do not match the model it was built for".into(),
+            ));
+        }
+        if b == 0 || s == 0 || s > dims.n_ctx {
+            return Err(Error::Input(format!(
+                "fused step: batch of {b} rows × {s} positions (the model takes at most {} positions)",
+                dims.n_ctx
+            )));
+        }
+        let square = batch.targets.len() == b
+            && batch.weights.len() == b
+            && (0..b).all(|r| {
+                [
+                    batch.tokens[r].len(),
+                    batch.targets[r].len(),
+                    batch.weights[r].len(),
+                ] == [s; 3]
+            });
+        if !square {
+            return Err(Error::Input("fused step: rows of different lengths".into()));
+        }
+        let cls = classes.cloned().unwrap_or(0..dims.vocab);
+        if cls.is_empty() || cls.end > dims.vocab {
+            return Err(Error::Input(format!(
+                "classes {cls:?} outside the vocabulary of {}",
+                dims.vocab
+            )));
+        }
+        for (r, (toks, tgts)) in batch.tokens.iter().zip(&batch.targets).enumerate() {
+            for (t, (&x, &y)) in toks.iter().zip(tgts).enumerate() {
+                let scored = batch.weights[r][t] > 0.0;
+                if x as usize >= dims.vocab || (scored && !cls.contains(&(y as usize))) {
+                    return Err(Error::Input(format!(
+                        "row {r} position {t}: token {x} / target {y} outside the vocabulary {} or classes {cls:?}",
+                        dims.vocab
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The chunks' gradients summed in chunk order, in the trainer's parameter order.
+    fn reduce(&self, chunks: usize) -> Vec<Vec<f32>> {
+        let dims = &self.dims;
+        let a = dims.attn();
+        let work = &self.work[..chunks];
+        // Pieces of each tensor in parallel; every element adds the chunks in chunk order.
+        let sum = |pick: &(dyn Fn(&Grads) -> &[f32] + Sync)| {
+            let mut acc = pick(&work[0].grads).to_vec();
+            const PIECE: usize = 1 << 13;
+            acc.par_chunks_mut(PIECE).enumerate().for_each(|(i, acc)| {
+                for w in &work[1..] {
+                    let part = &pick(&w.grads)[i * PIECE..][..acc.len()];
+                    acc.iter_mut().zip(part).for_each(|(x, &y)| *x += y);
+                }
+            });
+            acc
+        };
+        // Tensors nothing reads (an attention-only block's second norm) keep zero gradients.
+        let mut out: Vec<Vec<f32>> = self.sizes.iter().map(|&n| vec![0.0; n]).collect();
+        out[self.w_e] = sum(&|g| &g.w_e);
+        out[self.w_pos] = sum(&|g| &g.w_pos);
+        for (l, bi) in self.blocks.iter().enumerate() {
+            out[bi.ln_w] = sum(&|g| &g.ln_w[l]);
+            out[bi.ln_b] = sum(&|g| &g.ln_b[l]);
+            out[bi.w_o] = sum(&|g| &g.w_o[l]);
+            let qkv = sum(&|g| &g.w_qkv[l]);
+            for (part, idx) in [bi.w_q, bi.w_k, bi.w_v].into_iter().enumerate() {
+                out[idx] = qkv
+                    .chunks(3 * a)
+                    .flat_map(|row| &row[part * a..(part + 1) * a])
+                    .copied()
+                    .collect();
+            }
+        }
+        out[self.lnf_w] = sum(&|g| &g.lnf_w);
+        out[self.lnf_b] = sum(&|g| &g.lnf_b);
+        out[self.w_u] = sum(&|g| &g.w_u);
+        out
+    }
+}
+
+/// `dst[m×n]` (row stride `dst_rs`) `= (acc ? dst : 0) + alpha·A·B`, where `A(i, p) =
+/// a[i·a_st.0 + p·a_st.1]` and `B(p, j) = b[p·b_st.0 + j·b_st.1]`: strides make transposes free.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn mm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: &[f32],
+    a_st: (usize, usize),
+    b: &[f32],
+    b_st: (usize, usize),
+    alpha: f32,
+    acc: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k > 0, "mm: empty inner dimension");
+    assert!(m == 1 || dst_rs >= n, "mm: output rows overlap");
+    assert!(
+        (m - 1) * dst_rs + n <= dst.len(),
+        "mm: output out of bounds"
+    );
+    assert!(
+        (m - 1) * a_st.0 + (k - 1) * a_st.1 < a.len(),
+        "mm: lhs out of bounds"
+    );
+    assert!(
+        (k - 1) * b_st.0 + (n - 1) * b_st.1 < b.len(),
+        "mm: rhs out of bounds"
+    );
+    // SAFETY: the asserts above keep every address gemm forms inside the three slices, and the
+    // output rows do not overlap each other or the inputs (`dst` is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            acc,
+            a.as_ptr(),
+            a_st.1 as isize,
+            a_st.0 as isize,
+            b.as_ptr(),
+            b_st.1 as isize,
+            b_st.0 as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Causal blocks of `s` query rows: `(first row, end row)`; a block's queries see keys
+/// `0..end`.
+fn blocks(s: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..s).step_by(BLOCK).map(move |i| (i, (i + BLOCK).min(s)))
+}
+
+/// Forward and backward of one chunk (rows `rows` of the batch); returns its weighted loss sum
+/// and leaves its gradients in `w.grads`.
+#[allow(clippy::too_many_arguments)]
+fn chunk_pass(
+    dims: &Dims,
+    p: &Params,
+    batch: &Batch,
+    rows: Range<usize>,
+    s: usize,
+    cls: &Range<usize>,
+    inv_total: f32,
+    w: &mut Work,
+) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { chunk_pass_avx512(dims, p, batch, rows, s, cls, inv_total, w) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { chunk_pass_avx2(dims, p, batch, rows, s, cls, inv_total, w) };
+        }
+    }
+    chunk_pass_generic(dims, p, batch, rows, s, cls, inv_total, w)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn chunk_pass_avx512(
+    dims: &Dims,
+    p: &Params,
+    batch: &Batch,
+    rows: Range<usize>,
+    s: usize,
+    cls: &Range<usize>,
+    inv_total: f32,
+    w: &mut Work,
+) -> f64 {
+    chunk_pass_generic(dims, p, batch, rows, s, cls, inv_total, w)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn chunk_pass_avx2(
+    dims: &Dims,
+    p: &Params,
+    batch: &Batch,
+    rows: Range<usize>,
+    s: usize,
+    cls: &Range<usize>,
+    inv_total: f32,
+    w: &mut Work,
+) -> f64 {
+    chunk_pass_generic(dims, p, batch, rows, s, cls, inv_total, w)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn chunk_pass_generic(
+    dims: &Dims,
+    p: &Params,
+    batch: &Batch,
+    rows: Range<usize>,
+    s: usize,
+    cls: &Range<usize>,
+    inv_total: f32,
+    w: &mut Work,
+) -> f64 {
+    let (d, a, v, t) = (dims.d, dims.attn(), dims.vocab, w.size.0);
+    let tokens = || {
+        batch.tokens[rows.clone()]
+            .iter()
+            .flat_map(|r| r.iter().enumerate())
+    };
+
+    // Forward: x₀ = W_E[token] + W_pos[position].
+    for ((pos, &tok), x) in tokens().zip(w.resid.chunks_mut(d)) {
+        let (e, q) = (&p.w_e[tok as usize * d..][..d], &p.w_pos[pos * d..][..d]);
+        x.iter_mut()
+            .zip(e.iter().zip(q))
+            .for_each(|(x, (e, q))| *x = e + q);
+    }
+    for l in 0..dims.layers {
+        let acts = &mut w.layers[l];
+        layer_norm(&w.resid, d, dims.eps, p.ln_w[l], p.ln_b[l], acts);
+        mm(
+            (t, 3 * a, d),
+            &mut acts.qkv,
+            3 * a,
+            &acts.h,
+            (d, 1),
+            &p.w_qkv[l],
+            (3 * a, 1),
+            1.0,
+            false,
+        );
+        attention(dims, s, acts);
+        // x += z · W_O
+        mm(
+            (t, d, a),
+            &mut w.resid,
+            d,
+            &acts.z,
+            (a, 1),
+            p.w_o[l],
+            (d, 1),
+            1.0,
+            true,
+        );
+    }
+    let fin = &mut w.last;
+    layer_norm(&w.resid, d, dims.eps, p.lnf_w, p.lnf_b, fin);
+    mm(
+        (t, v, d),
+        &mut w.logits,
+        v,
+        &fin.h,
+        (d, 1),
+        p.w_u,
+        (v, 1),
+        1.0,
+        false,
+    );
+
+    // Loss, and its gradient in place of the logits: (softmax − onehot) · weight / Σ weights
+    // over the class columns, zero elsewhere.
+    let mut loss = 0f64;
+    let scored = batch.targets[rows.clone()]
+        .iter()
+        .zip(&batch.weights[rows.clone()])
+        .flat_map(|(t, w)| t.iter().zip(w));
+    for ((&tgt, &wt), row) in scored.zip(w.logits.chunks_mut(v)) {
+        if wt > 0.0 {
+            let z = &mut row[cls.clone()];
+            let max = max16(z);
+            let x_t = z[tgt as usize - cls.start];
+            z.iter_mut().for_each(|x| *x = exp_approx(*x - max));
+            let sum = sum16(z);
+            loss += wt as f64 * (max + sum.ln() - x_t) as f64;
+            let g = wt * inv_total;
+            let k = g / sum;
+            z.iter_mut().for_each(|x| *x *= k);
+            z[tgt as usize - cls.start] -= g;
+            row[..cls.start].fill(0.0);
+            row[cls.end..].fill(0.0);
+        } else {
+            row.fill(0.0);
+        }
+    }
+
+    // Backward through the unembedding and the final norm.
+    let g = &mut w.grads;
+    let dl = &w.logits;
+    mm(
+        (d, v, t),
+        &mut g.w_u,
+        v,
+        &fin.h,
+        (1, d),
+        dl,
+        (v, 1),
+        1.0,
+        false,
+    );
+    mm(
+        (t, d, v),
+        &mut w.d_h,
+        d,
+        dl,
+        (v, 1),
+        p.w_u,
+        (1, v),
+        1.0,
+        false,
+    );
+    w.d_resid.fill(0.0);
+    layer_norm_backward(
+        &w.d_h,
+        fin,
+        p.lnf_w,
+        d,
+        &mut g.lnf_w,
+        &mut g.lnf_b,
+        &mut w.d_resid,
+    );
+
+    for l in (0..dims.layers).rev() {
+        let acts = &w.layers[l];
+        mm(
+            (a, d, t),
+            &mut g.w_o[l],
+            d,
+            &acts.z,
+            (1, a),
+            &w.d_resid,
+            (d, 1),
+            1.0,
+            false,
+        );
+        mm(
+            (t, a, d),
+            &mut w.d_z,
+            a,
+            &w.d_resid,
+            (d, 1),
+            p.w_o[l],
+            (1, d),
+            1.0,
+            false,
+        );
+        attention_backward(dims, s, acts, &w.d_z, &mut w.d_p, &mut w.d_qkv);
+        mm(
+            (d, 3 * a, t),
+            &mut g.w_qkv[l],
+            3 * a,
+            &acts.h,
+            (1, d),
+            &w.d_qkv,
+            (3 * a, 1),
+            1.0,
+            false,
+        );
+        mm(
+            (t, d, 3 * a),
+            &mut w.d_h,
+            d,
+            &w.d_qkv,
+            (3 * a, 1),
+            &p.w_qkv[l],
+            (1, 3 * a),
+            1.0,
+            false,
+        );
+        layer_norm_backward(
+            &w.d_h,
+            acts,
+            p.ln_w[l],
+            d,
+            &mut g.ln_w[l],
+            &mut g.ln_b[l],
+            &mut w.d_resid,
+        );
+    }
+
+    // The embeddings' gradients: each token's residual gradient, scattered.
+    for ((pos, &tok), dx) in tokens().zip(w.d_resid.chunks(d)) {
+        let e = &mut g.w_e[tok as usize * d..][..d];
+        e.iter_mut().zip(dx).for_each(|(e, x)| *e += x);
+        let q = &mut g.w_pos[pos * d..][..d];
+        q.iter_mut().zip(dx).for_each(|(q, x)| *q += x);
+    }
+    loss
+}
+
+/// Largest element, with sixteen lanes (vectorises, unlike a fold of `f32::max`).
+#[inline(always)]
+fn max16(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// Row sum with sixteen lanes (vectorises; a fixed order, so deterministic).
+#[inline(always)]
+fn sum16(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// `h = (x − μ)/σ · w + b` per row, keeping `(x − μ)/σ` and `1/σ` for the backward.
+#[inline(always)]
+fn layer_norm(x: &[f32], d: usize, eps: f32, wt: &[f32], bias: &[f32], out: &mut LayerActs) {
+    let n = d as f32;
+    for (((row, xh), h), r) in x
+        .chunks(d)
+        .zip(out.xhat.chunks_mut(d))
+        .zip(out.h.chunks_mut(d))
+        .zip(out.rstd.iter_mut())
+    {
+        let mu = sum16(row) / n;
+        xh.iter_mut().zip(row).for_each(|(o, &x)| *o = x - mu);
+        let var = dot16(xh, xh) / n;
+        let rs = 1.0 / (var + eps).sqrt();
+        *r = rs;
+        xh.iter_mut().for_each(|o| *o *= rs);
+        // Zipped iterators, not indices: no bounds checks, so the loops vectorise.
+        for ((h, &x), (&g, &b)) in h.iter_mut().zip(&*xh).zip(wt.iter().zip(bias)) {
+            *h = x * g + b;
+        }
+    }
+}
+
+/// LayerNorm's backward: accumulates the gain and bias gradients and adds the input gradient
+/// `(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ` (with `dx̂ = dh·w`) into `dx`.
+#[inline(always)]
+fn layer_norm_backward(
+    dh: &[f32],
+    acts: &LayerActs,
+    wt: &[f32],
+    d: usize,
+    gw: &mut [f32],
+    gb: &mut [f32],
+    dx: &mut [f32],
+) {
+    let n = d as f32;
+    let mut dxh = vec![0f32; d];
+    for (((dh, xh), &rs), dx) in dh
+        .chunks(d)
+        .zip(acts.xhat.chunks(d))
+        .zip(&acts.rstd)
+        .zip(dx.chunks_mut(d))
+    {
+        for ((((gw, gb), g), &x), (&dy, &w)) in gw
+            .iter_mut()
+            .zip(gb.iter_mut())
+            .zip(dxh.iter_mut())
+            .zip(xh)
+            .zip(dh.iter().zip(wt))
+        {
+            *gw += dy * x;
+            *gb += dy;
+            *g = dy * w;
+        }
+        let (m1, m2) = (sum16(&dxh) / n, dot16(&dxh, xh) / n);
+        for ((dx, &g), &x) in dx.iter_mut().zip(&dxh).zip(xh) {
+            *dx += rs * (g - m1 - x * m2);
+        }
+    }
+}
+
+/// Causal attention of every (row, head) of a chunk: patterns into `acts.p`, outputs into
+/// `acts.z`.
+#[inline(always)]
+fn attention(dims: &Dims, s: usize, acts: &mut LayerActs) {
+    let (a, dh) = (dims.attn(), dims.d_head);
+    let rows = acts.z.len() / (s * a);
+    let ss = s * s;
+    for r in 0..rows {
+        let qkv = &acts.qkv[r * s * 3 * a..][..s * 3 * a];
+        for hd in 0..dims.heads {
+            let (q, k, v) = (
+                &qkv[hd * dh..],
+                &qkv[a + hd * dh..],
+                &qkv[2 * a + hd * dh..],
+            );
+            let p = &mut acts.p[(r * dims.heads + hd) * ss..][..ss];
+            for (i0, i1) in blocks(s) {
+                // scores = q·kᵀ · scale for the block's queries and the keys they see
+                mm(
+                    (i1 - i0, i1, dh),
+                    &mut p[i0 * s..],
+                    s,
+                    &q[i0 * 3 * a..],
+                    (3 * a, 1),
+                    k,
+                    (1, 3 * a),
+                    dims.scale,
+                    false,
+                );
+                for i in i0..i1 {
+                    softmax_causal(&mut p[i * s..i * s + i1], i + 1);
+                }
+            }
+            let z = &mut acts.z[r * s * a + hd * dh..];
+            for (i0, i1) in blocks(s) {
+                mm(
+                    (i1 - i0, dh, i1),
+                    &mut z[i0 * a..],
+                    a,
+                    &p[i0 * s..],
+                    (s, 1),
+                    v,
+                    (3 * a, 1),
+                    1.0,
+                    false,
+                );
+            }
+        }
+    }
+}
+
+/// Softmax over the first `visible` entries of `row`; the rest become 0.
+#[inline(always)]
+fn softmax_causal(row: &mut [f32], visible: usize) {
+    let (head, tail) = row.split_at_mut(visible);
+    let max = max16(head);
+    head.iter_mut().for_each(|x| *x = exp_approx(*x - max));
+    let inv = 1.0 / sum16(head);
+    head.iter_mut().for_each(|x| *x *= inv);
+    tail.fill(0.0);
+}
+
+/// Gradients of queries, keys and values of every (row, head) from the gradient of the head
+/// outputs `dz` `[T, attn]`, into `dqkv` `[T, 3·attn]`; `dp` is an `[S, S]` scratch.
+#[inline(always)]
+fn attention_backward(
+    dims: &Dims,
+    s: usize,
+    acts: &LayerActs,
+    dz: &[f32],
+    dp: &mut [f32],
+    dqkv: &mut [f32],
+) {
+    let (a, dh) = (dims.attn(), dims.d_head);
+    let rows = dz.len() / (s * a);
+    let ss = s * s;
+    for r in 0..rows {
+        let qkv = &acts.qkv[r * s * 3 * a..][..s * 3 * a];
+        let dqkv = &mut dqkv[r * s * 3 * a..][..s * 3 * a];
+        let dz = &dz[r * s * a..][..s * a];
+        for hd in 0..dims.heads {
+            let (q, k, v) = (
+                &qkv[hd * dh..],
+                &qkv[a + hd * dh..],
+                &qkv[2 * a + hd * dh..],
+            );
+            let dzh = &dz[hd * dh..];
+            let p = &acts.p[(r * dims.heads + hd) * ss..][..ss];
+            for (i0, i1) in blocks(s) {
+                // dP = dz · vᵀ, then dS = P ⊙ (dP − Σⱼ dP ⊙ P) · scale
+                mm(
+                    (i1 - i0, i1, dh),
+                    &mut dp[i0 * s..],
+                    s,
+                    &dzh[i0 * a..],
+                    (a, 1),
+                    v,
+                    (1, 3 * a),
+                    1.0,
+                    false,
+                );
+                for i in i0..i1 {
+                    let (pr, dr) = (&p[i * s..i * s + i1], &mut dp[i * s..i * s + i1]);
+                    let dot = dot16(pr, dr);
+                    dr.iter_mut()
+                        .zip(pr)
+                        .for_each(|(g, &pp)| *g = pp * (*g - dot) * dims.scale);
+                }
+            }
+            for (j0, j1) in blocks(s) {
+                // Keys j0..j1 are seen by queries j0..s.
+                let m = s - j0;
+                // dV = Pᵀ · dz
+                mm(
+                    (j1 - j0, dh, m),
+                    &mut dqkv[j0 * 3 * a + 2 * a + hd * dh..],
+                    3 * a,
+                    &p[j0 * s + j0..],
+                    (1, s),
+                    &dzh[j0 * a..],
+                    (a, 1),
+                    1.0,
+                    false,
+                );
+                // dK = dSᵀ · q
+                mm(
+                    (j1 - j0, dh, m),
+                    &mut dqkv[j0 * 3 * a + a + hd * dh..],
+                    3 * a,
+                    &dp[j0 * s + j0..],
+                    (1, s),
+                    &q[j0 * 3 * a..],
+                    (3 * a, 1),
+                    1.0,
+                    false,
+                );
+            }
+            for (i0, i1) in blocks(s) {
+                // dQ = dS · k
+                mm(
+                    (i1 - i0, dh, i1),
+                    &mut dqkv[i0 * 3 * a + hd * dh..],
+                    3 * a,
+                    &dp[i0 * s..],
+                    (s, 1),
+                    k,
+                    (3 * a, 1),
+                    1.0,
+                    false,
+                );
+            }
+        }
+    }
+}
+
+/// `Σ xᵢ·yᵢ` with sixteen lanes.
+#[inline(always)]
+fn dot16(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (cx, cy) = (x.chunks_exact(16), y.chunks_exact(16));
+    let (rx, ry) = (cx.remainder(), cy.remainder());
+    for (a, b) in cx.zip(cy) {
+        for i in 0..16 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rx.iter().zip(ry).map(|(a, b)| a * b).sum::<f32>()
+}
