@@ -120,7 +120,9 @@ def main():
             out = subprocess.run([sys.executable, __file__, "--child", shape] + common,
                                  check=True, capture_output=True, text=True, env=env).stdout
             runs["pytorch"].append(json.loads(out.strip().splitlines()[-1]))
-            print(f"done {shape} round {rnd + 1}", file=sys.stderr)
+            pc, pt = runs["patchclamp"][-1]["ms_per_step"], runs["pytorch"][-1]["ms_per_step"]
+            print(f"{shape} round {rnd + 1}: patchclamp {pc:.1f} ms, pytorch {pt:.1f} ms, "
+                  f"patchclamp {pt / pc:.2f}x as fast", file=sys.stderr)
         for fw, rs in runs.items():
             rs = sorted(rs, key=lambda r: r["ms_per_step"])
             rows.append(rs[len(rs) // 2])

@@ -882,15 +882,17 @@ fn attention(dims: &Dims, s: usize, acts: &mut LayerActs) {
     }
 }
 
-/// Softmax over the first `visible` entries of `row`; the rest become 0.
+/// Softmax over the first `visible` entries of `row`; the rest become 0. The whole row is
+/// processed (masked entries as -inf, whose exponential is exactly 0): rows as long as a block
+/// end are whole vectors, where a loop over the visible part alone would mostly run its scalar
+/// remainder.
 #[inline(always)]
 fn softmax_causal(row: &mut [f32], visible: usize) {
-    let (head, tail) = row.split_at_mut(visible);
-    let max = max16(head);
-    head.iter_mut().for_each(|x| *x = exp_approx(*x - max));
-    let inv = 1.0 / sum16(head);
-    head.iter_mut().for_each(|x| *x *= inv);
-    tail.fill(0.0);
+    row[visible..].fill(f32::NEG_INFINITY);
+    let max = max16(row);
+    row.iter_mut().for_each(|x| *x = exp_approx(*x - max));
+    let inv = 1.0 / sum16(row);
+    row.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// Gradients of queries, keys and values of every (row, head) from the gradient of the head
