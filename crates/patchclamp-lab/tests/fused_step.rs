@@ -77,6 +77,15 @@ fn fused_gradients_equal_the_hooked_path() {
     }
     assert_same_gradients(&mut tr, &task, 20, 2);
 
+    // Head width 12 (not a multiple of the 16-lane attention tiles: the library products).
+    let narrow = ModelSpec {
+        d_model: 36,
+        n_heads: 3,
+        ..ModelSpec::default()
+    };
+    let mut tr = trainer(narrow, &task, 10, 8);
+    assert_same_gradients(&mut tr, &task, 8, 4);
+
     // Classification: loss on the query only, over the label columns.
     let icl = IclClassification::default();
     let mut tr = trainer(ModelSpec::default(), &icl, 10, 12);

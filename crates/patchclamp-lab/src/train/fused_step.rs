@@ -133,6 +133,8 @@ struct Work {
     d_z: Vec<f32>,
     d_qkv: Vec<f32>,
     d_p: Vec<f32>,
+    /// A head's keys or values transposed `[d_head, S]`.
+    kt: Vec<f32>,
     grads: Grads,
 }
 
@@ -477,6 +479,115 @@ fn mm(
     }
 }
 
+/// [`mm`] for attention's small products: where `B`'s rows are contiguous, the output has
+/// sixteen-column multiples and four-row multiples, a register-tiled loop (four rows by one or
+/// two sixteen-lane vectors of accumulators); elsewhere the library product. A head's products
+/// are 16×64×32-sized: the library's set-up per call costs more than their arithmetic.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn small_mm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: &[f32],
+    a_st: (usize, usize),
+    b: &[f32],
+    b_st: (usize, usize),
+    alpha: f32,
+) {
+    if b_st.1 != 1 || n % LANES != 0 || m % 4 != 0 || m == 0 || n == 0 || k == 0 {
+        return mm((m, n, k), dst, dst_rs, a, a_st, b, b_st, alpha, false);
+    }
+    assert!(
+        dst_rs >= n && (m - 1) * dst_rs + n <= dst.len(),
+        "small_mm: output out of bounds"
+    );
+    assert!(
+        (m - 1) * a_st.0 + (k - 1) * a_st.1 < a.len(),
+        "small_mm: lhs out of bounds"
+    );
+    assert!(
+        (k - 1) * b_st.0 + n <= b.len(),
+        "small_mm: rhs out of bounds"
+    );
+    for i0 in (0..m).step_by(4) {
+        let mut j0 = 0;
+        // SAFETY: the asserts above bound every row i0..i0+4, column j0..j0+16·NV and depth
+        // 0..k the tiles read and write.
+        unsafe {
+            let (ap, dp) = (
+                a.as_ptr().add(i0 * a_st.0),
+                dst.as_mut_ptr().add(i0 * dst_rs),
+            );
+            while j0 + 2 * LANES <= n {
+                tile::<2>(
+                    k,
+                    ap,
+                    a_st,
+                    b.as_ptr().add(j0),
+                    b_st.0,
+                    dp.add(j0),
+                    dst_rs,
+                    alpha,
+                );
+                j0 += 2 * LANES;
+            }
+            if j0 < n {
+                tile::<1>(
+                    k,
+                    ap,
+                    a_st,
+                    b.as_ptr().add(j0),
+                    b_st.0,
+                    dp.add(j0),
+                    dst_rs,
+                    alpha,
+                );
+            }
+        }
+    }
+}
+
+/// Sixteen lanes of f32: one vector register.
+const LANES: usize = 16;
+
+/// Four output rows by `NV` sixteen-lane vectors, accumulated over the depth `k` in registers.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile<const NV: usize>(
+    k: usize,
+    a: *const f32,
+    (ars, acs): (usize, usize),
+    b: *const f32,
+    brs: usize,
+    dst: *mut f32,
+    drs: usize,
+    alpha: f32,
+) {
+    let mut acc = [[[0f32; LANES]; NV]; 4];
+    for p in 0..k {
+        let mut bv = [[0f32; LANES]; NV];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            *bv = std::ptr::read_unaligned(b.add(p * brs + v * LANES) as *const [f32; LANES]);
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = *a.add(r * ars + p * acs);
+            for (acc, bv) in acc.iter_mut().zip(&bv) {
+                for (y, &b) in acc.iter_mut().zip(bv) {
+                    *y = x.mul_add(b, *y);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, acc) in acc.iter().enumerate() {
+            for (l, &y) in acc.iter().enumerate() {
+                *dst.add(r * drs + v * LANES + l) = alpha * y;
+            }
+        }
+    }
+}
+
 /// Causal blocks of `s` query rows: `(first row, end row)`; a block's queries see keys
 /// `0..end`.
 fn blocks(s: usize) -> impl Iterator<Item = (usize, usize)> {
@@ -582,7 +693,7 @@ fn chunk_pass_generic(
             1.0,
             false,
         );
-        attention(dims, s, acts);
+        attention(dims, s, acts, &mut w.kt);
         // x += z · W_O
         mm(
             (t, d, a),
@@ -696,7 +807,7 @@ fn chunk_pass_generic(
             1.0,
             false,
         );
-        attention_backward(dims, s, acts, &w.d_z, &mut w.d_p, &mut w.d_qkv);
+        attention_backward(dims, s, acts, &w.d_z, &mut w.d_p, &mut w.kt, &mut w.d_qkv);
         mm(
             (d, 3 * a, t),
             &mut g.w_qkv[l],
@@ -834,10 +945,11 @@ fn layer_norm_backward(
 /// Causal attention of every (row, head) of a chunk: patterns into `acts.p`, outputs into
 /// `acts.z`.
 #[inline(always)]
-fn attention(dims: &Dims, s: usize, acts: &mut LayerActs) {
+fn attention(dims: &Dims, s: usize, acts: &mut LayerActs, kt: &mut Vec<f32>) {
     let (a, dh) = (dims.attn(), dims.d_head);
     let rows = acts.z.len() / (s * a);
     let ss = s * s;
+    resize(kt, dh * s);
     for r in 0..rows {
         let qkv = &acts.qkv[r * s * 3 * a..][..s * 3 * a];
         for hd in 0..dims.heads {
@@ -847,18 +959,18 @@ fn attention(dims: &Dims, s: usize, acts: &mut LayerActs) {
                 &qkv[2 * a + hd * dh..],
             );
             let p = &mut acts.p[(r * dims.heads + hd) * ss..][..ss];
+            transpose(k, 3 * a, s, dh, kt);
             for (i0, i1) in blocks(s) {
                 // scores = q·kᵀ · scale for the block's queries and the keys they see
-                mm(
+                small_mm(
                     (i1 - i0, i1, dh),
                     &mut p[i0 * s..],
                     s,
                     &q[i0 * 3 * a..],
                     (3 * a, 1),
-                    k,
-                    (1, 3 * a),
+                    kt,
+                    (s, 1),
                     dims.scale,
-                    false,
                 );
                 for i in i0..i1 {
                     softmax_causal(&mut p[i * s..i * s + i1], i + 1);
@@ -866,7 +978,7 @@ fn attention(dims: &Dims, s: usize, acts: &mut LayerActs) {
             }
             let z = &mut acts.z[r * s * a + hd * dh..];
             for (i0, i1) in blocks(s) {
-                mm(
+                small_mm(
                     (i1 - i0, dh, i1),
                     &mut z[i0 * a..],
                     a,
@@ -875,9 +987,18 @@ fn attention(dims: &Dims, s: usize, acts: &mut LayerActs) {
                     v,
                     (3 * a, 1),
                     1.0,
-                    false,
                 );
             }
+        }
+    }
+}
+
+/// `dst[c·s + j] = x[j·rs + c]` for `j < s`, `c < w`: a head's keys or values as columns.
+#[inline(always)]
+fn transpose(x: &[f32], rs: usize, s: usize, w: usize, dst: &mut [f32]) {
+    for j in 0..s {
+        for (c, &v) in x[j * rs..][..w].iter().enumerate() {
+            dst[c * s + j] = v;
         }
     }
 }
@@ -904,11 +1025,13 @@ fn attention_backward(
     acts: &LayerActs,
     dz: &[f32],
     dp: &mut [f32],
+    vt: &mut Vec<f32>,
     dqkv: &mut [f32],
 ) {
     let (a, dh) = (dims.attn(), dims.d_head);
     let rows = dz.len() / (s * a);
     let ss = s * s;
+    resize(vt, dh * s);
     for r in 0..rows {
         let qkv = &acts.qkv[r * s * 3 * a..][..s * 3 * a];
         let dqkv = &mut dqkv[r * s * 3 * a..][..s * 3 * a];
@@ -921,18 +1044,18 @@ fn attention_backward(
             );
             let dzh = &dz[hd * dh..];
             let p = &acts.p[(r * dims.heads + hd) * ss..][..ss];
+            transpose(v, 3 * a, s, dh, vt);
             for (i0, i1) in blocks(s) {
                 // dP = dz · vᵀ, then dS = P ⊙ (dP − Σⱼ dP ⊙ P) · scale
-                mm(
+                small_mm(
                     (i1 - i0, i1, dh),
                     &mut dp[i0 * s..],
                     s,
                     &dzh[i0 * a..],
                     (a, 1),
-                    v,
-                    (1, 3 * a),
+                    vt,
+                    (s, 1),
                     1.0,
-                    false,
                 );
                 for i in i0..i1 {
                     let (pr, dr) = (&p[i * s..i * s + i1], &mut dp[i * s..i * s + i1]);
@@ -946,7 +1069,7 @@ fn attention_backward(
                 // Keys j0..j1 are seen by queries j0..s.
                 let m = s - j0;
                 // dV = Pᵀ · dz
-                mm(
+                small_mm(
                     (j1 - j0, dh, m),
                     &mut dqkv[j0 * 3 * a + 2 * a + hd * dh..],
                     3 * a,
@@ -955,10 +1078,9 @@ fn attention_backward(
                     &dzh[j0 * a..],
                     (a, 1),
                     1.0,
-                    false,
                 );
                 // dK = dSᵀ · q
-                mm(
+                small_mm(
                     (j1 - j0, dh, m),
                     &mut dqkv[j0 * 3 * a + a + hd * dh..],
                     3 * a,
@@ -967,12 +1089,11 @@ fn attention_backward(
                     &q[j0 * 3 * a..],
                     (3 * a, 1),
                     1.0,
-                    false,
                 );
             }
             for (i0, i1) in blocks(s) {
                 // dQ = dS · k
-                mm(
+                small_mm(
                     (i1 - i0, dh, i1),
                     &mut dqkv[i0 * 3 * a + hd * dh..],
                     3 * a,
@@ -981,7 +1102,6 @@ fn attention_backward(
                     k,
                     (3 * a, 1),
                     1.0,
-                    false,
                 );
             }
         }
