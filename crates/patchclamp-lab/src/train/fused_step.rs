@@ -306,11 +306,17 @@ impl FusedStep {
             .map(|r| r..(r + rows_per_chunk).min(b))
             .collect();
         self.work.resize_with(chunks.len(), Default::default);
-        let cls = classes.unwrap_or(0..dims.vocab);
-        let inv_total = (1.0 / total) as f32;
+        let step = Step {
+            dims,
+            p,
+            batch,
+            s,
+            cls: classes.unwrap_or(0..dims.vocab),
+            inv_total: (1.0 / total) as f32,
+        };
         let job = |(rows, w): (&Range<usize>, &mut Work)| {
             w.prepare(&dims, rows.len() * s, s);
-            chunk_pass(&dims, &p, batch, rows.clone(), s, &cls, inv_total, w)
+            chunk_pass(&step, rows.clone(), w)
         };
         let sums: Vec<f64> = if rayon::current_num_threads() > 1 && chunks.len() > 1 {
             chunks
@@ -594,77 +600,59 @@ fn blocks(s: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..s).step_by(BLOCK).map(move |i| (i, (i + BLOCK).min(s)))
 }
 
+/// What every chunk of one step reads.
+struct Step<'a> {
+    dims: Dims,
+    p: Params<'a>,
+    batch: &'a Batch,
+    /// Sequence length.
+    s: usize,
+    /// The logits the loss is over.
+    cls: Range<usize>,
+    /// `1 / Σ weights` of the whole batch.
+    inv_total: f32,
+}
+
 /// Forward and backward of one chunk (rows `rows` of the batch); returns its weighted loss sum
 /// and leaves its gradients in `w.grads`.
-#[allow(clippy::too_many_arguments)]
-fn chunk_pass(
-    dims: &Dims,
-    p: &Params,
-    batch: &Batch,
-    rows: Range<usize>,
-    s: usize,
-    cls: &Range<usize>,
-    inv_total: f32,
-    w: &mut Work,
-) -> f64 {
+fn chunk_pass(step: &Step, rows: Range<usize>, w: &mut Work) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports the enabled features (checked just above).
-            return unsafe { chunk_pass_avx512(dims, p, batch, rows, s, cls, inv_total, w) };
+            return unsafe { chunk_pass_avx512(step, rows, w) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { chunk_pass_avx2(dims, p, batch, rows, s, cls, inv_total, w) };
+            return unsafe { chunk_pass_avx2(step, rows, w) };
         }
     }
-    chunk_pass_generic(dims, p, batch, rows, s, cls, inv_total, w)
+    chunk_pass_generic(step, rows, w)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn chunk_pass_avx512(
-    dims: &Dims,
-    p: &Params,
-    batch: &Batch,
-    rows: Range<usize>,
-    s: usize,
-    cls: &Range<usize>,
-    inv_total: f32,
-    w: &mut Work,
-) -> f64 {
-    chunk_pass_generic(dims, p, batch, rows, s, cls, inv_total, w)
+unsafe fn chunk_pass_avx512(step: &Step, rows: Range<usize>, w: &mut Work) -> f64 {
+    chunk_pass_generic(step, rows, w)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn chunk_pass_avx2(
-    dims: &Dims,
-    p: &Params,
-    batch: &Batch,
-    rows: Range<usize>,
-    s: usize,
-    cls: &Range<usize>,
-    inv_total: f32,
-    w: &mut Work,
-) -> f64 {
-    chunk_pass_generic(dims, p, batch, rows, s, cls, inv_total, w)
+unsafe fn chunk_pass_avx2(step: &Step, rows: Range<usize>, w: &mut Work) -> f64 {
+    chunk_pass_generic(step, rows, w)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn chunk_pass_generic(
-    dims: &Dims,
-    p: &Params,
-    batch: &Batch,
-    rows: Range<usize>,
-    s: usize,
-    cls: &Range<usize>,
-    inv_total: f32,
-    w: &mut Work,
-) -> f64 {
+fn chunk_pass_generic(step: &Step, rows: Range<usize>, w: &mut Work) -> f64 {
+    let Step {
+        dims,
+        p,
+        batch,
+        s,
+        cls,
+        inv_total,
+    } = step;
+    let (s, inv_total) = (*s, *inv_total);
     let (d, a, v, t) = (dims.d, dims.attn(), dims.vocab, w.size.0);
     let tokens = || {
         batch.tokens[rows.clone()]

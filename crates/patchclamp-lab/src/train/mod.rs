@@ -1,10 +1,11 @@
 //! The trainer: seeded batches, optimiser steps, and interventions held in place during
 //! training ("optogenetics"), with exact checkpoints.
 //!
-//! Every training forward runs through the same `Hooks` as inference, so any intervention
-//! spec applies with its step window. Replacing ops cut the gradient for the elements they
-//! replace (see `patchclamp_core::hooks`): a head whose pattern is clamped gets no gradient
-//! on `W_Q` and `W_K`, while its `W_V` and `W_O` still learn.
+//! A training forward with an intervention in force runs through the same `Hooks` as
+//! inference, so any intervention spec applies with its step window. Replacing ops cut the
+//! gradient for the elements they replace (see `patchclamp_core::hooks`): a head whose pattern
+//! is clamped gets no gradient on `W_Q` and `W_K`, while its `W_V` and `W_O` still learn. Steps
+//! with none in force take the tape-free fused step where the model allows (`fused_step`).
 
 mod checkpoint;
 mod fused_step;
