@@ -444,21 +444,8 @@ fn mm(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(k > 0, "mm: empty inner dimension");
-    assert!(m == 1 || dst_rs >= n, "mm: output rows overlap");
-    assert!(
-        (m - 1) * dst_rs + n <= dst.len(),
-        "mm: output out of bounds"
-    );
-    assert!(
-        (m - 1) * a_st.0 + (k - 1) * a_st.1 < a.len(),
-        "mm: lhs out of bounds"
-    );
-    assert!(
-        (k - 1) * b_st.0 + (n - 1) * b_st.1 < b.len(),
-        "mm: rhs out of bounds"
-    );
-    // SAFETY: the asserts above keep every address gemm forms inside the three slices, and the
+    check_bounds((m, n, k), (dst, dst_rs), (a, a_st), (b, b_st));
+    // SAFETY: the asserts of `check_bounds` keep every address gemm forms inside the three slices, and the
     // output rows do not overlap each other or the inputs (`dst` is borrowed mutably).
     unsafe {
         gemm::gemm(
@@ -485,6 +472,30 @@ fn mm(
     }
 }
 
+/// Asserts that an `m×n` output with row stride `dst_rs` (rows not overlapping) and the operands
+/// read through their strides lie inside their slices: what makes the raw products safe.
+fn check_bounds(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (&[f32], usize),
+    (a, a_st): (&[f32], (usize, usize)),
+    (b, b_st): (&[f32], (usize, usize)),
+) {
+    assert!(k > 0, "product with an empty inner dimension");
+    assert!(m == 1 || dst_rs >= n, "product output rows overlap");
+    assert!(
+        (m - 1) * dst_rs + n <= dst.len(),
+        "product output out of bounds"
+    );
+    assert!(
+        (m - 1) * a_st.0 + (k - 1) * a_st.1 < a.len(),
+        "product lhs out of bounds"
+    );
+    assert!(
+        (k - 1) * b_st.0 + (n - 1) * b_st.1 < b.len(),
+        "product rhs out of bounds"
+    );
+}
+
 /// [`mm`] for attention's small products: where `B`'s rows are contiguous, the output has
 /// sixteen-column multiples and four-row multiples, a register-tiled loop (four rows by one or
 /// two sixteen-lane vectors of accumulators); elsewhere the library product. A head's products
@@ -504,22 +515,11 @@ fn small_mm(
     if b_st.1 != 1 || n % LANES != 0 || m % 4 != 0 || m == 0 || n == 0 || k == 0 {
         return mm((m, n, k), dst, dst_rs, a, a_st, b, b_st, alpha, false);
     }
-    assert!(
-        dst_rs >= n && (m - 1) * dst_rs + n <= dst.len(),
-        "small_mm: output out of bounds"
-    );
-    assert!(
-        (m - 1) * a_st.0 + (k - 1) * a_st.1 < a.len(),
-        "small_mm: lhs out of bounds"
-    );
-    assert!(
-        (k - 1) * b_st.0 + n <= b.len(),
-        "small_mm: rhs out of bounds"
-    );
+    check_bounds((m, n, k), (dst, dst_rs), (a, a_st), (b, b_st));
     for i0 in (0..m).step_by(4) {
         let mut j0 = 0;
-        // SAFETY: the asserts above bound every row i0..i0+4, column j0..j0+16·NV and depth
-        // 0..k the tiles read and write.
+        // SAFETY: `check_bounds` covers every row i0..i0+4 (m is a multiple of 4), column
+        // j0..j0+16·NV (n a multiple of 16) and depth 0..k the tiles read and write.
         unsafe {
             let (ap, dp) = (
                 a.as_ptr().add(i0 * a_st.0),
