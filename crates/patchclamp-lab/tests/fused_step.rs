@@ -36,7 +36,8 @@ fn gap(fused: &[f32], hooked: &[f32]) -> (f32, f32) {
 }
 
 /// Checks loss and every gradient of one batch; tolerance: 1e-5 relative on the loss, and per
-/// tensor 2e-4 of its largest hooked gradient (+1e-7), float rounding of different orders.
+/// tensor 2e-5 of its largest hooked gradient (+1e-7), float rounding of different orders (the
+/// largest seen: 3.4e-6).
 fn assert_same_gradients(tr: &mut Trainer, task: &dyn Task, rows: usize, seed: u64) {
     let batch = task.batch(&mut Rng::new(seed), rows);
     let (loss_h, grads_h) = tr.gradients(task, &batch).unwrap();
@@ -51,7 +52,7 @@ fn assert_same_gradients(tr: &mut Trainer, task: &dyn Task, rows: usize, seed: u
         assert_eq!(gf.len(), gh.len(), "{name}");
         let (diff, scale) = gap(gf, &gh);
         assert!(
-            diff <= 2e-4 * scale + 1e-7,
+            diff <= 2e-5 * scale + 1e-7,
             "{name}: max diff {diff:e} vs max |g| {scale:e}"
         );
     }

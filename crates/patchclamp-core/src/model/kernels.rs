@@ -179,8 +179,9 @@ pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Re
 /// Lanes for reductions: independent accumulators the compiler keeps in one vector register.
 const LANES: usize = 16;
 
+/// Largest element, in sixteen lanes (vectorises, unlike a fold of `f32::max`).
 #[inline(always)]
-fn lane_max(x: &[f32]) -> f32 {
+pub fn lane_max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
@@ -204,8 +205,9 @@ fn lane_max(x: &[f32]) -> f32 {
     rest.iter().fold(acc[0], |m, &v| if v > m { v } else { m })
 }
 
+/// Sum in sixteen lanes (vectorises; a fixed order, so deterministic).
 #[inline(always)]
-fn lane_sum(x: &[f32]) -> f32 {
+pub fn lane_sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();

@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use patchclamp_core::model::kernels::exp_approx;
+use patchclamp_core::model::kernels::{exp_approx, lane_max, lane_sum};
 use patchclamp_core::model::{MlpKind, NormKind, Positions};
 use patchclamp_core::{Config, Error, Result};
 use rayon::prelude::*;
@@ -719,10 +719,10 @@ fn chunk_pass_generic(step: &Step, rows: Range<usize>, w: &mut Work) -> f64 {
     for ((&tgt, &wt), row) in scored.zip(w.logits.chunks_mut(v)) {
         if wt > 0.0 {
             let z = &mut row[cls.clone()];
-            let max = max16(z);
+            let max = lane_max(z);
             let x_t = z[tgt as usize - cls.start];
             z.iter_mut().for_each(|x| *x = exp_approx(*x - max));
-            let sum = sum16(z);
+            let sum = lane_sum(z);
             loss += wt as f64 * (max + sum.ln() - x_t) as f64;
             let g = wt * inv_total;
             let k = g / sum;
@@ -839,36 +839,6 @@ fn chunk_pass_generic(step: &Step, rows: Range<usize>, w: &mut Work) -> f64 {
     loss
 }
 
-/// Largest element, with sixteen lanes (vectorises, unlike a fold of `f32::max`).
-#[inline(always)]
-fn max16(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 16];
-    let chunks = x.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for i in 0..16 {
-            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
-        }
-    }
-    acc.iter()
-        .chain(rest)
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
-}
-
-/// Row sum with sixteen lanes (vectorises; a fixed order, so deterministic).
-#[inline(always)]
-fn sum16(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for i in 0..16 {
-            acc[i] += c[i];
-        }
-    }
-    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
-}
-
 /// `h = (x − μ)/σ · w + b` per row, keeping `(x − μ)/σ` and `1/σ` for the backward.
 #[inline(always)]
 fn layer_norm(x: &[f32], d: usize, eps: f32, wt: &[f32], bias: &[f32], out: &mut LayerActs) {
@@ -879,7 +849,7 @@ fn layer_norm(x: &[f32], d: usize, eps: f32, wt: &[f32], bias: &[f32], out: &mut
         .zip(out.h.chunks_mut(d))
         .zip(out.rstd.iter_mut())
     {
-        let mu = sum16(row) / n;
+        let mu = lane_sum(row) / n;
         xh.iter_mut().zip(row).for_each(|(o, &x)| *o = x - mu);
         let var = dot16(xh, xh) / n;
         let rs = 1.0 / (var + eps).sqrt();
@@ -923,7 +893,7 @@ fn layer_norm_backward(
             *gb += dy;
             *g = dy * w;
         }
-        let (m1, m2) = (sum16(&dxh) / n, dot16(&dxh, xh) / n);
+        let (m1, m2) = (lane_sum(&dxh) / n, dot16(&dxh, xh) / n);
         for ((dx, &g), &x) in dx.iter_mut().zip(&dxh).zip(xh) {
             *dx += rs * (g - m1 - x * m2);
         }
@@ -998,9 +968,9 @@ fn transpose(x: &[f32], rs: usize, s: usize, w: usize, dst: &mut [f32]) {
 #[inline(always)]
 fn softmax_causal(row: &mut [f32], visible: usize) {
     row[visible..].fill(f32::NEG_INFINITY);
-    let max = max16(row);
+    let max = lane_max(row);
     row.iter_mut().for_each(|x| *x = exp_approx(*x - max));
-    let inv = 1.0 / sum16(row);
+    let inv = 1.0 / lane_sum(row);
     row.iter_mut().for_each(|x| *x *= inv);
 }
 
