@@ -4,7 +4,8 @@
 A 2-layer attention-only transformer (pre-LayerNorm, learned positions, no biases, untied
 unembedding), vocabulary 64, 64 positions, batch 32, Adam lr 1e-3, next-token loss on every
 position; shapes `flagship` (d_model 64, 4 heads) and `wide` (d_model 256, 8 heads), 2 threads.
-Rounds interleave the frameworks (the machine's speed drifts); the median round is reported.
+Rounds interleave the frameworks (the machine's speed drifts); each round's ratio, the median
+round (ms/step, steps/s) and the best round (best) are reported.
 
     python tools/bench/train.py --patchclamp target/release/patchclamp
 """
@@ -123,13 +124,19 @@ def main():
             pc, pt = runs["patchclamp"][-1]["ms_per_step"], runs["pytorch"][-1]["ms_per_step"]
             print(f"{shape} round {rnd + 1}: patchclamp {pc:.1f} ms, pytorch {pt:.1f} ms, "
                   f"patchclamp {pt / pc:.2f}x as fast", file=sys.stderr)
+        ratios = [pt["ms_per_step"] / pc["ms_per_step"] for pc, pt in zip(runs["patchclamp"], runs["pytorch"])]
+        wins = sum(r > 1 for r in ratios)
+        print(f"{shape}: patchclamp faster in {wins} of {len(ratios)} rounds, "
+              f"median ratio {statistics.median(ratios):.2f}x", file=sys.stderr)
         for fw, rs in runs.items():
+            best = min(r["ms_per_step"] for r in rs)
             rs = sorted(rs, key=lambda r: r["ms_per_step"])
-            rows.append(rs[len(rs) // 2])
-    print(f"| {'shape':<9} | {'framework':<10} | {'params':>8} | {'ms/step':>8} | {'steps/s':>8} |")
-    print("|-----------|------------|----------|----------|----------|")
+            rows.append(dict(rs[len(rs) // 2], best_ms=best))
+    print(f"| {'shape':<9} | {'framework':<10} | {'params':>8} | {'ms/step':>8} | {'best':>6} | {'steps/s':>8} |")
+    print("|-----------|------------|----------|----------|--------|----------|")
     for r in rows:
-        print(f"| {r['shape']:<9} | {r['framework']:<10} | {r['params']:>8} | {r['ms_per_step']:>8.1f} | {r['steps_per_s']:>8.1f} |")
+        print(f"| {r['shape']:<9} | {r['framework']:<10} | {r['params']:>8} | {r['ms_per_step']:>8.1f} "
+              f"| {r['best_ms']:>6.1f} | {r['steps_per_s']:>8.1f} |")
 
 
 if __name__ == "__main__":

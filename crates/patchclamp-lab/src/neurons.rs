@@ -490,7 +490,7 @@ pub fn localize(a: &[Vec<f64>], b: &[Vec<f64>], width: usize, fraction: f64) -> 
         ));
     }
     let units = a[0].len();
-    if width == 0 || units % width != 0 || b[0].len() != units {
+    if width == 0 || !units.is_multiple_of(width) || b[0].len() != units {
         return Err(Error::Input(format!(
             "the localizer's two stimulus sets must record the same units, a multiple of {width}"
         )));

@@ -88,7 +88,7 @@ impl Dims {
             kh: kd[2],
             e: qd[3],
         };
-        if kd[0] != d.b || kd[1] != d.s || kd[3] != d.e || d.h % d.kh != 0 {
+        if kd[0] != d.b || kd[1] != d.s || kd[3] != d.e || !d.h.is_multiple_of(d.kh) {
             candle_core::bail!("fused attention: q {qd:?} and k {kd:?} do not fit");
         }
         Ok(d)

@@ -30,14 +30,19 @@ pub fn exp_approx(x: f32) -> f32 {
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = xc - n * C1 - n * C2;
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
     let p = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // The integer n sits in the low mantissa bits of `shifted`; reading it from there instead
+    // of `n as i32` keeps the loop in vector registers (Rust's saturating float-to-int cast is
+    // scalarised lane by lane). The same bits either way.
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let scale = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
     if x < -88.0 {
         0.0
     } else {
@@ -840,6 +845,7 @@ mod tests {
         // Between -88 and -87 the result saturates at e^-87 ≈ 1.6e-38 instead of going subnormal.
         assert!(exp_approx(-87.5) < 2e-38);
         assert_eq!(exp_approx(0.0), 1.0);
+        assert!(exp_approx(f32::NAN).is_nan());
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Default for FlipFlop {
 impl FlipFlop {
     /// Checks the numbers.
     pub fn validate(&self) -> Result<(), String> {
-        if self.length < 4 || self.length % 2 != 0 {
+        if self.length < 4 || !self.length.is_multiple_of(2) {
             return Err(format!(
                 "flip-flop length must be even and ≥ 4, got {}",
                 self.length

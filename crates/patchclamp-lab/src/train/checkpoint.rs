@@ -65,7 +65,7 @@ fn serialize(
         .expect("plain data")
         .into_bytes();
     // The data must start 8-byte aligned; pad the header with spaces as safetensors does.
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + head.len() + offset);

@@ -72,6 +72,10 @@ pub(crate) struct FusedStep {
     sizes: Vec<usize>,
     /// Buffers of each chunk, kept between steps (allocating them costs page faults).
     work: Vec<Work>,
+    /// Each layer's `W_Q | W_K | W_V`, rebuilt in place every step.
+    w_qkv: Vec<Vec<f32>>,
+    /// Gradient buffers handed back by [`FusedStep::recycle`], filled again by the next step.
+    spare: Vec<Vec<f32>>,
 }
 
 /// The weights of one step in the layout the kernels read.
@@ -81,7 +85,7 @@ struct Params<'a> {
     ln_w: Vec<&'a [f32]>,
     ln_b: Vec<&'a [f32]>,
     /// `[d, 3·attn]`: `W_Q | W_K | W_V` side by side, one product for all three.
-    w_qkv: Vec<Vec<f32>>,
+    w_qkv: Vec<&'a [f32]>,
     w_o: Vec<&'a [f32]>,
     lnf_w: &'a [f32],
     lnf_b: &'a [f32],
@@ -258,6 +262,8 @@ impl FusedStep {
             w_u: find("unembed.W_U")?,
             sizes: params.iter().map(|(_, n)| *n).collect(),
             work: vec![],
+            w_qkv: vec![],
+            spare: vec![],
         })
     }
 
@@ -279,22 +285,21 @@ impl FusedStep {
             ));
         }
         let (d, a) = (dims.d, dims.attn());
-        let qkv = |l: usize| {
-            let bi = self.blocks[l];
-            let mut w = vec![0f32; d * 3 * a];
+        self.w_qkv.resize_with(dims.layers, Vec::new);
+        for (w, bi) in self.w_qkv.iter_mut().zip(&self.blocks) {
+            w.resize(d * 3 * a, 0.0);
             for (part, &idx) in [bi.w_q, bi.w_k, bi.w_v].iter().enumerate() {
                 for (row, src) in w.chunks_mut(3 * a).zip(params[idx].chunks(a)) {
                     row[part * a..(part + 1) * a].copy_from_slice(src);
                 }
             }
-            w
-        };
+        }
         let p = Params {
             w_e: &params[self.w_e],
             w_pos: &params[self.w_pos],
             ln_w: self.blocks.iter().map(|x| &params[x.ln_w][..]).collect(),
             ln_b: self.blocks.iter().map(|x| &params[x.ln_b][..]).collect(),
-            w_qkv: (0..dims.layers).map(qkv).collect(),
+            w_qkv: self.w_qkv.iter().map(Vec::as_slice).collect(),
             w_o: self.blocks.iter().map(|x| &params[x.w_o][..]).collect(),
             lnf_w: &params[self.lnf_w],
             lnf_b: &params[self.lnf_b],
@@ -385,45 +390,125 @@ impl FusedStep {
         Ok(())
     }
 
-    /// The chunks' gradients summed in chunk order, in the trainer's parameter order.
-    fn reduce(&self, chunks: usize) -> Vec<Vec<f32>> {
-        let dims = &self.dims;
-        let a = dims.attn();
+    /// The chunks' gradients summed in chunk order, in the trainer's parameter order, written
+    /// into the recycled buffers where there are some.
+    fn reduce(&mut self, chunks: usize) -> Vec<Vec<f32>> {
+        let a = self.dims.attn();
         let work = &self.work[..chunks];
-        // Pieces of each tensor in parallel; every element adds the chunks in chunk order.
-        let sum = |pick: &(dyn Fn(&Grads) -> &[f32] + Sync)| {
-            let mut acc = pick(&work[0].grads).to_vec();
-            const PIECE: usize = 1 << 13;
-            acc.par_chunks_mut(PIECE).enumerate().for_each(|(i, acc)| {
-                for w in &work[1..] {
-                    let part = &pick(&w.grads)[i * PIECE..][..acc.len()];
-                    acc.iter_mut().zip(part).for_each(|(x, &y)| *x += y);
-                }
-            });
-            acc
-        };
-        // Tensors nothing reads (an attention-only block's second norm) keep zero gradients.
-        let mut out: Vec<Vec<f32>> = self.sizes.iter().map(|&n| vec![0.0; n]).collect();
-        out[self.w_e] = sum(&|g| &g.w_e);
-        out[self.w_pos] = sum(&|g| &g.w_pos);
-        for (l, bi) in self.blocks.iter().enumerate() {
-            out[bi.ln_w] = sum(&|g| &g.ln_w[l]);
-            out[bi.ln_b] = sum(&|g| &g.ln_b[l]);
-            out[bi.w_o] = sum(&|g| &g.w_o[l]);
-            let qkv = sum(&|g| &g.w_qkv[l]);
-            for (part, idx) in [bi.w_q, bi.w_k, bi.w_v].into_iter().enumerate() {
-                out[idx] = qkv
-                    .chunks(3 * a)
-                    .flat_map(|row| &row[part * a..(part + 1) * a])
-                    .copied()
-                    .collect();
+        let mut out = std::mem::take(&mut self.spare);
+        if out.len() != self.sizes.len() || out.iter().zip(&self.sizes).any(|(o, &n)| o.len() != n)
+        {
+            out = self.sizes.iter().map(|&n| vec![0.0; n]).collect();
+        }
+        // Tensors nothing reads (an attention-only block's second norm) have zero gradients;
+        // every other one is overwritten below.
+        for (i, o) in out.iter_mut().enumerate() {
+            if !self.read(i) {
+                o.fill(0.0);
             }
         }
-        out[self.lnf_w] = sum(&|g| &g.lnf_w);
-        out[self.lnf_b] = sum(&|g| &g.lnf_b);
-        out[self.w_u] = sum(&|g| &g.w_u);
+        let whole = |n: usize| (n, n, 0);
+        sum_into(
+            &mut out[self.w_e],
+            work,
+            &|g| &g.w_e,
+            whole(self.sizes[self.w_e]),
+        );
+        sum_into(
+            &mut out[self.w_pos],
+            work,
+            &|g| &g.w_pos,
+            whole(self.sizes[self.w_pos]),
+        );
+        for (l, bi) in self.blocks.iter().enumerate() {
+            sum_into(
+                &mut out[bi.ln_w],
+                work,
+                &|g| &g.ln_w[l],
+                whole(self.sizes[bi.ln_w]),
+            );
+            sum_into(
+                &mut out[bi.ln_b],
+                work,
+                &|g| &g.ln_b[l],
+                whole(self.sizes[bi.ln_b]),
+            );
+            sum_into(
+                &mut out[bi.w_o],
+                work,
+                &|g| &g.w_o[l],
+                whole(self.sizes[bi.w_o]),
+            );
+            // Q, K and V are column blocks of the chunks' `[d, 3·attn]` gradient.
+            for (part, idx) in [bi.w_q, bi.w_k, bi.w_v].into_iter().enumerate() {
+                sum_into(&mut out[idx], work, &|g| &g.w_qkv[l], (a, 3 * a, part * a));
+            }
+        }
+        sum_into(
+            &mut out[self.lnf_w],
+            work,
+            &|g| &g.lnf_w,
+            whole(self.sizes[self.lnf_w]),
+        );
+        sum_into(
+            &mut out[self.lnf_b],
+            work,
+            &|g| &g.lnf_b,
+            whole(self.sizes[self.lnf_b]),
+        );
+        sum_into(
+            &mut out[self.w_u],
+            work,
+            &|g| &g.w_u,
+            whole(self.sizes[self.w_u]),
+        );
         out
     }
+
+    /// Whether parameter `i` (in the trainer's order) is one the step reads.
+    fn read(&self, i: usize) -> bool {
+        [self.w_e, self.w_pos, self.lnf_w, self.lnf_b, self.w_u].contains(&i)
+            || self
+                .blocks
+                .iter()
+                .any(|b| [b.ln_w, b.ln_b, b.w_q, b.w_k, b.w_v, b.w_o].contains(&i))
+    }
+
+    /// Takes back the gradients [`FusedStep::loss_and_grads`] returned, to fill them again
+    /// next step instead of allocating (fresh pages cost faults on every step).
+    pub(crate) fn recycle(&mut self, grads: Vec<Vec<f32>>) {
+        self.spare = grads;
+    }
+}
+
+/// `dst[i] = Σ_chunks src[(i / row)·stride + offset + i % row]` with `src` = `pick(chunk)`,
+/// the chunks added in chunk order (so the sum does not depend on the thread count), in
+/// parallel pieces of `dst`.
+fn sum_into(
+    dst: &mut [f32],
+    work: &[Work],
+    pick: &(dyn Fn(&Grads) -> &[f32] + Sync),
+    (row, stride, offset): (usize, usize, usize),
+) {
+    const PIECE: usize = 1 << 13;
+    dst.par_chunks_mut(PIECE)
+        .enumerate()
+        .for_each(|(i, piece)| {
+            let mut done = 0;
+            while done < piece.len() {
+                let at = i * PIECE + done;
+                let (r, c) = (at / row, at % row);
+                let len = (row - c).min(piece.len() - done);
+                let src = r * stride + offset + c;
+                let out = &mut piece[done..done + len];
+                out.copy_from_slice(&pick(&work[0].grads)[src..src + len]);
+                for w in &work[1..] {
+                    let part = &pick(&w.grads)[src..src + len];
+                    out.iter_mut().zip(part).for_each(|(x, &y)| *x += y);
+                }
+                done += len;
+            }
+        });
 }
 
 /// `dst[m×n]` (row stride `dst_rs`) `= (acc ? dst : 0) + alpha·A·B`, where `A(i, p) =
@@ -497,9 +582,9 @@ fn check_bounds(
 }
 
 /// [`mm`] for attention's small products: where `B`'s rows are contiguous, the output has
-/// sixteen-column multiples and four-row multiples, a register-tiled loop (four rows by one or
-/// two sixteen-lane vectors of accumulators); elsewhere the library product. A head's products
-/// are 16×64×32-sized: the library's set-up per call costs more than their arithmetic.
+/// sixteen-column multiples and four-row multiples, a register-tiled loop (four or eight rows by
+/// one or two sixteen-lane vectors of accumulators); elsewhere the library product. A head's
+/// products are 16×64×32-sized: the library's set-up per call costs more than their arithmetic.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn small_mm(
@@ -516,51 +601,79 @@ fn small_mm(
         return mm((m, n, k), dst, dst_rs, a, a_st, b, b_st, alpha, false);
     }
     check_bounds((m, n, k), (dst, dst_rs), (a, a_st), (b, b_st));
+    let (a, b, dst) = (a.as_ptr(), b.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: `check_bounds` covers every row (m is a multiple of the tile's rows), column (n a
+    // multiple of 16) and depth the tiles read and write.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if m % 8 == 0 && is_x86_feature_detected!("avx512f") {
+            return tiles_avx512((m, n, k), dst, dst_rs, a, a_st, b, b_st.0, alpha);
+        }
+        tiles((m, n, k), dst, dst_rs, a, a_st, b, b_st.0, alpha);
+    }
+}
+
+/// The output of [`small_mm`] tile by tile: four rows at a time, two vectors of columns, then one.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tiles(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    drs: usize,
+    a: *const f32,
+    a_st: (usize, usize),
+    b: *const f32,
+    brs: usize,
+    alpha: f32,
+) {
     for i0 in (0..m).step_by(4) {
+        let (ap, dp) = unsafe { (a.add(i0 * a_st.0), dst.add(i0 * drs)) };
         let mut j0 = 0;
-        // SAFETY: `check_bounds` covers every row i0..i0+4 (m is a multiple of 4), column
-        // j0..j0+16·NV (n a multiple of 16) and depth 0..k the tiles read and write.
-        unsafe {
-            let (ap, dp) = (
-                a.as_ptr().add(i0 * a_st.0),
-                dst.as_mut_ptr().add(i0 * dst_rs),
-            );
-            while j0 + 2 * LANES <= n {
-                tile::<2>(
-                    k,
-                    ap,
-                    a_st,
-                    b.as_ptr().add(j0),
-                    b_st.0,
-                    dp.add(j0),
-                    dst_rs,
-                    alpha,
-                );
-                j0 += 2 * LANES;
-            }
-            if j0 < n {
-                tile::<1>(
-                    k,
-                    ap,
-                    a_st,
-                    b.as_ptr().add(j0),
-                    b_st.0,
-                    dp.add(j0),
-                    dst_rs,
-                    alpha,
-                );
-            }
+        while j0 + 2 * LANES <= n {
+            unsafe { tile::<4, 2>(k, ap, a_st, b.add(j0), brs, dp.add(j0), drs, alpha) };
+            j0 += 2 * LANES;
+        }
+        if j0 < n {
+            unsafe { tile::<4, 1>(k, ap, a_st, b.add(j0), brs, dp.add(j0), drs, alpha) };
         }
     }
 }
 
-/// Sixteen lanes of f32: one vector register.
-const LANES: usize = 16;
-
-/// Four output rows by `NV` sixteen-lane vectors, accumulated over the depth `k` in registers.
+/// [`tiles`] with eight rows, written in AVX-512 intrinsics: its sixteen accumulators fill half
+/// the 32 vector registers, which the compiler's own vectorisation of [`tile`] spills (it then
+/// gathers and scatters). The same fused multiply-adds in the same order, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn tile<const NV: usize>(
+unsafe fn tiles_avx512(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    drs: usize,
+    a: *const f32,
+    a_st: (usize, usize),
+    b: *const f32,
+    brs: usize,
+    alpha: f32,
+) {
+    for i0 in (0..m).step_by(8) {
+        let (ap, dp) = unsafe { (a.add(i0 * a_st.0), dst.add(i0 * drs)) };
+        let mut j0 = 0;
+        while j0 + 2 * LANES <= n {
+            unsafe { tile_avx512::<2>(k, ap, a_st, b.add(j0), brs, dp.add(j0), drs, alpha) };
+            j0 += 2 * LANES;
+        }
+        if j0 < n {
+            unsafe { tile_avx512::<1>(k, ap, a_st, b.add(j0), brs, dp.add(j0), drs, alpha) };
+        }
+    }
+}
+
+/// Eight output rows by `NV` vectors of [`tiles_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile_avx512<const NV: usize>(
     k: usize,
     a: *const f32,
     (ars, acs): (usize, usize),
@@ -570,14 +683,52 @@ unsafe fn tile<const NV: usize>(
     drs: usize,
     alpha: f32,
 ) {
-    let mut acc = [[[0f32; LANES]; NV]; 4];
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); NV]; 8];
+    for p in 0..k {
+        let bv: [__m512; NV] =
+            std::array::from_fn(|v| unsafe { _mm512_loadu_ps(b.add(p * brs + v * LANES)) });
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_ps(unsafe { *a.add(r * ars + p * acs) });
+            for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                *acc = _mm512_fmadd_ps(x, bv, *acc);
+            }
+        }
+    }
+    let alpha = _mm512_set1_ps(alpha);
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, &acc) in acc.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(dst.add(r * drs + v * LANES), _mm512_mul_ps(alpha, acc)) };
+        }
+    }
+}
+
+/// Sixteen lanes of f32: one vector register.
+const LANES: usize = 16;
+
+/// `R` output rows by `NV` sixteen-lane vectors, accumulated over the depth `k` in registers.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile<const R: usize, const NV: usize>(
+    k: usize,
+    a: *const f32,
+    (ars, acs): (usize, usize),
+    b: *const f32,
+    brs: usize,
+    dst: *mut f32,
+    drs: usize,
+    alpha: f32,
+) {
+    let mut acc = [[[0f32; LANES]; NV]; R];
     for p in 0..k {
         let mut bv = [[0f32; LANES]; NV];
         for (v, bv) in bv.iter_mut().enumerate() {
-            *bv = std::ptr::read_unaligned(b.add(p * brs + v * LANES) as *const [f32; LANES]);
+            *bv = unsafe {
+                std::ptr::read_unaligned(b.add(p * brs + v * LANES) as *const [f32; LANES])
+            };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
-            let x = *a.add(r * ars + p * acs);
+            let x = unsafe { *a.add(r * ars + p * acs) };
             for (acc, bv) in acc.iter_mut().zip(&bv) {
                 for (y, &b) in acc.iter_mut().zip(bv) {
                     *y = x.mul_add(b, *y);
@@ -588,7 +739,7 @@ unsafe fn tile<const NV: usize>(
     for (r, acc) in acc.iter().enumerate() {
         for (v, acc) in acc.iter().enumerate() {
             for (l, &y) in acc.iter().enumerate() {
-                *dst.add(r * drs + v * LANES + l) = alpha * y;
+                unsafe { *dst.add(r * drs + v * LANES + l) = alpha * y };
             }
         }
     }
@@ -676,7 +827,7 @@ fn chunk_pass_generic(step: &Step, rows: Range<usize>, w: &mut Work) -> f64 {
             3 * a,
             &acts.h,
             (d, 1),
-            &p.w_qkv[l],
+            p.w_qkv[l],
             (3 * a, 1),
             1.0,
             false,
@@ -813,7 +964,7 @@ fn chunk_pass_generic(step: &Step, rows: Range<usize>, w: &mut Work) -> f64 {
             d,
             &w.d_qkv,
             (3 * a, 1),
-            &p.w_qkv[l],
+            p.w_qkv[l],
             (1, 3 * a),
             1.0,
             false,
@@ -954,9 +1105,72 @@ fn attention(dims: &Dims, s: usize, acts: &mut LayerActs, kt: &mut Vec<f32>) {
 /// `dst[c·s + j] = x[j·rs + c]` for `j < s`, `c < w`: a head's keys or values as columns.
 #[inline(always)]
 fn transpose(x: &[f32], rs: usize, s: usize, w: usize, dst: &mut [f32]) {
+    assert!(s == 0 || w == 0 || (x.len() >= (s - 1) * rs + w && dst.len() >= w * s));
+    #[cfg(target_arch = "x86_64")]
+    if s.is_multiple_of(LANES) && w.is_multiple_of(LANES) && is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature (checked) and every access is inside the slices
+        // (asserted above).
+        unsafe { transpose_avx512(x.as_ptr(), rs, s, w, dst.as_mut_ptr()) };
+        return;
+    }
     for j in 0..s {
         for (c, &v) in x[j * rs..][..w].iter().enumerate() {
             dst[c * s + j] = v;
+        }
+    }
+}
+
+/// [`transpose`] in 16×16 blocks held in vector registers (the scalar loop moves one element a
+/// cycle at best); `s` and `w` are multiples of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_avx512(x: *const f32, rs: usize, s: usize, w: usize, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    for j0 in (0..s).step_by(LANES) {
+        for c0 in (0..w).step_by(LANES) {
+            let r: [__m512; LANES] =
+                std::array::from_fn(|i| unsafe { _mm512_loadu_ps(x.add((j0 + i) * rs + c0)) });
+            // Pairs of rows interleaved, then pairs of pairs: every 128-bit lane L of u[g][k]
+            // holds column 4L + k of rows 4g..4g+4.
+            let t: [__m512; LANES] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
+            });
+            let u: [[__m512; 4]; 4] = std::array::from_fn(|g| {
+                let pd = |v: __m512| _mm512_castps_pd(v);
+                let (lo, hi) = (pd(t[4 * g]), pd(t[4 * g + 1]));
+                let (lo2, hi2) = (pd(t[4 * g + 2]), pd(t[4 * g + 3]));
+                [
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(lo, lo2)),
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(lo, lo2)),
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(hi, hi2)),
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(hi, hi2)),
+                ]
+            });
+            // Gather lane L of the four row groups: output column 4L + k.
+            #[allow(clippy::needless_range_loop)] // k picks the same slot of all four groups
+            for k in 0..4 {
+                const EVEN: i32 = 0b10_00_10_00;
+                const ODD: i32 = 0b11_01_11_01;
+                let v0 = _mm512_shuffle_f32x4::<EVEN>(u[0][k], u[1][k]);
+                let v1 = _mm512_shuffle_f32x4::<ODD>(u[0][k], u[1][k]);
+                let v2 = _mm512_shuffle_f32x4::<EVEN>(u[2][k], u[3][k]);
+                let v3 = _mm512_shuffle_f32x4::<ODD>(u[2][k], u[3][k]);
+                let out = [
+                    _mm512_shuffle_f32x4::<EVEN>(v0, v2),
+                    _mm512_shuffle_f32x4::<EVEN>(v1, v3),
+                    _mm512_shuffle_f32x4::<ODD>(v0, v2),
+                    _mm512_shuffle_f32x4::<ODD>(v1, v3),
+                ];
+                for (lane, o) in out.into_iter().enumerate() {
+                    let c = c0 + 4 * lane + k;
+                    unsafe { _mm512_storeu_ps(dst.add(c * s + j0), o) };
+                }
+            }
         }
     }
 }
@@ -1078,4 +1292,24 @@ fn dot16(x: &[f32], y: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + rx.iter().zip(ry).map(|(a, b)| a * b).sum::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_moves_every_element_in_blocks_and_remainders() {
+        // 48×32 takes the 16×16 vector blocks where the CPU has them; 20×12 the scalar loop.
+        for (s, w, rs) in [(48, 32, 100), (20, 12, 13), (16, 16, 16)] {
+            let x: Vec<f32> = (0..s * rs).map(|i| i as f32).collect();
+            let mut dst = vec![f32::NAN; w * s];
+            transpose(&x, rs, s, w, &mut dst);
+            for c in 0..w {
+                for j in 0..s {
+                    assert_eq!(dst[c * s + j], x[j * rs + c], "s {s} w {w}: ({c}, {j})");
+                }
+            }
+        }
+    }
 }

@@ -434,6 +434,9 @@ impl Trainer {
             self.spec.optim.update_parallel(p, g, st, t, lr, frozen);
             var.set(&Tensor::from_slice(p, var.dims(), &Device::Cpu)?)?;
         }
+        if let Some(fused) = self.fused.as_mut() {
+            fused.recycle(gs);
+        }
         self.step = t;
         Ok(StepStats {
             loss,

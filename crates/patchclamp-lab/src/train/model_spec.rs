@@ -48,7 +48,7 @@ impl Default for ModelSpec {
 impl ModelSpec {
     /// The canonical config for a task with `vocab` tokens and `n_ctx` positions.
     pub fn config(&self, vocab: usize, n_ctx: usize) -> Result<Config, String> {
-        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return Err(format!(
                 "d_model {} must be a positive multiple of n_heads {}",
                 self.d_model, self.n_heads

@@ -157,7 +157,7 @@ pub fn run(
         write(&Line::Step(rec.clone()))?;
         on_event(Event::Step(&rec));
         result.steps.push(rec);
-        if tr.step % tr.spec.eval_every == 0 || tr.step == tr.spec.steps {
+        if tr.step.is_multiple_of(tr.spec.eval_every) || tr.step == tr.spec.steps {
             let train_loss = since.iter().sum::<f32>() / since.len() as f32;
             since.clear();
             let ev = evaluate(tr, task, &eval_set, Some(train_loss))?;
@@ -167,7 +167,7 @@ pub fn run(
         }
         let every = tr.spec.checkpoint_every;
         if let Some(ck) = &opts.checkpoint {
-            if (every > 0 && tr.step % every == 0) || tr.step == tr.spec.steps {
+            if (every > 0 && tr.step.is_multiple_of(every)) || tr.step == tr.spec.steps {
                 save_checkpoint(tr, ck)?;
             }
         }
