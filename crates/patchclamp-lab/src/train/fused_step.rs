@@ -407,61 +407,28 @@ impl FusedStep {
                 o.fill(0.0);
             }
         }
-        let whole = |n: usize| (n, n, 0);
-        sum_into(
-            &mut out[self.w_e],
-            work,
-            &|g| &g.w_e,
-            whole(self.sizes[self.w_e]),
-        );
-        sum_into(
-            &mut out[self.w_pos],
-            work,
-            &|g| &g.w_pos,
-            whole(self.sizes[self.w_pos]),
-        );
+        // `add(i, pick, layout)`: parameter i from the chunks' buffer `pick` (`layout` as in
+        // `sum_into`; the whole buffer when `None`).
+        type Pick<'a> = &'a (dyn Fn(&Grads) -> &[f32] + Sync);
+        let sizes = &self.sizes;
+        let mut add = |i: usize, pick: Pick, layout: Option<(usize, usize, usize)>| {
+            let layout = layout.unwrap_or((sizes[i], sizes[i], 0));
+            sum_into(&mut out[i], work, pick, layout);
+        };
+        add(self.w_e, &|g| &g.w_e, None);
+        add(self.w_pos, &|g| &g.w_pos, None);
         for (l, bi) in self.blocks.iter().enumerate() {
-            sum_into(
-                &mut out[bi.ln_w],
-                work,
-                &|g| &g.ln_w[l],
-                whole(self.sizes[bi.ln_w]),
-            );
-            sum_into(
-                &mut out[bi.ln_b],
-                work,
-                &|g| &g.ln_b[l],
-                whole(self.sizes[bi.ln_b]),
-            );
-            sum_into(
-                &mut out[bi.w_o],
-                work,
-                &|g| &g.w_o[l],
-                whole(self.sizes[bi.w_o]),
-            );
+            add(bi.ln_w, &|g| &g.ln_w[l], None);
+            add(bi.ln_b, &|g| &g.ln_b[l], None);
+            add(bi.w_o, &|g| &g.w_o[l], None);
             // Q, K and V are column blocks of the chunks' `[d, 3·attn]` gradient.
-            for (part, idx) in [bi.w_q, bi.w_k, bi.w_v].into_iter().enumerate() {
-                sum_into(&mut out[idx], work, &|g| &g.w_qkv[l], (a, 3 * a, part * a));
+            for (part, i) in [bi.w_q, bi.w_k, bi.w_v].into_iter().enumerate() {
+                add(i, &|g| &g.w_qkv[l], Some((a, 3 * a, part * a)));
             }
         }
-        sum_into(
-            &mut out[self.lnf_w],
-            work,
-            &|g| &g.lnf_w,
-            whole(self.sizes[self.lnf_w]),
-        );
-        sum_into(
-            &mut out[self.lnf_b],
-            work,
-            &|g| &g.lnf_b,
-            whole(self.sizes[self.lnf_b]),
-        );
-        sum_into(
-            &mut out[self.w_u],
-            work,
-            &|g| &g.w_u,
-            whole(self.sizes[self.w_u]),
-        );
+        add(self.lnf_w, &|g| &g.lnf_w, None);
+        add(self.lnf_b, &|g| &g.lnf_b, None);
+        add(self.w_u, &|g| &g.w_u, None);
         out
     }
 
