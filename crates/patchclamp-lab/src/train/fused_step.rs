@@ -1265,6 +1265,64 @@ fn dot16(x: &[f32], y: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
+    /// A deterministic, irregular test matrix.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn small_products_match_a_plain_loop_and_each_other() {
+        // (m, n, k, lhs transposed): eight-row and four-row tiles, one and two vectors, the
+        // library fallback (n not a multiple of 16), and a transposed lhs as in dV and dK.
+        for (m, n, k, at) in [
+            (16, 64, 32, false),
+            (16, 48, 64, true),
+            (12, 32, 20, false),
+            (8, 16, 5, true),
+            (4, 20, 7, false),
+        ] {
+            let (a, b) = (values(m * k, 1), values(k * n, 2));
+            let a_st = if at { (1, m) } else { (k, 1) };
+            let want: Vec<f32> = (0..m * n)
+                .map(|x| {
+                    let (i, j) = (x / n, x % n);
+                    let dot: f64 = (0..k)
+                        .map(|p| a[i * a_st.0 + p * a_st.1] as f64 * b[p * n + j] as f64)
+                        .sum();
+                    0.5 * dot as f32
+                })
+                .collect();
+            let mut got = vec![f32::NAN; m * n];
+            small_mm((m, n, k), &mut got, n, &a, a_st, &b, (n, 1), 0.5);
+            for (x, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{m}×{n}×{k} at {x}: {g} vs {w}"
+                );
+            }
+            // The portable four-row tiles give the very bits the dispatched ones gave.
+            if n % LANES == 0 && m % 4 == 0 {
+                let mut portable = vec![f32::NAN; m * n];
+                // SAFETY: the output and operands are exactly m×n, m×k and k×n.
+                unsafe {
+                    tiles(
+                        (m, n, k),
+                        portable.as_mut_ptr(),
+                        n,
+                        a.as_ptr(),
+                        a_st,
+                        b.as_ptr(),
+                        n,
+                        0.5,
+                    )
+                };
+                assert_eq!(portable, got, "{m}×{n}×{k}");
+            }
+        }
+    }
+
     #[test]
     fn transpose_moves_every_element_in_blocks_and_remainders() {
         // 48×32 takes the 16×16 vector blocks where the CPU has them; 20×12 the scalar loop.
