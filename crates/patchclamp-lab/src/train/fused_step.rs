@@ -580,7 +580,30 @@ fn small_mm(
     }
 }
 
-/// The output of [`small_mm`] tile by tile: four rows at a time, two vectors of columns, then one.
+/// Walks an `m×n` output in tiles of `R` rows by two sixteen-lane vectors of columns (then
+/// one), calling `tile(two_vectors, lhs, rhs, dst)` at each tile's first row and column.
+#[inline(always)]
+unsafe fn for_each_tile<const R: usize>(
+    (m, n): (usize, usize),
+    (dst, drs): (*mut f32, usize),
+    (a, ars): (*const f32, usize),
+    b: *const f32,
+    mut tile: impl FnMut(bool, *const f32, *const f32, *mut f32),
+) {
+    for i0 in (0..m).step_by(R) {
+        let (ap, dp) = unsafe { (a.add(i0 * ars), dst.add(i0 * drs)) };
+        let mut j0 = 0;
+        while j0 + 2 * LANES <= n {
+            tile(true, ap, unsafe { b.add(j0) }, unsafe { dp.add(j0) });
+            j0 += 2 * LANES;
+        }
+        if j0 < n {
+            tile(false, ap, unsafe { b.add(j0) }, unsafe { dp.add(j0) });
+        }
+    }
+}
+
+/// The output of [`small_mm`] in four-row tiles.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn tiles(
@@ -593,17 +616,14 @@ unsafe fn tiles(
     brs: usize,
     alpha: f32,
 ) {
-    for i0 in (0..m).step_by(4) {
-        let (ap, dp) = unsafe { (a.add(i0 * a_st.0), dst.add(i0 * drs)) };
-        let mut j0 = 0;
-        while j0 + 2 * LANES <= n {
-            unsafe { tile::<4, 2>(k, ap, a_st, b.add(j0), brs, dp.add(j0), drs, alpha) };
-            j0 += 2 * LANES;
+    let tile = |two, ap, bp, dp| unsafe {
+        if two {
+            tile::<2>(k, ap, a_st, bp, brs, dp, drs, alpha)
+        } else {
+            tile::<1>(k, ap, a_st, bp, brs, dp, drs, alpha)
         }
-        if j0 < n {
-            unsafe { tile::<4, 1>(k, ap, a_st, b.add(j0), brs, dp.add(j0), drs, alpha) };
-        }
-    }
+    };
+    unsafe { for_each_tile::<4>((m, n), (dst, drs), (a, a_st.0), b, tile) }
 }
 
 /// [`tiles`] with eight rows, written in AVX-512 intrinsics: its sixteen accumulators fill half
@@ -622,17 +642,14 @@ unsafe fn tiles_avx512(
     brs: usize,
     alpha: f32,
 ) {
-    for i0 in (0..m).step_by(8) {
-        let (ap, dp) = unsafe { (a.add(i0 * a_st.0), dst.add(i0 * drs)) };
-        let mut j0 = 0;
-        while j0 + 2 * LANES <= n {
-            unsafe { tile_avx512::<2>(k, ap, a_st, b.add(j0), brs, dp.add(j0), drs, alpha) };
-            j0 += 2 * LANES;
+    let tile = |two, ap, bp, dp| unsafe {
+        if two {
+            tile_avx512::<2>(k, ap, a_st, bp, brs, dp, drs, alpha)
+        } else {
+            tile_avx512::<1>(k, ap, a_st, bp, brs, dp, drs, alpha)
         }
-        if j0 < n {
-            unsafe { tile_avx512::<1>(k, ap, a_st, b.add(j0), brs, dp.add(j0), drs, alpha) };
-        }
-    }
+    };
+    unsafe { for_each_tile::<8>((m, n), (dst, drs), (a, a_st.0), b, tile) }
 }
 
 /// Eight output rows by `NV` vectors of [`tiles_avx512`].
@@ -673,10 +690,10 @@ unsafe fn tile_avx512<const NV: usize>(
 /// Sixteen lanes of f32: one vector register.
 const LANES: usize = 16;
 
-/// `R` output rows by `NV` sixteen-lane vectors, accumulated over the depth `k` in registers.
+/// Four output rows by `NV` sixteen-lane vectors, accumulated over the depth `k` in registers.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn tile<const R: usize, const NV: usize>(
+unsafe fn tile<const NV: usize>(
     k: usize,
     a: *const f32,
     (ars, acs): (usize, usize),
@@ -686,7 +703,7 @@ unsafe fn tile<const R: usize, const NV: usize>(
     drs: usize,
     alpha: f32,
 ) {
-    let mut acc = [[[0f32; LANES]; NV]; R];
+    let mut acc = [[[0f32; LANES]; NV]; 4];
     for p in 0..k {
         let mut bv = [[0f32; LANES]; NV];
         for (v, bv) in bv.iter_mut().enumerate() {
