@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use patchclamp_core::model::Weights;
 use patchclamp_core::rng::Rng;
 use patchclamp_core::{Config, Hooks, Input, Model};
@@ -187,7 +187,7 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
     if a.iters == 0 || a.batch == 0 || a.seq == 0 {
         bail!("--iters, --batch and --seq must be positive");
     }
-    let dev = Device::Cpu;
+    let dev = crate::device();
     let (model, label) = match &a.model {
         Some(spec) => (crate::load_model(spec, false)?.model, spec.clone()),
         None => {
@@ -294,12 +294,14 @@ fn reset_peak_rss() {
 }
 
 fn patch(a: PatchArgs) -> anyhow::Result<()> {
-    use patchclamp_lab::patching::{default_batch, sweep, Direction, Metric, PatchingConfig, Site};
+    use patchclamp_lab::causal::patching::{
+        default_batch, sweep, Direction, Metric, PatchingConfig, Site,
+    };
     crate::set_threads(Some(a.threads));
     if a.clean.is_empty() || a.iters == 0 {
         bail!("--clean ids and a positive --iters are required");
     }
-    let dev = Device::Cpu;
+    let dev = crate::device();
     let model = match &a.model {
         Some(spec) => crate::load_model(spec, false)?.model,
         None => {

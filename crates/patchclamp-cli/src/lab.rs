@@ -2,14 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use patchclamp_core::fsutil::write_atomic;
 use patchclamp_core::Intervention;
-use patchclamp_lab::experiment::{presets, Experiment};
-use patchclamp_lab::toy::{critical, phase};
+use patchclamp_lab::experiment::{presets, singh, Experiment, FinishedRun};
+use patchclamp_lab::toy::protocols;
+use patchclamp_report::{outcomes, RunDir};
 
-use crate::train::{execute, RunOutput};
-use crate::training_report;
+use crate::train::{execute, register, Prepared};
 
 /// The experiments of the lab.
 const EXPERIMENTS: &[(&str, &str)] = &[
@@ -36,6 +34,9 @@ pub struct Args {
     /// A TOML file with [[interventions]] to train one more run under.
     #[arg(long)]
     clamp: Option<PathBuf>,
+    /// Write into --out even if it holds files patchclamp did not write (they are kept).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
@@ -84,7 +85,7 @@ fn read_clamp(p: &Path) -> anyhow::Result<Vec<Intervention>> {
     struct Clamp {
         interventions: Vec<Intervention>,
     }
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let text = patchclamp_report::read_text(p)?;
     let c: Clamp = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
             "{}: {}",
@@ -105,16 +106,37 @@ fn single_threaded_kernels() {
     }
 }
 
-/// Trains several runs side by side (one thread each; each run is deterministic on its own).
-fn run_all(runs: Vec<(String, Experiment)>, out: &Path) -> anyhow::Result<Vec<RunOutput>> {
+/// Trains several runs side by side into sub-folders of `out` (one thread each; each run is
+/// deterministic on its own). Every trainer is built before the folder is touched.
+fn run_all(
+    runs: Vec<(String, Experiment)>,
+    out: &Path,
+    command: &str,
+    force: bool,
+) -> anyhow::Result<(RunDir, Vec<FinishedRun>)> {
+    let prepared = runs
+        .into_iter()
+        .map(|(label, exp)| Prepared::new(&label, exp))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut run = RunDir::create(out, command, force)?;
+    let mut all = String::new();
+    for p in &prepared {
+        all.push_str(&toml::to_string(&p.exp)?);
+    }
+    run.set_experiment_hash(patchclamp_report::content_hash(all.as_bytes()))?;
+    let mut jobs = vec![];
+    for p in prepared {
+        let sub = p.exp.name.clone();
+        let (opts, dir) = register(&p, &mut run, &sub, false)?;
+        jobs.push((p, opts, dir));
+    }
     let mp = indicatif::MultiProgress::new();
-    let results: Vec<anyhow::Result<RunOutput>> = std::thread::scope(|s| {
-        let handles: Vec<_> = runs
-            .iter()
-            .map(|(label, exp)| {
-                let dir = out.join(&exp.name);
+    let results: Vec<anyhow::Result<FinishedRun>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|(p, opts, dir)| {
                 let mp = &mp;
-                s.spawn(move || execute(label, exp, &dir, false, mp))
+                s.spawn(move || execute(p, &opts, dir, mp))
             })
             .collect();
         handles
@@ -125,10 +147,10 @@ fn run_all(runs: Vec<(String, Experiment)>, out: &Path) -> anyhow::Result<Vec<Ru
             })
             .collect()
     });
-    results.into_iter().collect()
+    Ok((run, results.into_iter().collect::<anyhow::Result<_>>()?))
 }
 
-fn print_table(runs: &[RunOutput]) {
+fn print_table(runs: &[FinishedRun]) {
     println!(
         "{:<32} {:>7} {:>13} {:>11} {:>11} {:>11}",
         "run", "steps", "phase change", "ctx loss", "max IND", "max PT"
@@ -157,8 +179,10 @@ fn induction(a: &Args, out: &Path, extra: Option<Vec<Intervention>>) -> anyhow::
         runs.push(("custom clamp".into(), e));
     }
     let t0 = std::time::Instant::now();
-    let done = run_all(runs, out)?;
-    let html = training_report::write(out, "patchclamp lab induction", &done, None)?;
+    let (mut run, done) = run_all(runs, out, "lab induction", a.force)?;
+    let (html, _) =
+        patchclamp_report::training::write(&mut run, "patchclamp lab induction", &done, None)?;
+    run.finish()?;
     print_table(&done);
     println!(
         "finished in {:.0} s; report: {}",
@@ -176,8 +200,9 @@ fn singh(a: &Args, out: &Path, extra: Option<Vec<Intervention>>) -> anyhow::Resu
         e.interventions = ivs;
         runs.push(("custom clamp".into(), e));
     }
-    let done = run_all(runs, out)?;
-    let html = training_report::write(out, "patchclamp lab singh-ih", &done, None)?;
+    let (mut run, done) = run_all(runs, out, "lab singh-ih", a.force)?;
+    let (html, _) =
+        patchclamp_report::training::write(&mut run, "patchclamp lab singh-ih", &done, None)?;
     for r in &done {
         if let Some(s) = &r.summary {
             let strength = r
@@ -200,176 +225,36 @@ fn singh(a: &Args, out: &Path, extra: Option<Vec<Intervention>>) -> anyhow::Resu
         }
     }
     if let Some(base) = done.first() {
-        let abl = singh_ablations(base)?;
-        println!("ablations of the trained baseline (accuracy on 1024 training-split sequences):");
-        for (what, acc) in &abl {
-            println!("  {what:<58} {acc:.4}");
+        let rows = singh::ablations(&base.model, &base.exp.task)?;
+        for line in outcomes::write_ablations(&mut run, &rows)? {
+            println!("{line}");
         }
-        let rows: Vec<serde_json::Value> = abl
-            .iter()
-            .map(|(w, a)| serde_json::json!({"ablation": w, "accuracy": a}))
-            .collect();
-        write_atomic(
-            &out.join("ablations.json"),
-            serde_json::to_string_pretty(&rows)?.as_bytes(),
-        )?;
     }
+    run.finish()?;
     println!("report: {}", html.display());
     Ok(())
 }
 
-/// Accuracy of the trained baseline under test-time ablations (METHODS.md K4 ii, v): each
-/// layer-1 head removed, and layer 0's attention removed with layer 1's patterns and values
-/// preserved from the unablated run (two passes) or not.
-fn singh_ablations(run: &RunOutput) -> anyhow::Result<Vec<(String, f32)>> {
-    use patchclamp_core::{Hooks, Input, Padding, Selector};
-    use patchclamp_lab::tasks::{Task, TaskSpec};
-    let TaskSpec::Icl(task) = &run.exp.task else {
-        anyhow::bail!("singh ablations need the classification task");
-    };
-    let m = &run.model;
-    let batch = task.batch(&mut patchclamp_core::rng::Rng::new(0xAB1A7E), 1024);
-    let input = Input::batch(&batch.tokens, Padding::Right, 0, m.device())?;
-    let classes = task.classes().expect("classification");
-    let acc = |hooks: &mut Hooks| -> anyhow::Result<f32> {
-        let logits = m.forward(&input, hooks)?;
-        Ok(patchclamp_lab::probes::accuracy(
-            &logits,
-            &batch,
-            classes.clone(),
-        )?)
-    };
-    let mut out = vec![("none".to_string(), acc(&mut Hooks::none())?)];
-    let last = m.cfg.n_layers - 1;
-    for h in 0..m.cfg.n_heads {
-        let mut hooks = Hooks::none().intervene(iv(&format!(
-            "at = 'blocks.{last}.attn.hook_z'\nselect = {{ heads = [{h}] }}\nop = {{ kind = 'zero' }}"
-        )));
-        out.push((format!("remove head {last}.{h}"), acc(&mut hooks)?));
-    }
-    let mut clean = Hooks::none()
-        .capture(Selector::parse(&format!(
-            "blocks.{last}.attn.hook_pattern"
-        ))?)
-        .capture(Selector::parse(&format!("blocks.{last}.attn.hook_v"))?);
-    m.forward(&input, &mut clean)?;
-    let zero0 = iv("at = 'blocks.0.hook_attn_out'\nop = { kind = 'zero' }");
-    out.push((
-        "zero layer-0 attention".into(),
-        acc(&mut Hooks::none().intervene(zero0.clone()))?,
-    ));
-    let mut preserved = Hooks::none()
-        .source("clean", clean.take_cache())
-        .intervene(zero0)
-        .intervene(iv(&format!(
-            "at = 'blocks.{last}.attn.hook_pattern'\nop = {{ kind = 'patch', source = 'clean' }}"
-        )))
-        .intervene(iv(&format!(
-            "at = 'blocks.{last}.attn.hook_v'\nop = {{ kind = 'patch', source = 'clean' }}"
-        )));
-    out.push((
-        "zero layer-0 attention, layer-1 patterns and values preserved".into(),
-        acc(&mut preserved)?,
-    ));
-    Ok(out)
-}
-
-fn iv(text: &str) -> Intervention {
-    toml::from_str(text).expect("built-in intervention parses")
-}
-
 fn toy_phase(a: &Args, out: &Path) -> anyhow::Result<()> {
-    use crate::plot::line::{LinePlot, Series};
-    std::fs::create_dir_all(out)?;
-    let t = phase::ThreeFactor {
-        seed: a.seed,
-        iters: a.steps.unwrap_or(1000) as usize,
-        ..Default::default()
-    };
-    let conds: [(&str, phase::Clamp); 3] = [
-        ("none", [false, false, false]),
-        ("c clamped", [false, false, true]),
-        ("b, c clamped", [false, true, true]),
-    ];
-    let mut series = vec![];
-    let mut rows = vec![];
-    for (name, clamp) in conds {
-        let l = t.run(clamp);
-        let t10 = phase::time_to(&l, 0.1);
-        println!(
-            "{name:<14} t10 = {:>5}   L(100)/L(0) = {:.3}",
-            t10.map_or("never".into(), |x| x.to_string()),
-            l[100.min(l.len() - 1)] / l[0]
-        );
-        rows.push(serde_json::json!({"clamp": name, "t10": t10, "loss": l}));
-        series.push(Series {
-            name: name.into(),
-            xs: (0..l.len()).map(|i| i as f64).collect(),
-            ys: l.iter().map(|x| (x / l[0]).max(1e-8).log10()).collect(),
-            dashed: false,
-        });
+    let t = protocols::toy_phase(a.seed, a.steps.unwrap_or(1000) as usize);
+    let mut run = RunDir::create(out, "lab toy-phase", a.force)?;
+    let lines = outcomes::write_toy_phase(&mut run, &t)?;
+    run.finish()?;
+    for line in lines {
+        println!("{line}");
     }
-    let plot = LinePlot {
-        title: "Three-factor toy: log10 loss / initial loss".into(),
-        x_label: "gradient step".into(),
-        y_label: "log10 L/L0".into(),
-        series,
-        markers: vec![],
-        hline: Some((-1.0, "10% of initial".into())),
-        y_range: None,
-    };
-    write_atomic(&out.join("loss.svg"), plot.svg().as_bytes())?;
-    write_atomic(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"settings": t, "runs": rows}))?.as_bytes(),
-    )?;
     println!("report: {}", out.display());
     Ok(())
 }
 
 fn critical_periods(a: &Args, out: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out)?;
-    let mut json = serde_json::Map::new();
-    println!("multi-pathway (σ = 10, deficit on pathway B for 6000 of 40000 steps): final B share");
-    let mut shares = vec![];
-    for depth in [2, 3, 4] {
-        let p = critical::Pathways {
-            depth,
-            seed: a.seed,
-            ..Default::default()
-        };
-        let none = p.run(None).0;
-        let early = p.run(Some((0, 6000))).0;
-        let late = p.run(Some((20_000, 26_000))).0;
-        println!("  depth {depth}: no deficit {none:.3}  early {early:.3}  late {late:.3}");
-        shares
-            .push(serde_json::json!({"depth": depth, "none": none, "early": early, "late": late}));
+    let c = protocols::critical_periods(a.seed);
+    let mut run = RunDir::create(out, "lab critical-periods", a.force)?;
+    let lines = outcomes::write_critical_periods(&mut run, &c)?;
+    run.finish()?;
+    for line in lines {
+        println!("{line}");
     }
-    json.insert("pathways".into(), shares.into());
-    println!(
-        "matrix completion (task 1 rank 6 for T steps, then task 2 rank 3): test MSE on task 2"
-    );
-    let mut mc = vec![];
-    for depth in [1, 3] {
-        let c = critical::Completion {
-            depth,
-            seed: a.seed.max(1),
-            ..Default::default()
-        };
-        let errs: Vec<f64> = [0, 2000, 8000].iter().map(|&t| c.run(t)).collect();
-        println!(
-            "  depth {depth}: T=0 {:.3}  T=2000 {:.3}  T=8000 {:.3}",
-            errs[0], errs[1], errs[2]
-        );
-        mc.push(
-            serde_json::json!({"depth": depth, "t_critical": [0, 2000, 8000], "test_mse": errs}),
-        );
-    }
-    json.insert("completion".into(), mc.into());
-    write_atomic(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
     println!("report: {}", out.display());
     Ok(())
 }

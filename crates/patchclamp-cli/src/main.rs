@@ -5,12 +5,9 @@ mod bench;
 mod inspect;
 mod lab;
 mod patch;
-mod plot;
-mod report;
 mod run;
 mod trace;
 mod train;
-mod training_report;
 
 use std::process::ExitCode;
 
@@ -31,14 +28,19 @@ Examples:
   patchclamp bench forward --shape gpt2-small --batch 8 --seq 128 --threads 2
   patchclamp lens MODEL --prompt 'The Eiffel Tower is in the city of' --out runs/lens
   patchclamp dla MODEL --prompt 'When Mary and John went to the store, John gave a drink to' \
-      --target ' Mary' --baseline ' John' --out runs/dla
+      --answer ' Mary' --wrong ' John' --out runs/dla
   patchclamp heads runs/induction/induction-baseline/checkpoint.safetensors --out runs/heads
   patchclamp neurons MODEL --prompts corpus.jsonl --out runs/neurons   # labels → LAPE
   patchclamp extremes MODEL --prompts prompts.txt --out runs/extremes
   patchclamp probe MODEL --prompts labelled.jsonl --out runs/probe
   patchclamp localize MODEL --stimuli sentences.txt --control nonwords.txt --eval text.txt --out runs/loc
   patchclamp hydra MODEL --prompt 'The capital of France is' --source 'The capital of Italy is' \
-      --target ' Paris' --out runs/hydra";
+      --answer ' Paris' --out runs/hydra
+
+Exit status: 0 done, 1 an error (one line on stderr), 2 a usage error (bad flags).
+An --out folder is locked while a command writes it and closed by manifest.json (complete: true);
+a rerun into it replaces the earlier run's files, and a folder holding other files is refused
+unless --force.";
 
 /// Patch-clamp electrophysiology for transformers: record, patch, clamp, and train under clamps.
 #[derive(Parser)]
@@ -159,10 +161,25 @@ pub(crate) fn training_threads() {
 /// Loads a model for a command, with processing if asked.
 pub(crate) fn load_model(spec: &str, processed: bool) -> anyhow::Result<patchclamp_core::Loaded> {
     use anyhow::Context;
-    let mut m = patchclamp_core::load(spec, &candle_core::Device::Cpu)
-        .with_context(|| format!("loading {spec}"))?;
+    let mut m =
+        patchclamp_core::load(spec, &device()).with_context(|| format!("loading {spec}"))?;
     if processed {
         m.model.process(patchclamp_core::Processing::all())?;
     }
     Ok(m)
+}
+
+/// The device every command computes on: the one place it is chosen.
+pub(crate) fn device() -> candle_core::Device {
+    candle_core::Device::Cpu
+}
+
+/// Prints `text` and a newline to stdout; a closed pipe (`| head`) ends the output quietly.
+pub(crate) fn print(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+        // The reader went away (EPIPE): nothing more to say, and nothing went wrong.
+        std::process::exit(0);
+    }
 }

@@ -1,20 +1,22 @@
-//! `patchclamp patch`: an activation-patching sweep with JSON, safetensors and heatmaps.
+//! `patchclamp patch` / `attribute`: an activation-patching sweep with JSON, safetensors,
+//! heatmaps and a report page.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use patchclamp_core::Tokenizer;
-use patchclamp_lab::attribution::attribute;
-use patchclamp_lab::patching::{default_batch, sweep, Direction, Metric, PatchingConfig, Site};
-use serde_json::json;
+use patchclamp_lab::causal::attribution::attribute;
+use patchclamp_lab::causal::patching::{
+    default_batch, sweep, Direction, Metric, PatchingConfig, Site,
+};
+use patchclamp_report::outcomes::PatchOutcome;
+use patchclamp_report::Subject;
 
-use crate::plot::Heatmap;
-use crate::report;
+use crate::analysis::{report, Common};
 
 /// Arguments of `patch`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model folder or a cached repo id.
+    /// A model folder, a cached repo id, or a lab checkpoint (prompts as token ids).
     model: String,
     /// The clean prompt (the model gets the answer right).
     #[arg(long)]
@@ -22,7 +24,7 @@ pub struct Args {
     /// The corrupted prompt (same number of tokens, e.g. a swapped name).
     #[arg(long)]
     corrupted: String,
-    /// The correct next token (its text, e.g. " Mary"; must be one token).
+    /// The correct next token (its text, e.g. " Mary"; exactly one token; or id:N).
     #[arg(long)]
     answer: String,
     /// The competing token for logit differences.
@@ -47,21 +49,15 @@ pub struct Args {
     /// Apply TransformerLens's weight processing first.
     #[arg(long)]
     processed: bool,
-    /// Output folder (result.json, result.safetensors, heatmap.svg, heatmap.png).
+    /// Output folder (result.json, result.safetensors, heatmap.svg/png, report.html).
     #[arg(long)]
     out: PathBuf,
-    /// Print the JSON result to stdout too.
+    /// Print the JSON result to stdout instead of the summary.
     #[arg(long)]
     json: bool,
-}
-
-/// The id of `text` if it is exactly one token.
-fn one_token(tok: &Tokenizer, text: &str, what: &str) -> anyhow::Result<u32> {
-    let ids = tok.encode(text)?;
-    match ids.as_slice() {
-        [id] => Ok(*id),
-        _ => bail!("--{what} {text:?} is {} tokens {ids:?}; it must be exactly one (mind the leading space)", ids.len()),
-    }
+    /// Write into --out even if it holds files patchclamp did not write (they are kept).
+    #[arg(long)]
+    force: bool,
 }
 
 /// How the sweep is computed.
@@ -74,15 +70,13 @@ pub enum Method {
 }
 
 pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
-    let site: Site = serde_json::from_value(json!(a.point)).map_err(|_| {
+    let site: Site = serde_json::from_value(serde_json::Value::String(a.point.clone())).map_err(|_| {
         anyhow::anyhow!("unknown --point '{}'; use resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v or pattern", a.point)
     })?;
-    let m = crate::load_model(&a.model, a.processed)?;
-    let tok = m.tokenizer()?;
-    let cfg = &m.model.cfg;
-    let clean = tok.prompt(cfg, &a.clean, None).context("--clean")?;
-    let corrupt = tok.prompt(cfg, &a.corrupted, None).context("--corrupted")?;
-    let answer = one_token(tok, &a.answer, "answer")?;
+    let s = Subject::load(&a.model, a.processed, &crate::device())?;
+    let clean = s.encode(&a.clean).context("--clean")?;
+    let corrupt = s.encode(&a.corrupted).context("--corrupted")?;
+    let answer = s.token(&a.answer).context("--answer")?;
     let metric = match a.metric.as_str() {
         "logit-diff" => {
             let Some(w) = &a.wrong else {
@@ -90,7 +84,7 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
             };
             Metric::LogitDiff {
                 answer,
-                wrong: one_token(tok, w, "wrong")?,
+                wrong: s.token(w).context("--wrong")?,
             }
         }
         "prob" => Metric::Prob { answer },
@@ -109,97 +103,44 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
         batch: a.batch.unwrap_or(default_batch(clean.len())),
         window: a.window,
     };
-    let r = match method {
+    let (r, method_name) = match method {
         Method::Exact => {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(indicatif::ProgressStyle::with_template(
                 "patching {bar:30} {pos}/{len} variants {elapsed}",
             )?);
-            let r = sweep(&m.model, &clean, &corrupt, &pc, |done, total| {
+            let r = sweep(&s.model, &clean, &corrupt, &pc, |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
             })?;
             bar.finish_and_clear();
-            r
+            (r, "patching")
         }
-        Method::Attribution => attribute(&m.model, &clean, &corrupt, site, pc.direction, metric)?,
-    };
-    let method_name = match method {
-        Method::Exact => "patching",
-        Method::Attribution => "attribution patching",
-    };
-
-    let token_labels: Vec<String> = clean
-        .iter()
-        .zip(&corrupt)
-        .enumerate()
-        .map(|(i, (&c, &k))| {
-            let c = tok.decode(&[c]).unwrap_or_default();
-            let k = tok.decode(&[k]).unwrap_or_default();
-            if c == k {
-                format!("{i}:{c}")
-            } else {
-                format!("{i}:{c}/{k}")
-            }
-        })
-        .collect();
-    let col_labels: Vec<String> = if site.per_head() {
-        (0..r.n_cols).map(|h| format!("H{h}")).collect()
-    } else {
-        token_labels.clone()
-    };
-    let row_labels: Vec<String> = (0..r.n_layers).map(|l| format!("L{l}")).collect();
-
-    let result = json!({
-        "model": a.model, "clean": a.clean, "corrupted": a.corrupted,
-        "clean_tokens": clean, "corrupted_tokens": corrupt, "token_labels": token_labels,
-        "method": method_name, "config": pc, "n_layers": r.n_layers, "n_cols": r.n_cols, "col_labels": col_labels,
-        "clean_metric": r.clean_metric, "corrupt_metric": r.corrupt_metric,
-        "values": r.values, "normalized": r.normalized, "unchanged": r.unchanged,
-    });
-    let heat = Heatmap {
-        title: format!(
-            "{} {method_name} of {}, metric {}",
-            if a.noising { "noising" } else { "denoising" },
-            a.point,
-            a.metric
+        Method::Attribution => (
+            attribute(&s.model, &clean, &corrupt, site, pc.direction, metric)?,
+            "attribution patching",
         ),
-        values: r.normalized.clone(),
-        rows: r.n_layers,
-        cols: r.n_cols,
-        row_labels,
-        col_labels,
-        x_label: if site.per_head() {
-            "head".into()
-        } else {
-            "position (clean/corrupted token)".into()
-        },
-        y_label: "layer".into(),
-        colorbar_label: "normalised recovery".into(),
     };
-    let text = report::write(
-        &a.out,
-        &result,
-        &[("values", &r.values), ("normalized", &r.normalized)],
-        &heat,
-    )?;
-    if a.json {
-        println!("{text}");
-    } else {
-        println!(
-            "clean {:.4}, corrupted {:.4}; {} layers × {} {}; wrote {}/{}",
-            r.clean_metric,
-            r.corrupt_metric,
-            r.n_layers,
-            r.n_cols,
-            if site.per_head() {
-                "heads"
-            } else {
-                "positions"
-            },
-            a.out.display(),
-            report::FILES
-        );
-    }
-    Ok(())
+    let outcome = PatchOutcome::new(
+        &a.model,
+        (&a.clean, &a.corrupted),
+        (clean, corrupt),
+        method_name,
+        pc,
+        r,
+        &s.vocab(),
+        (&a.point, &a.metric),
+    );
+    let common = Common {
+        model: a.model,
+        processed: a.processed,
+        out: a.out,
+        json: a.json,
+        force: a.force,
+    };
+    let command = match method {
+        Method::Exact => "patch",
+        Method::Attribution => "attribute",
+    };
+    report(&common, command, &s, &outcome)
 }

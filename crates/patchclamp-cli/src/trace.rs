@@ -1,14 +1,14 @@
-//! `patchclamp trace`: ROME causal tracing with JSON, safetensors and a heatmap.
+//! `patchclamp trace`: ROME causal tracing with JSON, safetensors, a heatmap and a page.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use patchclamp_lab::patching::Metric;
-use patchclamp_lab::tracing::{trace, TraceConfig, TraceKind};
-use serde_json::json;
+use patchclamp_lab::causal::patching::Metric;
+use patchclamp_lab::causal::tracing::{trace, TraceConfig, TraceKind};
+use patchclamp_report::outcomes::TraceOutcome;
+use patchclamp_report::Subject;
 
-use crate::plot::Heatmap;
-use crate::report;
+use crate::analysis::{report, Common};
 
 /// Arguments of `trace`.
 #[derive(clap::Args)]
@@ -52,6 +52,9 @@ pub struct Args {
     out: PathBuf,
     #[arg(long)]
     json: bool,
+    /// Write into --out even if it holds files patchclamp did not write (they are kept).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Positions where `needle` occurs as a contiguous run inside `hay`.
@@ -71,12 +74,14 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         "attn" => TraceKind::Attn,
         other => bail!("unknown --kind '{other}'; use hidden, mlp or attn"),
     };
-    let m = crate::load_model(&a.model, false)?;
-    let tok = m.tokenizer()?;
-    let ids = tok.prompt(&m.model.cfg, &a.prompt, None)?;
+    let s = Subject::load(&a.model, false, &crate::device())?;
+    let ids = s.encode(&a.prompt)?;
     let subject = match (&a.subject, &a.subject_positions) {
         (_, Some(p)) => p.clone(),
         (Some(text), None) => {
+            let Some(tok) = &s.tok else {
+                bail!("this model has no tokenizer: give the subject as --subject-positions P,Q")
+            };
             let with_space = tok.encode(&format!(" {text}"))?;
             let bare = tok.encode(text)?;
             find_run(&ids, &with_space)
@@ -85,14 +90,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --subject TEXT or --subject-positions P,Q"),
     };
-    let answer = match tok.encode(&a.answer)?.as_slice() {
-        [id] => *id,
-        other => bail!(
-            "--answer {:?} is {} tokens {other:?}; it must be exactly one",
-            a.answer,
-            other.len()
-        ),
-    };
+    let answer = s.token(&a.answer).context("--answer")?;
     let cfg = TraceConfig {
         subject: subject.clone(),
         kind,
@@ -106,69 +104,24 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         severed: a.severed,
         batch: a
             .batch
-            .unwrap_or(patchclamp_lab::patching::default_batch(ids.len())),
+            .unwrap_or(patchclamp_lab::causal::patching::default_batch(ids.len())),
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(indicatif::ProgressStyle::with_template(
         "tracing {bar:30} {pos}/{len} runs {elapsed}",
     )?);
-    let r = trace(&m.model, &ids, &cfg, |done, total| {
+    let r = trace(&s.model, &ids, &cfg, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-
-    let labels: Vec<String> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| {
-            let s = tok.decode(&[t]).unwrap_or_default();
-            if subject.contains(&i) {
-                format!("{i}:{s}*")
-            } else {
-                format!("{i}:{s}")
-            }
-        })
-        .collect();
-    let result = json!({
-        "model": a.model, "prompt": a.prompt, "tokens": ids, "token_labels": labels,
-        "config": r.config, "noise": r.noise, "clean_metric": r.clean_metric,
-        "corrupt_metric": r.corrupt_metric, "total_effect": r.total_effect,
-        "n_layers": r.n_layers, "n_positions": r.n_positions,
-        "restored": r.restored, "indirect_effect": r.indirect_effect,
-    });
-    let heat = Heatmap {
-        title: format!(
-            "causal trace ({}, window {}{}): indirect effect on P(answer)",
-            a.kind,
-            cfg.window,
-            if a.severed { ", severed" } else { "" }
-        ),
-        values: r.indirect_effect.clone(),
-        rows: r.n_layers,
-        cols: r.n_positions,
-        row_labels: (0..r.n_layers).map(|l| format!("L{l}")).collect(),
-        col_labels: labels,
-        x_label: "position (* = subject, noised)".into(),
-        y_label: "layer".into(),
-        colorbar_label: "indirect effect".into(),
+    let outcome = TraceOutcome::new(&a.model, &a.prompt, ids, r, &s.vocab(), &a.kind);
+    let common = Common {
+        model: a.model,
+        processed: false,
+        out: a.out,
+        json: a.json,
+        force: a.force,
     };
-    let text = report::write(
-        &a.out,
-        &result,
-        &[
-            ("restored", &r.restored),
-            ("indirect_effect", &r.indirect_effect),
-        ],
-        &heat,
-    )?;
-    if a.json {
-        println!("{text}");
-    } else {
-        println!(
-            "P(answer): clean {:.4}, corrupted {:.4} (total effect {:.4}, noise ν = {:.3}); wrote {}/{}",
-            r.clean_metric, r.corrupt_metric, r.total_effect, r.noise, a.out.display(), report::FILES
-        );
-    }
-    Ok(())
+    report(&common, "trace", &s, &outcome)
 }

@@ -1,16 +1,12 @@
 //! `patchclamp train exp.toml`: one training run from an experiment file, and the run
-//! executor `lab` shares (progress bar, log, checkpoint, final model).
+//! executor `lab` shares (progress bar, run folder, log, checkpoint, final model).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use patchclamp_core::fsutil::write_atomic;
-use patchclamp_core::Model;
-use patchclamp_lab::experiment::Experiment;
-use patchclamp_lab::tasks::TaskSpec;
-use patchclamp_lab::train::{self, Event, RunOptions, RunResult, Summary};
-
-use crate::training_report;
+use patchclamp_lab::experiment::{train_experiment, Experiment, FinishedRun};
+use patchclamp_lab::train::{Event, RunOptions, Trainer};
+use patchclamp_report::RunDir;
 
 /// Arguments of `train`.
 #[derive(clap::Args)]
@@ -32,56 +28,77 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Write into --out even if it holds files patchclamp did not write (they are kept).
+    #[arg(long)]
+    force: bool,
 }
 
-/// A finished run: what it was, what it measured, and its final weights.
-pub struct RunOutput {
+/// A run ready to train: its trainer built from the experiment (so everything is validated)
+/// before any file is touched.
+pub struct Prepared {
     pub label: String,
     pub exp: Experiment,
-    pub toml: String,
-    pub result: RunResult,
-    pub summary: Option<Summary>,
-    pub model: Model,
-    pub dir: PathBuf,
+    pub trainer: Trainer,
 }
 
-/// The phase-change loss level for a task: 0.4 of the loss of guessing among the candidates.
-pub fn threshold(task: &TaskSpec) -> f32 {
-    match task {
-        TaskSpec::Repeated(r) => 0.4 * (r.vocab as f32).ln(),
-        TaskSpec::Icl(_) | TaskSpec::FlipFlop(_) => 0.4 * 2f32.ln(),
-        TaskSpec::BigramBackcopy(t) => 0.4 * (t.vocab as f32).ln(),
-        TaskSpec::Languages(t) => 0.4 * (t.vocab_per_language as f32).ln(),
+impl Prepared {
+    /// Builds the trainer of `exp`.
+    pub fn new(label: &str, exp: Experiment) -> anyhow::Result<Prepared> {
+        let trainer = exp
+            .trainer()
+            .with_context(|| format!("building run '{label}'"))?;
+        Ok(Prepared {
+            label: label.to_string(),
+            exp,
+            trainer,
+        })
     }
 }
 
-/// Trains `exp` into `dir` (experiment.toml, log.jsonl, checkpoint.safetensors) with a
-/// progress bar in `mp`.
-pub fn execute(
-    label: &str,
-    exp: &Experiment,
-    dir: &Path,
+/// Registers the run's files in `run` under the sub-folder `sub` ("" for the top level) and
+/// writes its experiment.toml; returns the run's options and folder.
+pub fn register(
+    p: &Prepared,
+    run: &mut RunDir,
+    sub: &str,
     resume: bool,
-    mp: &indicatif::MultiProgress,
-) -> anyhow::Result<RunOutput> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let toml = toml::to_string(exp)?;
-    write_atomic(&dir.join("experiment.toml"), toml.as_bytes())?;
-    let mut tr = exp
-        .trainer()
-        .with_context(|| format!("building run '{label}'"))?;
-    let bar = mp.add(indicatif::ProgressBar::new(exp.train.steps));
-    bar.set_style(indicatif::ProgressStyle::with_template(
-        "{prefix:>22} {bar:28} {pos:>5}/{len} {elapsed_precise} {msg}",
-    )?);
-    bar.set_prefix(label.to_string());
+) -> anyhow::Result<(RunOptions, PathBuf)> {
+    let rel = |f: &str| {
+        if sub.is_empty() {
+            f.to_string()
+        } else {
+            format!("{sub}/{f}")
+        }
+    };
+    run.write(&rel("experiment.toml"), toml::to_string(&p.exp)?.as_bytes())?;
     let opts = RunOptions {
-        log: Some(dir.join("log.jsonl")),
-        checkpoint: Some(dir.join("checkpoint.safetensors")),
+        log: Some(run.file(&rel("log.jsonl"))?),
+        checkpoint: Some(run.file(&rel("checkpoint.safetensors"))?),
         resume,
         stop_after: None,
     };
-    let result = train::run(&mut tr, &exp.task, &opts, |e| match e {
+    let dir = if sub.is_empty() {
+        run.root().to_path_buf()
+    } else {
+        run.root().join(sub)
+    };
+    Ok((opts, dir))
+}
+
+/// Trains a prepared run with a progress bar in `mp`.
+pub fn execute(
+    p: Prepared,
+    opts: &RunOptions,
+    dir: PathBuf,
+    mp: &indicatif::MultiProgress,
+) -> anyhow::Result<FinishedRun> {
+    let label = p.label.clone();
+    let bar = mp.add(indicatif::ProgressBar::new(p.exp.train.steps));
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{prefix:>22} {bar:28} {pos:>5}/{len} {elapsed_precise} {msg}",
+    )?);
+    bar.set_prefix(label.clone());
+    let done = train_experiment(&label, &p.exp, p.trainer, opts, dir, |e| match e {
         Event::Step(s) => bar.set_position(s.step),
         Event::Eval(ev) => bar.set_message(format!("in-context loss {:.3}", ev.in_context_loss)),
         Event::Resumed(s) => {
@@ -91,16 +108,7 @@ pub fn execute(
     })
     .with_context(|| format!("training '{label}'"))?;
     bar.finish();
-    let summary = Summary::of(&result, threshold(&exp.task));
-    Ok(RunOutput {
-        label: label.to_string(),
-        exp: exp.clone(),
-        toml,
-        result,
-        summary,
-        model: tr.snapshot()?,
-        dir: dir.to_path_buf(),
-    })
+    Ok(done)
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
@@ -116,21 +124,35 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&exp.name));
+    let source = patchclamp_report::read_text(&a.experiment)?;
+    let prepared = Prepared::new(&exp.name.clone(), exp)?;
+    let mut run = open_run(&out, "train", a.resume, a.force)?;
+    let (opts, dir) = register(&prepared, &mut run, "", a.resume)?;
+    run.set_experiment_hash(patchclamp_report::content_hash(
+        toml::to_string(&prepared.exp)?.as_bytes(),
+    ))?;
     let mp = indicatif::MultiProgress::new();
-    let run = execute(&exp.name, &exp, &out, a.resume, &mp)?;
-    let source = std::fs::read_to_string(&a.experiment).unwrap_or_default();
-    let html = training_report::write(
-        &out,
+    let done = execute(prepared, &opts, dir, &mp)?;
+    let (html, summary) = patchclamp_report::training::write(
+        &mut run,
         &format!("patchclamp train {}", a.experiment.display()),
-        &[run],
+        &[done],
         Some((&a.experiment, &source)),
     )?;
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+    run.finish()?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        crate::print(&summary);
     } else {
-        println!("report: {}", html.display());
+        crate::print(&format!("report: {}", html.display()));
     }
     Ok(())
+}
+
+/// Opens the run folder: fresh, or to resume the run in it.
+pub fn open_run(out: &Path, command: &str, resume: bool, force: bool) -> anyhow::Result<RunDir> {
+    Ok(if resume {
+        RunDir::resume(out, command)?
+    } else {
+        RunDir::create(out, command, force)?
+    })
 }

@@ -1,22 +1,20 @@
 //! patchclamp-lab: methods on top of the core — each a function from (model, inputs, settings)
-//! to a typed, serialisable result.
+//! to a typed, serialisable result. The folders follow the workflow:
+//!
+//! 1. [`tasks`]: synthetic data (repeated segments, in-context classification, Bigram-Backcopy,
+//!    flip-flop, bigram languages).
+//! 2. [`train`]: the trainer (interventions held during training, exact checkpoints), which
+//!    evaluates through [`analysis::probes`]; [`experiment`] files and presets drive it.
+//! 3. [`causal`]: activation patching, attribution patching, causal tracing, dataset means.
+//! 4. [`analysis`]: logit lens, DLA, Hydra, head detectors, extremes, neurons, linear probes.
+//! 5. [`toy`]: analytic toy models of learning dynamics.
+//!
+//! [`util`] holds the statistics and linear algebra they share.
 
-pub mod attribution;
-pub mod dla;
+pub mod analysis;
+pub mod causal;
 pub mod experiment;
-pub mod extremes;
-pub mod heads;
-pub mod hydra;
-pub mod lens;
-pub mod linalg;
-pub mod linear_probe;
-pub mod means;
-pub mod neurons;
-pub mod patching;
-pub mod probes;
-pub mod staggered;
-pub mod stats;
 pub mod tasks;
 pub mod toy;
-pub mod tracing;
 pub mod train;
+pub mod util;

@@ -7,11 +7,13 @@ mod common;
 use candle_core::{Device, Tensor};
 use patchclamp_core::model::Weights;
 use patchclamp_core::{load, HookPoint, Hooks, Input, Model};
-use patchclamp_lab::dla::{direct_logit_attribution, LogitDirection};
-use patchclamp_lab::heads::{attention_scores, best_head, copying_scores, head_report, HeadProbe};
-use patchclamp_lab::hydra::hydra;
-use patchclamp_lab::lens::{latent_language, layer_probs, logit_lens, LatentPrompt};
-use patchclamp_lab::linear_probe::{
+use patchclamp_lab::analysis::dla::{direct_logit_attribution, LogitDirection};
+use patchclamp_lab::analysis::heads::{
+    attention_scores, best_head, copying_scores, head_report, HeadProbe,
+};
+use patchclamp_lab::analysis::hydra::hydra;
+use patchclamp_lab::analysis::lens::{latent_language, layer_probs, logit_lens, LatentPrompt};
+use patchclamp_lab::analysis::linear_probe::{
     features, logit_gradients, tcav, train_probe, FitSpec, Pooling,
 };
 use patchclamp_lab::train::ModelSpec;
@@ -317,7 +319,9 @@ fn head_detectors_find_the_planted_heads_of_a_hand_built_model() {
     let k = rep
         .composition
         .iter()
-        .find(|c| c.kind == patchclamp_lab::probes::Composition::K && c.l1 == 0 && c.l2 == 1)
+        .find(|c| {
+            c.kind == patchclamp_lab::analysis::probes::Composition::K && c.l1 == 0 && c.l2 == 1
+        })
         .unwrap();
     // Normalised Frobenius scores of rank-32 maps top out near 1/sqrt(32) = 0.18 (reached
     // here); random heads of this shape score 0.10.
@@ -331,7 +335,9 @@ fn head_detectors_find_the_planted_heads_of_a_hand_built_model() {
     let q = rep
         .composition
         .iter()
-        .find(|c| c.kind == patchclamp_lab::probes::Composition::Q && c.l1 == 0 && c.l2 == 1)
+        .find(|c| {
+            c.kind == patchclamp_lab::analysis::probes::Composition::Q && c.l1 == 0 && c.l2 == 1
+        })
         .unwrap();
     assert!(
         q.scores[0][0] < k.scores[0][0] / 10.0,
@@ -458,7 +464,7 @@ fn probes_recover_a_planted_direction_and_tcav_is_significant_only_for_it() {
 
 #[test]
 fn factored_composition_scores_equal_the_dense_definition() {
-    use patchclamp_lab::probes::{composition, Composition};
+    use patchclamp_lab::analysis::probes::{composition, Composition};
     let model = random_model(
         ModelSpec {
             n_layers: 2,

@@ -6,8 +6,8 @@ mod common;
 use candle_core::Device;
 use common::{fixture, prompts};
 use patchclamp_core::{load, HookPoint, Hooks, Input};
-use patchclamp_lab::attribution::{attribute, attribute_totals};
-use patchclamp_lab::patching::{
+use patchclamp_lab::causal::attribution::{attribute, attribute_totals};
+use patchclamp_lab::causal::patching::{
     metric_rows, patch_all, sweep, Direction, Metric, PatchingConfig, Site,
 };
 

@@ -11,8 +11,8 @@ use candle_core::Device;
 use patchclamp_core::model::Weights;
 use patchclamp_core::rng::Rng;
 use patchclamp_core::{HookPoint, Hooks, Input, Model, Padding};
-use patchclamp_lab::lens::layer_probs;
-use patchclamp_lab::neurons::{
+use patchclamp_lab::analysis::lens::layer_probs;
+use patchclamp_lab::analysis::neurons::{
     expert_units, lape, localize, loss_under, mlp_activations, pooled_units, vocab_projection,
     zero_units, Census, CensusSpec, LapeSpec,
 };
@@ -186,7 +186,7 @@ fn k10_lazy_neurons_get_sparser_with_training() {
     let seqs = sample(64, 13);
     let init = census_of(&untrained(), &seqs, 32).report();
     let end = census_of(trained(), &seqs, 32).report();
-    let mean = |r: &patchclamp_lab::neurons::CensusReport| {
+    let mean = |r: &patchclamp_lab::analysis::neurons::CensusReport| {
         r.layers.iter().map(|l| l.sparsity).sum::<f64>() / r.layers.len() as f64
     };
     let (a, b) = (mean(&init), mean(&end));

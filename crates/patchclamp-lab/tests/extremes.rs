@@ -6,7 +6,7 @@ mod common;
 use candle_core::Device;
 use patchclamp_core::rng::Rng;
 use patchclamp_core::{Hooks, Input, Model, Padding};
-use patchclamp_lab::extremes::{extremes, massive_entries, ExtremeSpec};
+use patchclamp_lab::analysis::extremes::{extremes, massive_entries, ExtremeSpec};
 use patchclamp_lab::tasks::flipflop::{self, FlipFlop};
 use patchclamp_lab::tasks::{BigramBackcopy, Task};
 use patchclamp_lab::train::ModelSpec;
@@ -150,7 +150,7 @@ fn k14_bigram_backcopy_models_grow_attention_sinks() {
         let input = Input::batch(&prompts, Padding::Right, 0, &Device::Cpu).unwrap();
         let logits = model.forward(&input, &mut Hooks::none()).unwrap();
         let b = task.batch(&mut Rng::new(5), 32);
-        let loss = patchclamp_lab::train::mean_loss(&logits, &b, None)
+        let loss = patchclamp_lab::tasks::loss::mean_loss(&logits, &b, None)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
@@ -160,7 +160,7 @@ fn k14_bigram_backcopy_models_grow_attention_sinks() {
         );
         // The back-copying head (the most previous-token-like on trigger queries) is the
         // active-dormant one: previous token on triggers, <s> otherwise, with a drained value.
-        let (l, h, prev) = patchclamp_lab::heads::best_head(&rep.prev_trigger);
+        let (l, h, prev) = patchclamp_lab::analysis::heads::best_head(&rep.prev_trigger);
         let kv = h / model.cfg.kv_group();
         eprintln!("back-copy head L{l}H{h}");
         assert!(
@@ -203,7 +203,7 @@ fn k14_flip_flop_glitches_are_out_of_distribution() {
             p_ignore: p,
             ..train.clone()
         };
-        patchclamp_lab::extremes::read_error(&model, &t, 512, 9).unwrap()
+        patchclamp_lab::analysis::extremes::read_error(&model, &t, 512, 9).unwrap()
     };
     let (e8, e98) = (err(0.8), err(0.98));
     eprintln!("read error: FFL(0.8) {e8:.4}, FFL(0.98) {e98:.4}");

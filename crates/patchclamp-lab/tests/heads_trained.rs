@@ -2,9 +2,9 @@
 //! baseline experiment past its phase change, the detectors must name a previous-token head in
 //! layer 0 and an induction head in layer 1 that reads it (K-composition) and copies.
 
+use patchclamp_lab::analysis::heads::{best_head, head_report, HeadProbe};
+use patchclamp_lab::analysis::probes::Composition;
 use patchclamp_lab::experiment::presets;
-use patchclamp_lab::heads::{best_head, head_report, HeadProbe};
-use patchclamp_lab::probes::Composition;
 
 #[test]
 fn detectors_find_the_induction_circuit_of_a_trained_model() {

@@ -5,7 +5,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::{fixture, max_diff};
 use patchclamp_core::{load, HookPoint, Hooks, Input, Intervention, Op, Selection};
-use patchclamp_lab::means::{mean_activations, values_of};
+use patchclamp_lab::causal::means::{mean_activations, values_of};
 
 #[test]
 fn streamed_means_equal_a_brute_force_recount_and_drive_mean_ablation() {

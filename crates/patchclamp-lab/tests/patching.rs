@@ -6,7 +6,7 @@ mod common;
 use candle_core::Device;
 use common::{fixture, max_diff, prompts};
 use patchclamp_core::{load, HookPoint, Hooks, Input};
-use patchclamp_lab::patching::{
+use patchclamp_lab::causal::patching::{
     metric_rows, patch_all, run_variant, sweep, Direction, Metric, PatchingConfig, Site,
 };
 

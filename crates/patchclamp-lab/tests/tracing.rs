@@ -5,8 +5,8 @@ mod common;
 use candle_core::Device;
 use common::fixture;
 use patchclamp_core::load;
-use patchclamp_lab::patching::Metric;
-use patchclamp_lab::tracing::{subject_noise, trace, window, TraceConfig, TraceKind};
+use patchclamp_lab::causal::patching::Metric;
+use patchclamp_lab::causal::tracing::{subject_noise, trace, window, TraceConfig, TraceKind};
 
 fn config(kind: TraceKind, window: usize, noise: Option<f64>) -> TraceConfig {
     TraceConfig {

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use patchclamp_core::{HookPoint, Hooks, Intervention, Selector};
 use patchclamp_lab::tasks::{RepeatedSegments, Task, TaskSpec};
 use patchclamp_lab::train::{
-    run, token_nll, LrSchedule, ModelSpec, OptimSpec, RunOptions, TrainSpec, Trainer,
+    run, LrSchedule, ModelSpec, OptimSpec, RunOptions, TrainSpec, Trainer,
 };
 
 fn task() -> RepeatedSegments {
@@ -119,14 +119,15 @@ fn fused_training_kernels_match_the_composed_graph() {
     .unwrap();
     let grads = |hooks: &mut Hooks| {
         let logits = tr.model.forward(&input, hooks).unwrap();
-        let loss = token_nll(&logits, &batch, None)
+        let loss = patchclamp_lab::tasks::loss::token_nll(&logits, &batch, None)
             .unwrap()
             .nll
             .mean_all()
             .unwrap();
         let composed_loss = {
             let logp =
-                patchclamp_lab::train::log_softmax(&logits.reshape((8 * 24, 24)).unwrap()).unwrap();
+                patchclamp_lab::tasks::loss::log_softmax(&logits.reshape((8 * 24, 24)).unwrap())
+                    .unwrap();
             let tg: Vec<u32> = batch.targets.concat();
             let tg = Tensor::from_vec(tg, (8 * 24, 1), logits.device()).unwrap();
             logp.gather(&tg, 1)

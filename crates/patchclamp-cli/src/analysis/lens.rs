@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use patchclamp_lab::lens::{latent_language, logit_lens, LatentPrompt};
+use patchclamp_lab::analysis::lens::{latent_language, logit_lens, LatentPrompt};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{esc, Common, Output, PromptArgs, Subject};
-use crate::plot::line::{LinePlot, Series};
-use crate::plot::Heatmap;
+use super::{report, Common, PromptArgs};
+use patchclamp_report::html::esc;
+use patchclamp_report::plot::{Heatmap, LinePlot, Series};
+use patchclamp_report::{Assembled, Page, Subject};
 
 /// Arguments of `lens`.
 #[derive(clap::Args)]
@@ -45,20 +46,20 @@ struct LatentLine {
 const MAX_FIGURES: usize = 8;
 
 pub fn main(a: Args) -> anyhow::Result<()> {
-    let s = Subject::load(&a.common)?;
+    let s = a.common.subject()?;
     let tracked: Vec<u32> = a
         .track
         .iter()
         .map(|t| s.token(t))
-        .collect::<anyhow::Result<_>>()?;
-    let mut out = Output::new("Logit lens", json!({}));
+        .collect::<patchclamp_report::Result<_>>()?;
+    let mut out = Page::default();
     let mut lenses = vec![];
     let mut summary = String::new();
     let prompts =
         if a.prompts.prompt.is_empty() && a.prompts.prompts.is_none() && a.latent.is_some() {
             vec![]
         } else {
-            s.prompts(&a.prompts)?
+            s.prompts(&a.prompts.source()?)?
         };
     for (i, p) in prompts.iter().enumerate() {
         let lens = logit_lens(&s.model, &p.tokens, a.top_k, &tracked)?;
@@ -103,8 +104,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     let mut result = json!({ "model": a.common.model, "prompts": prompts.iter().map(|p| &p.text).collect::<Vec<_>>(), "lens": lenses });
     if let Some(path) = &a.latent {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = patchclamp_report::read_text(path)?;
         let mut names: Vec<String> = vec![];
         let mut items = vec![];
         for (i, line) in text
@@ -134,9 +134,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 .map(|ts| {
                     ts.iter()
                         .map(|t| s.token(t))
-                        .collect::<anyhow::Result<Vec<u32>>>()
+                        .collect::<patchclamp_report::Result<Vec<u32>>>()
                 })
-                .collect::<anyhow::Result<_>>()
+                .collect::<patchclamp_report::Result<_>>()
                 .with_context(at)?;
             items.push(LatentPrompt { tokens, sets });
         }
@@ -177,8 +177,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         }
         result["latent"] = serde_json::to_value(&curves)?;
     }
-    out.result = result;
-    out.write(&a.common, summary.trim_end())
+    let outcome = Assembled {
+        title: "Logit lens".into(),
+        result,
+        page: out,
+        summary: summary.trim_end().to_string(),
+    };
+    report(&a.common, "lens", &s, &outcome)
 }
 
 /// `blocks.3.hook_resid_post` → `L3`.
@@ -191,7 +196,7 @@ fn short(label: &str) -> String {
 }
 
 /// An HTML table of the top-1 token per layer and position.
-fn top_table(s: &Subject, lens: &patchclamp_lab::lens::LogitLens, i: usize) -> String {
+fn top_table(s: &Subject, lens: &patchclamp_lab::analysis::lens::LogitLens, i: usize) -> String {
     let mut h = format!("<h3>Top-1 token by layer, prompt {i}</h3><table><tr><th></th>");
     for &t in &lens.tokens {
         h.push_str(&format!("<th>{}</th>", esc(&s.show(t))));

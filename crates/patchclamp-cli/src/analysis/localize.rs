@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use patchclamp_core::rng::Rng;
 use patchclamp_core::HookPoint;
-use patchclamp_lab::neurons::{localize, pooled_units, sequence_loss, zero_units};
+use patchclamp_lab::analysis::neurons::{ablate_against_random, localize, pooled_units};
+use patchclamp_report::plot::{LinePlot, Series};
+use patchclamp_report::{Assembled, Page};
 use serde_json::json;
 
-use super::{progress, Common, Output, Subject};
-use crate::plot::line::{LinePlot, Series};
+use super::{progress, report, Common};
 
 /// Arguments of `localize`.
 #[derive(clap::Args)]
@@ -40,7 +40,7 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
-    let s = Subject::load(&a.common)?;
+    let s = a.common.subject()?;
     let cfg = &s.model.cfg;
     let (point, width): (fn(usize) -> HookPoint, usize) = match a.units.as_str() {
         "resid_post" => (HookPoint::ResidPost, cfg.d_model),
@@ -48,14 +48,14 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         "mlp_post" => bail!("--units mlp_post: this model has no MLPs"),
         other => bail!("unknown --units '{other}'; use resid_post or mlp_post"),
     };
-    let toks = |p: &PathBuf| -> anyhow::Result<Vec<Vec<u32>>> {
+    let toks = |p: &PathBuf| -> patchclamp_report::Result<Vec<Vec<u32>>> {
         Ok(s.read_prompts(p)?.into_iter().map(|p| p.tokens).collect())
     };
     let (sa, sb) = (toks(&a.stimuli)?, toks(&a.control)?);
     let xa = pooled_units(&s.model, &sa, point)?;
     let xb = pooled_units(&s.model, &sb, point)?;
     let loc = localize(&xa, &xb, width, a.fraction)?;
-    let mut out = Output::new("Localizer", json!({}));
+    let mut out = Page::default();
     let per_layer: Vec<f64> = (0..cfg.n_layers)
         .map(|l| loc.units.iter().filter(|u| u.0 == l).count() as f64)
         .collect();
@@ -87,24 +87,18 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let mut ablation = serde_json::Value::Null;
     if let Some(e) = &a.eval {
         let seqs = toks(e)?;
-        let base = sequence_loss(&s.model, &seqs, &[])?;
-        let sel = sequence_loss(&s.model, &seqs, &zero_units(&loc.units, point))? - base;
-        let mut rng = Rng::new(a.seed);
-        let n = cfg.n_layers * width;
         let bar = progress(a.random_draws as u64, "random ablations")?;
-        let mut random = vec![];
-        for _ in 0..a.random_draws {
-            let mut units = vec![];
-            while units.len() < loc.units.len().min(n) {
-                let u = rng.below(n as u64) as usize;
-                if !units.contains(&(u / width, u % width)) {
-                    units.push((u / width, u % width));
-                }
-            }
-            random.push(sequence_loss(&s.model, &seqs, &zero_units(&units, point))? - base);
-            bar.inc(1);
-        }
+        let ab = ablate_against_random(
+            &s.model,
+            &seqs,
+            &loc.units,
+            point,
+            width,
+            (a.random_draws, a.seed),
+            || bar.inc(1),
+        )?;
         bar.finish_and_clear();
+        let (base, sel, random) = (ab.base_loss, ab.selected_increase, ab.random_increases);
         let mean = random.iter().sum::<f64>() / random.len().max(1) as f64;
         summary.push_str(&format!(
             "\nablating them raises the loss by {sel:.4} nats; random units of the same count: {mean:.4} (mean of {})",
@@ -117,6 +111,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         vec![cfg.n_layers, width],
         loc.all_t.iter().flatten().map(|&x| x as f32).collect(),
     ));
-    out.result = json!({ "model": a.common.model, "units": a.units, "fraction": a.fraction, "localized": loc, "ablation": ablation });
-    out.write(&a.common, &summary)
+    let outcome = Assembled {
+        title: "Localizer".into(),
+        result: json!({ "model": a.common.model, "units": a.units, "fraction": a.fraction, "localized": loc, "ablation": ablation }),
+        page: out,
+        summary,
+    };
+    report(&a.common, "localize", &s, &outcome)
 }

@@ -2,16 +2,15 @@
 //! and lazy neurons, token / bigram / positional detectors with their vocabulary projections,
 //! and, when prompts carry labels, LAPE language-specific neurons and average-precision experts.
 
-use std::collections::BTreeMap;
-
-use patchclamp_core::{Input, Padding};
-use patchclamp_lab::neurons::{
-    expert_units, lape, mlp_activations, vocab_projection, Census, CensusSpec, LapeSpec,
+use patchclamp_lab::analysis::neurons::{
+    expert_units, lape, stream_census, vocab_projection, CensusSpec, LabelledCensus, LapeSpec,
 };
+use patchclamp_report::html::esc;
+use patchclamp_report::plot::{LinePlot, Series};
+use patchclamp_report::{Assembled, Page, Prompt};
 use serde_json::json;
 
-use super::{esc, progress, Common, Output, PromptArgs, Subject};
-use crate::plot::line::{LinePlot, Series};
+use super::{progress, report, Common, PromptArgs};
 
 /// Arguments of `neurons`.
 #[derive(clap::Args)]
@@ -32,49 +31,26 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
-    let s = Subject::load(&a.common)?;
-    let prompts = s.prompts(&a.prompts)?;
+    let s = a.common.subject()?;
+    let prompts = s.prompts(&a.prompts.source()?)?;
     let model = &s.model;
-    let mut census = Census::new(model, CensusSpec::default())?;
-    let mut by_label: BTreeMap<String, Census> = BTreeMap::new();
-    // Mean MLP response per labelled prompt, `[prompt][layer · d_mlp + neuron]`.
-    let mut pooled: Vec<Vec<f64>> = vec![];
     let total: u64 = prompts.iter().map(|p| p.tokens.len() as u64).sum();
     let bar = progress(total, "tokens")?;
-    for chunk in prompts.chunks(a.batch.max(1)) {
-        let seqs: Vec<Vec<u32>> = chunk.iter().map(|p| p.tokens.clone()).collect();
-        let input = Input::batch(&seqs, Padding::Right, 0, model.device())?;
-        let acts = mlp_activations(model, &input)?;
-        census.add(&acts, &seqs)?;
-        // Per-label censuses and the per-prompt mean responses (for the AP experts) reuse the
-        // same activations, one row at a time.
-        for (row, p) in chunk.iter().enumerate() {
-            if let Some(label) = &p.label {
-                let one: Vec<candle_core::Tensor> = acts
-                    .iter()
-                    .map(|t| t.narrow(0, row, 1))
-                    .collect::<candle_core::Result<_>>()?;
-                let mut mean = Vec::with_capacity(acts.len() * model.cfg.d_mlp);
-                for t in &one {
-                    // Right padding: the real tokens are the first `len` positions.
-                    let m = t.narrow(1, 0, p.tokens.len())?.mean(1)?.flatten_all()?;
-                    mean.extend(m.to_vec1::<f32>()?.into_iter().map(|x| x as f64));
-                }
-                pooled.push(mean);
-                let c = match by_label.get_mut(label) {
-                    Some(c) => c,
-                    None => by_label
-                        .entry(label.clone())
-                        .or_insert(Census::new(model, CensusSpec::default())?),
-                };
-                c.add(&one, std::slice::from_ref(&p.tokens))?;
-            }
-        }
-        bar.inc(seqs.iter().map(|s| s.len() as u64).sum());
-    }
+    let stream: Vec<(Vec<u32>, Option<String>)> = prompts
+        .iter()
+        .map(|p| (p.tokens.clone(), p.label.clone()))
+        .collect();
+    let LabelledCensus {
+        all: census,
+        by_label,
+        pooled,
+    } = stream_census(model, &stream, a.batch, CensusSpec::default(), |n| {
+        bar.inc(n)
+    })?;
+    let pooled: Vec<Vec<f64>> = pooled.into_iter().map(|(_, m)| m).collect();
     bar.finish_and_clear();
     let rep = census.report();
-    let mut out = Output::new("Neuron census", json!({}));
+    let mut out = Page::default();
     let mut summary = format!(
         "{} tokens, {} layers × {} neurons\n",
         rep.tokens,
@@ -201,7 +177,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     // Average-precision experts per label (labelled prompts only): each neuron's mean response
     // per prompt ranks that label's prompts against the rest.
     let mut experts_json = serde_json::Value::Null;
-    let labelled: Vec<&super::Prompt> = prompts.iter().filter(|p| p.label.is_some()).collect();
+    let labelled: Vec<&Prompt> = prompts.iter().filter(|p| p.label.is_some()).collect();
     if by_label.len() >= 2 {
         let m = model.cfg.d_mlp;
         let mut per = vec![];
@@ -222,6 +198,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         }
         experts_json = json!(per);
     }
-    out.result = json!({ "model": a.common.model, "census": rep, "detectors": detectors, "lape": lape_json, "experts": experts_json });
-    out.write(&a.common, summary.trim_end())
+    let outcome = Assembled {
+        title: "Neuron census".into(),
+        result: json!({ "model": a.common.model, "census": rep, "detectors": detectors, "lape": lape_json, "experts": experts_json }),
+        page: out,
+        summary: summary.trim_end().to_string(),
+    };
+    report(&a.common, "neurons", &s, &outcome)
 }

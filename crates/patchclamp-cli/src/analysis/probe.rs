@@ -3,13 +3,14 @@
 
 use anyhow::bail;
 use patchclamp_core::HookPoint;
-use patchclamp_lab::linear_probe::{
+use patchclamp_lab::analysis::linear_probe::{
     features, logit_gradients, tcav, train_probe, FitSpec, Pooling,
 };
 use serde_json::json;
 
-use super::{progress, Common, Output, PromptArgs, Subject};
-use crate::plot::line::{LinePlot, Series};
+use super::{progress, report, Common, PromptArgs};
+use patchclamp_report::plot::{LinePlot, Series};
+use patchclamp_report::{Assembled, Page};
 
 /// Arguments of `probe`.
 #[derive(clap::Args)]
@@ -54,8 +55,8 @@ enum PoolingArg {
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
-    let s = Subject::load(&a.common)?;
-    let prompts = s.prompts(&a.prompts)?;
+    let s = a.common.subject()?;
+    let prompts = s.prompts(&a.prompts.source()?)?;
     let cfg = &s.model.cfg;
     let pooling = match a.pooling {
         PoolingArg::Last => Pooling::Last,
@@ -66,7 +67,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         None => (0..cfg.n_layers).map(HookPoint::ResidPost).collect(),
     };
     let toks: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
-    let mut out = Output::new("Linear probes", json!({}));
+    let mut out = Page::default();
     let mut summary = String::new();
     let mut result =
         json!({ "model": a.common.model, "pooling": format!("{pooling:?}").to_lowercase() });
@@ -183,6 +184,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         );
         result["tcav"] = serde_json::to_value(&t)?;
     }
-    out.result = result;
-    out.write(&a.common, summary.trim_end())
+    let outcome = Assembled {
+        title: "Linear probes".into(),
+        result,
+        page: out,
+        summary: summary.trim_end().to_string(),
+    };
+    report(&a.common, "probe", &s, &outcome)
 }

@@ -25,6 +25,10 @@
 //! ```
 
 pub mod presets;
+mod run;
+pub mod singh;
+
+pub use run::{train_experiment, FinishedRun};
 
 use std::path::{Path, PathBuf};
 

@@ -5,6 +5,7 @@ mod bigram_backcopy;
 pub mod flipflop;
 mod icl;
 mod languages;
+pub mod loss;
 mod repeated;
 
 pub use bigram::BigramTable;
@@ -82,6 +83,17 @@ impl TaskSpec {
             TaskSpec::BigramBackcopy(t) => t,
             TaskSpec::FlipFlop(t) => t,
             TaskSpec::Languages(t) => t,
+        }
+    }
+
+    /// The loss level that marks the phase change: 0.4 of the loss of guessing among the
+    /// candidates the task leaves open at a scored position.
+    pub fn phase_threshold(&self) -> f32 {
+        match self {
+            TaskSpec::Repeated(r) => 0.4 * (r.vocab as f32).ln(),
+            TaskSpec::Icl(_) | TaskSpec::FlipFlop(_) => 0.4 * 2f32.ln(),
+            TaskSpec::BigramBackcopy(t) => 0.4 * (t.vocab as f32).ln(),
+            TaskSpec::Languages(t) => 0.4 * (t.vocab_per_language as f32).ln(),
         }
     }
 

@@ -3,3 +3,4 @@
 
 pub mod critical;
 pub mod phase;
+pub mod protocols;

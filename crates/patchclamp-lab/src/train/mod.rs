@@ -8,18 +8,18 @@
 //! with none in force take the tape-free fused step where the model allows (`fused_step`).
 
 mod checkpoint;
+mod evaluate;
 mod fused_step;
-mod loss;
 mod model_spec;
 mod optim;
 mod run;
 mod summary;
 
 pub use checkpoint::{load_checkpoint, load_model, save_checkpoint};
-pub use loss::{input, log_softmax, mean_loss, token_nll, TokenNll};
+pub use evaluate::{EvalRecord, FreeEval, HeadScores};
 pub use model_spec::ModelSpec;
 pub use optim::{Decay, LrSchedule, Moments, OptimSpec};
-pub use run::{run, EvalRecord, Event, FreeEval, RunOptions, RunResult, StepRecord};
+pub use run::{run, Event, RunOptions, RunResult, StepRecord};
 pub use summary::Summary;
 
 use std::collections::{BTreeSet, HashMap};
@@ -318,7 +318,7 @@ impl Trainer {
             let mut h = points.iter().fold(Hooks::none(), |h, p| {
                 h.capture(patchclamp_core::Selector::Point(*p))
             });
-            model.forward(&loss::input(batch, model.device())?, &mut h)?;
+            model.forward(&crate::tasks::loss::input(batch, model.device())?, &mut h)?;
             hooks = hooks.source(src.name.clone(), h.take_cache());
         }
         Ok(hooks)
@@ -327,10 +327,11 @@ impl Trainer {
     /// The loss of `batch` at the current weights under the interventions active at `step`.
     pub fn loss(&self, task: &dyn Task, batch: &Batch, step: u64) -> Result<Tensor> {
         let mut hooks = self.hooks(step, batch)?;
-        let logits = self
-            .model
-            .forward(&loss::input(batch, self.model.device())?, &mut hooks)?;
-        mean_loss(&logits, batch, task.classes())
+        let logits = self.model.forward(
+            &crate::tasks::loss::input(batch, self.model.device())?,
+            &mut hooks,
+        )?;
+        crate::tasks::loss::mean_loss(&logits, batch, task.classes())
     }
 
     /// Gradients of the loss on `batch` for every parameter (zeros where none flows), through

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::evaluate as probes;
 use super::{EvalRecord, RunResult};
-use crate::probes;
 
 /// The headline numbers of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

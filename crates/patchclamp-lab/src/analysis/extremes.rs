@@ -5,8 +5,8 @@
 use patchclamp_core::{Error, HookPoint, Hooks, Input, Model, Result, Selector};
 use serde::{Deserialize, Serialize};
 
-use crate::stats::median;
 use crate::tasks::{FlipFlop, Task};
+use crate::util::stats::median;
 
 /// One massive activation: `|x| > abs_min` and `|x| ≥ ratio × median |x|` of its hidden state.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -199,7 +199,7 @@ pub fn read_error(model: &Model, task: &FlipFlop, n: usize, seed: u64) -> Result
     while left > 0 {
         let b = task.batch(&mut rng, left.min(32));
         left -= b.tokens.len();
-        let input = crate::train::input(&b, model.device())?;
+        let input = crate::tasks::loss::input(&b, model.device())?;
         let logits = model.forward(&input, &mut Hooks::none())?;
         let pred = logits.argmax(candle_core::D::Minus1)?.to_vec2::<u32>()?;
         for (r, row) in b.in_context.iter().enumerate() {

@@ -1,13 +1,13 @@
-//! Plots researchers expect, written without plotting crates: a labelled heatmap as SVG (text)
-//! and PNG (a raster drawn with an embedded bitmap font and a minimal PNG encoder).
-
-mod font_data;
-pub mod line;
-mod png;
+//! A labelled heatmap as SVG (text) and PNG (a raster drawn with the embedded bitmap font).
 
 use std::fmt::Write;
 
+use super::font_data;
+use super::raster::{text_width, Raster};
+use crate::html::esc;
+
 /// A matrix with labelled rows and columns, drawn with a diverging colour map centred on 0.
+#[derive(Clone)]
 pub struct Heatmap {
     pub title: String,
     /// Row-major `rows × cols`.
@@ -87,11 +87,6 @@ impl Heatmap {
         let (w, h) = self.size();
         let lim = self.limit();
         let mut s = String::new();
-        let esc = |t: &str| {
-            t.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-        };
         let _ = writeln!(
             s,
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="DejaVu Sans Mono, monospace" font-size="11">"#
@@ -244,7 +239,7 @@ impl Heatmap {
             );
         }
         img.text(bx, MARGIN_TOP + bh + 14, &self.colorbar_label, false);
-        png::encode_rgb(w, h, &img.px)
+        img.png()
     }
 }
 
@@ -254,74 +249,6 @@ fn short(s: &str) -> String {
         s.to_string()
     } else {
         s.chars().take(MAX_LABEL - 2).chain("..".chars()).collect()
-    }
-}
-
-/// Width in pixels of `s` in the embedded font.
-fn text_width(s: &str) -> usize {
-    s.chars().count() * font_data::W
-}
-
-/// An RGB canvas.
-struct Raster {
-    w: usize,
-    h: usize,
-    px: Vec<u8>,
-}
-
-impl Raster {
-    fn new(w: usize, h: usize) -> Self {
-        Raster {
-            w,
-            h,
-            px: vec![255; w * h * 3],
-        }
-    }
-
-    fn fill(&mut self, x: usize, y: usize, w: usize, h: usize, c: [u8; 3]) {
-        for yy in y..(y + h).min(self.h) {
-            for xx in x..(x + w).min(self.w) {
-                let i = (yy * self.w + xx) * 3;
-                self.px[i..i + 3].copy_from_slice(&c);
-            }
-        }
-    }
-
-    /// Blends black text with coverage `a` at (x, y).
-    fn dot(&mut self, x: usize, y: usize, a: u8) {
-        if x >= self.w || y >= self.h || a == 0 {
-            return;
-        }
-        let i = (y * self.w + x) * 3;
-        for v in &mut self.px[i..i + 3] {
-            *v = ((*v as u32 * (255 - a as u32)) / 255) as u8;
-        }
-    }
-
-    /// Draws `s` from (x, y) (top-left); `vertical` reads bottom to top, ending at y + width.
-    fn text(&mut self, x: usize, y: usize, s: &str, vertical: bool) {
-        let n = s.chars().count();
-        for (k, ch) in s.chars().enumerate() {
-            let code = ch as u32;
-            let g = if (32..127).contains(&code) {
-                &font_data::GLYPHS[(code - 32) as usize]
-            } else {
-                &font_data::GLYPHS[('?' as u32 - 32) as usize]
-            };
-            for gy in 0..font_data::H {
-                for gx in 0..font_data::W {
-                    let a = g[gy * font_data::W + gx];
-                    if vertical {
-                        // Rotated 90° counter-clockwise: glyph x runs up the page.
-                        let px = x + gy;
-                        let py = y + (n - k) * font_data::W - gx - 1;
-                        self.dot(px, py, a);
-                    } else {
-                        self.dot(x + k * font_data::W + gx, y + gy, a);
-                    }
-                }
-            }
-        }
     }
 }
 

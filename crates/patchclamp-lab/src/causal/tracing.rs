@@ -10,10 +10,12 @@ use patchclamp_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::patching::{
+use crate::causal::batched_variants::{
+    base_points, first_change, plan, RowPatches, Slice, Variant,
+};
+use crate::causal::patching::{
     last_logits, last_logprobs, layer_window, metric_rows, variant_metrics, Metric,
 };
-use crate::staggered::{base_points, first_change, plan, RowPatches, Slice, Variant};
 
 /// Which state is restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use patchclamp_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::staggered::{
+use crate::causal::batched_variants::{
     base_points, first_change, forward_rows, plan, Group, RowPatches, Slice, Variant,
 };
 

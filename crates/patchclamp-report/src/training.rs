@@ -4,44 +4,37 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use patchclamp_core::fsutil::write_atomic;
 use patchclamp_core::{HookPoint, Hooks, Op};
-use patchclamp_lab::probes;
+use patchclamp_lab::analysis::probes;
+use patchclamp_lab::experiment::FinishedRun as RunOutput;
 use patchclamp_lab::tasks::TaskSpec;
+use patchclamp_lab::train::{EvalRecord, Summary};
+use serde::Serialize;
 
-use crate::plot::line::{LinePlot, Marker, Series};
-use crate::plot::Heatmap;
-use crate::train::{threshold, RunOutput};
+use crate::error::Result;
+use crate::html::esc;
+use crate::plot::{Heatmap, LinePlot, Marker, Series};
+use crate::run_dir::RunDir;
 
-/// The commit the binary runs from (`git`, when available), with `-dirty` for local changes.
-pub fn git_revision() -> String {
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "--short=12", "HEAD"]) {
-        Some(rev) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{rev}-dirty")
-            } else {
-                rev
-            }
-        }
-        None => "unknown (not a git checkout)".into(),
-    }
+/// `summary.json` of a training report: every run's headline numbers, its exact experiment
+/// and where it lives.
+#[derive(Serialize)]
+pub struct TrainingSummary<'a> {
+    pub command: &'a str,
+    pub git_revision: String,
+    pub experiment_file: Option<String>,
+    pub runs: Vec<RunSummary<'a>>,
 }
 
-fn esc(t: &str) -> String {
-    t.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// One run in `summary.json`.
+#[derive(Serialize)]
+pub struct RunSummary<'a> {
+    pub label: &'a str,
+    pub folder: String,
+    pub summary: &'a Option<Summary>,
+    #[serde(rename = "final")]
+    pub last: Option<&'a EvalRecord>,
+    pub experiment: &'a str,
 }
 
 fn steps(r: &RunOutput) -> Vec<f64> {
@@ -53,8 +46,8 @@ fn curve_plot(
     title: &str,
     y_label: &str,
     runs: &[RunOutput],
-    get: impl Fn(&patchclamp_lab::train::EvalRecord) -> Option<f32>,
-    get_free: impl Fn(&patchclamp_lab::train::EvalRecord) -> Option<f32>,
+    get: impl Fn(&EvalRecord) -> Option<f32>,
+    get_free: impl Fn(&EvalRecord) -> Option<f32>,
 ) -> LinePlot {
     let mut series = vec![];
     for r in runs {
@@ -97,15 +90,15 @@ fn curve_plot(
     }
 }
 
-/// Writes the report for `runs` into `out`; returns the path of `report.html`.
+/// Writes the report of `runs` into `out`; returns the path of `report.html` and the text of
+/// `summary.json`.
 pub fn write(
-    out: &Path,
+    out: &mut RunDir,
     command: &str,
     runs: &[RunOutput],
     experiment_file: Option<(&Path, &str)>,
-) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let rev = git_revision();
+) -> Result<(PathBuf, String)> {
+    let rev = crate::revision::git_revision();
     let mut figures: Vec<(String, String)> = vec![]; // (file, svg)
 
     // Loss on in-context tokens, the phase change of each run marked.
@@ -117,7 +110,7 @@ pub fn write(
         |e| e.free.as_ref().map(|f| f.in_context_loss),
     );
     if let Some(r) = runs.first() {
-        let t = threshold(&r.exp.task);
+        let t = r.exp.task.phase_threshold();
         loss.hline = Some((t as f64, format!("phase-change threshold {t:.2}")));
     }
     for (i, r) in runs.iter().enumerate() {
@@ -258,32 +251,32 @@ pub fn write(
                     colorbar_label: "attention".into(),
                 };
                 let name = format!("pattern_{slug}_{l}.{h}");
-                write_atomic(&out.join(format!("{name}.png")), &heat.png())?;
+                out.write(&format!("{name}.png"), &heat.png())?;
                 figures.push((format!("{name}.svg"), heat.svg()));
             }
         }
     }
     for (file, svg) in &figures {
-        write_atomic(&out.join(file), svg.as_bytes())?;
+        out.write(file, svg.as_bytes())?;
     }
 
-    // summary.json: every run's headline numbers, its exact experiment and where it lives.
-    let summary = serde_json::json!({
-        "command": command,
-        "git_revision": rev,
-        "experiment_file": experiment_file.map(|(p, _)| p.display().to_string()),
-        "runs": runs.iter().map(|r| serde_json::json!({
-            "label": r.label,
-            "folder": r.dir.display().to_string(),
-            "summary": r.summary,
-            "final": r.result.evals.last(),
-            "experiment": r.toml,
-        })).collect::<Vec<_>>(),
-    });
-    write_atomic(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    let summary = TrainingSummary {
+        command,
+        git_revision: rev.clone(),
+        experiment_file: experiment_file.map(|(p, _)| p.display().to_string()),
+        runs: runs
+            .iter()
+            .map(|r| RunSummary {
+                label: &r.label,
+                folder: r.dir.display().to_string(),
+                summary: &r.summary,
+                last: r.result.evals.last(),
+                experiment: &r.toml,
+            })
+            .collect(),
+    };
+    let summary = serde_json::to_string_pretty(&summary)?;
+    out.write("summary.json", summary.as_bytes())?;
 
     let mut html = String::new();
     let _ = write!(
@@ -351,7 +344,6 @@ pub fn write(
         );
     }
     html.push_str("</body></html>\n");
-    let path = out.join("report.html");
-    write_atomic(&path, html.as_bytes())?;
-    Ok(path)
+    let path = out.write("report.html", html.as_bytes())?;
+    Ok((path, summary))
 }

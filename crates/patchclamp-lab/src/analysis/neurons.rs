@@ -9,10 +9,10 @@ use patchclamp_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{
+use crate::tasks::Batch;
+use crate::util::stats::{
     average_precision, kth_smallest, welch_t, FrequentItems, Histogram, UnitMoments,
 };
-use crate::tasks::Batch;
 
 /// Census settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -552,8 +552,11 @@ pub fn loss_under(model: &Model, batch: &Batch, interventions: &[Intervention]) 
         ));
     }
     let mut hooks = Hooks::none().intervene_all(interventions.iter().cloned());
-    let logits = model.forward(&crate::train::input(batch, model.device())?, &mut hooks)?;
-    Ok(crate::train::mean_loss(&logits, batch, None)?.to_scalar::<f32>()? as f64)
+    let logits = model.forward(
+        &crate::tasks::loss::input(batch, model.device())?,
+        &mut hooks,
+    )?;
+    Ok(crate::tasks::loss::mean_loss(&logits, batch, None)?.to_scalar::<f32>()? as f64)
 }
 
 /// The mean next-token loss over every predicted token of `seqs` (any lengths ≥ 2) under
@@ -579,4 +582,107 @@ pub fn sequence_loss(
         n += tokens;
     }
     Ok(total / n)
+}
+
+/// A census streamed over labelled prompts: the whole stream's census, one per label, and each
+/// labelled prompt's mean MLP response (`[layer · d_mlp + neuron]`, for the AP experts).
+pub struct LabelledCensus {
+    /// Over every prompt.
+    pub all: Census,
+    /// Per label, over that label's prompts.
+    pub by_label: std::collections::BTreeMap<String, Census>,
+    /// Each labelled prompt's label and mean response, in prompt order.
+    pub pooled: Vec<(String, Vec<f64>)>,
+}
+
+/// Streams the census over `prompts` (tokens and optional label), `batch` prompts per forward;
+/// `on_tokens` is told how many tokens each batch held.
+pub fn stream_census(
+    model: &Model,
+    prompts: &[(Vec<u32>, Option<String>)],
+    batch: usize,
+    spec: CensusSpec,
+    mut on_tokens: impl FnMut(u64),
+) -> Result<LabelledCensus> {
+    if batch == 0 {
+        return Err(Error::Input(
+            "the census needs a batch of at least one prompt".into(),
+        ));
+    }
+    let mut out = LabelledCensus {
+        all: Census::new(model, spec.clone())?,
+        by_label: Default::default(),
+        pooled: vec![],
+    };
+    for chunk in prompts.chunks(batch) {
+        let seqs: Vec<Vec<u32>> = chunk.iter().map(|p| p.0.clone()).collect();
+        let input = Input::batch(&seqs, Padding::Right, 0, model.device())?;
+        let acts = mlp_activations(model, &input)?;
+        out.all.add(&acts, &seqs)?;
+        // Per-label censuses and the per-prompt mean responses reuse the same activations,
+        // one row at a time.
+        for (row, (tokens, label)) in chunk.iter().enumerate() {
+            let Some(label) = label else { continue };
+            let one: Vec<Tensor> = acts
+                .iter()
+                .map(|t| t.narrow(0, row, 1))
+                .collect::<candle_core::Result<_>>()?;
+            let mut mean = Vec::with_capacity(acts.len() * model.cfg.d_mlp);
+            for t in &one {
+                // Right padding: the real tokens are the first `len` positions.
+                let m = t.narrow(1, 0, tokens.len())?.mean(1)?.flatten_all()?;
+                mean.extend(m.to_vec1::<f32>()?.into_iter().map(|x| x as f64));
+            }
+            out.pooled.push((label.clone(), mean));
+            if !out.by_label.contains_key(label) {
+                out.by_label
+                    .insert(label.clone(), Census::new(model, spec.clone())?);
+            }
+            let c = out.by_label.get_mut(label).expect("inserted above");
+            c.add(&one, std::slice::from_ref(tokens))?;
+        }
+        on_tokens(seqs.iter().map(|s| s.len() as u64).sum());
+    }
+    Ok(out)
+}
+
+/// The loss increase from ablating `selected` units, and from each of `draws` random unit sets
+/// of the same size (drawn with `seed`), over `seqs`.
+pub struct UnitAblation {
+    pub base_loss: f64,
+    pub selected_increase: f64,
+    pub random_increases: Vec<f64>,
+}
+
+/// Ablates the localized units and `draws` random sets of as many units (`width` per layer).
+pub fn ablate_against_random(
+    model: &Model,
+    seqs: &[Vec<u32>],
+    selected: &[(usize, usize)],
+    point: fn(usize) -> HookPoint,
+    width: usize,
+    (draws, seed): (usize, u64),
+    mut on_draw: impl FnMut(),
+) -> Result<UnitAblation> {
+    let base = sequence_loss(model, seqs, &[])?;
+    let sel = sequence_loss(model, seqs, &zero_units(selected, point))? - base;
+    let mut rng = patchclamp_core::rng::Rng::new(seed);
+    let n = model.cfg.n_layers * width;
+    let mut random = vec![];
+    for _ in 0..draws {
+        let mut units = vec![];
+        while units.len() < selected.len().min(n) {
+            let u = rng.below(n as u64) as usize;
+            if !units.contains(&(u / width, u % width)) {
+                units.push((u / width, u % width));
+            }
+        }
+        random.push(sequence_loss(model, seqs, &zero_units(&units, point))? - base);
+        on_draw();
+    }
+    Ok(UnitAblation {
+        base_loss: base,
+        selected_increase: sel,
+        random_increases: random,
+    })
 }

@@ -2,7 +2,10 @@
 
 use std::fmt::Write;
 
+use crate::html::esc;
+
 /// One curve.
+#[derive(Clone)]
 pub struct Series {
     pub name: String,
     pub xs: Vec<f64>,
@@ -12,6 +15,7 @@ pub struct Series {
 }
 
 /// A vertical marker (e.g. the phase change of a run).
+#[derive(Clone)]
 pub struct Marker {
     pub x: f64,
     pub label: String,
@@ -20,6 +24,7 @@ pub struct Marker {
 }
 
 /// A chart of curves against a shared x axis.
+#[derive(Clone)]
 pub struct LinePlot {
     pub title: String,
     pub x_label: String,
@@ -43,10 +48,15 @@ pub fn color(i: usize) -> &'static str {
     COLORS[i % COLORS.len()]
 }
 
+/// Width of the plotting area and everything left of the legend.
 const W: f64 = 640.0;
 const H: f64 = 380.0;
 const LEFT: f64 = 64.0;
+/// The legend column's least width; it grows with the longest series name.
 const RIGHT: f64 = 180.0;
+/// Advance of one character of the 11-px sans-serif legend text, generously (DejaVu Sans's
+/// widest common glyphs are ~0.62 em), so no label runs past the picture's edge.
+const LEGEND_CHAR: f64 = 7.0;
 const TOP: f64 = 36.0;
 const BOTTOM: f64 = 48.0;
 
@@ -67,12 +77,6 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
         t += step;
     }
     out
-}
-
-fn esc(t: &str) -> String {
-    t.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 impl LinePlot {
@@ -104,12 +108,21 @@ impl LinePlot {
             (a - pad, b + pad)
         });
         let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+        // The legend's column holds the longest name whole: the picture widens instead.
+        let longest = self
+            .series
+            .iter()
+            .map(|s| s.name.chars().count())
+            .max()
+            .unwrap_or(0);
+        let width = W.max(LEFT + pw + 12.0 + 22.0 + LEGEND_CHAR * longest as f64 + 8.0);
+        let height = H.max(TOP + 8.0 + 18.0 * self.series.len() as f64 + 8.0);
         let px = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
         let py = |y: f64| TOP + (1.0 - (y.clamp(y0, y1) - y0) / (y1 - y0)) * ph;
         let mut s = String::new();
         let _ = writeln!(
             s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="DejaVu Sans, sans-serif" font-size="11">"#
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="DejaVu Sans, sans-serif" font-size="11">"#
         );
         let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
         let _ = writeln!(
@@ -273,5 +286,50 @@ mod tests {
         assert_eq!(s.matches("<polyline").count(), 2);
         assert!(s.contains("phase change") && s.contains("&lt;in context&gt;"));
         assert!(!s.contains("NaN"));
+    }
+
+    #[test]
+    fn the_legend_holds_long_names_whole() {
+        let name = "head 0.0 clamped to prev-token (clamps off)";
+        let p = LinePlot {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            series: vec![Series {
+                name: name.into(),
+                xs: vec![0.0, 1.0],
+                ys: vec![0.0, 1.0],
+                dashed: false,
+            }],
+            markers: vec![],
+            hline: None,
+            y_range: None,
+        };
+        let s = p.svg();
+        let width: f64 = s
+            .split("width=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let x: f64 = s
+            .split(&format!(">{name}</text>"))
+            .next()
+            .unwrap()
+            .rsplit("<text x=\"")
+            .next()
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            x + LEGEND_CHAR * name.len() as f64 <= width,
+            "legend text at {x} runs past {width}"
+        );
     }
 }

@@ -7,8 +7,8 @@ use patchclamp_core::rng::Rng;
 use patchclamp_core::{Error, HookPoint, Hooks, Input, Model, Padding, Result, Selector};
 use serde::{Deserialize, Serialize};
 
-use crate::linalg::eigenvalues;
-use crate::probes::{composition, composition_score, Composition, LowRank};
+use crate::analysis::probes::{composition, composition_score, Composition, LowRank};
+use crate::util::linalg::eigenvalues;
 
 /// How the probe sequences are drawn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

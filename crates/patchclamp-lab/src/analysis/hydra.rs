@@ -8,7 +8,7 @@ use patchclamp_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::dla::{LogitDirection, Readout};
+use crate::analysis::dla::{LogitDirection, Readout};
 
 /// Direct and total effects of ablating each layer, averaged over prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use patchclamp_core::rng::Rng;
 use patchclamp_core::{Error, HookPoint, Hooks, Input, Model, Padding, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::stats::welch_test;
+use crate::util::stats::welch_test;
 
 /// Where in the sequence a feature vector is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -1,0 +1,4 @@
+//! Numerical utilities the methods share: streamed statistics and small dense linear algebra.
+
+pub mod linalg;
+pub mod stats;
