@@ -7,7 +7,6 @@ use candle_core::Tensor;
 use patchclamp_core::model::Weights;
 use patchclamp_core::rng::Rng;
 use patchclamp_core::{Config, Hooks, Input, Model};
-use serde_json::json;
 
 /// What to benchmark.
 #[derive(clap::Subcommand)]
@@ -162,13 +161,17 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         tr.train_step(&task)?;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let row = serde_json::json!({
-        "shape": a.shape, "framework": "patchclamp", "params": cfg.n_params(),
-        "steps_per_s": a.steps as f64 / secs, "ms_per_step": 1e3 * secs / a.steps as f64,
-        "threads": a.threads, "path": path,
-    });
+    let row = TrainRow {
+        shape: a.shape.clone(),
+        framework: "patchclamp",
+        params: cfg.n_params(),
+        steps_per_s: a.steps as f64 / secs,
+        ms_per_step: 1e3 * secs / a.steps as f64,
+        threads: a.threads,
+        path,
+    };
     if a.json {
-        println!("{row}");
+        crate::print(&serde_json::to_string(&row)?);
     } else {
         println!(
             "{} ({} params, {path} step): {:.1} steps/s ({:.1} ms/step), {} threads",
@@ -249,13 +252,18 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
         times.sort_by(|x, y| x.total_cmp(y));
         let median = times[times.len() / 2];
         let peak = rss_kib("VmHWM");
-        rows.push(json!({
-            "model": label, "mode": mode, "batch": a.batch, "seq": a.seq, "threads": a.threads,
-            "median_ms": median * 1e3, "tokens_per_s": (a.batch * a.seq) as f64 / median,
-            "peak_rss_mib": peak.map(|k| k as f64 / 1024.0),
-            "base_rss_mib": base_rss.map(|k| k as f64 / 1024.0),
-            "cache_mib": cache_bytes as f64 / (1024.0 * 1024.0),
-        }));
+        rows.push(ForwardRow {
+            model: label.clone(),
+            mode,
+            batch: a.batch,
+            seq: a.seq,
+            threads: a.threads,
+            median_ms: median * 1e3,
+            tokens_per_s: (a.batch * a.seq) as f64 / median,
+            peak_rss_mib: peak.map(|k| k as f64 / 1024.0),
+            base_rss_mib: base_rss.map(|k| k as f64 / 1024.0),
+            cache_mib: cache_bytes as f64 / (1024.0 * 1024.0),
+        });
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -266,16 +274,15 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
         "model", "mode", "median ms", "tokens/s", "peak RSS MiB", "base MiB", "cache MiB"
     );
     for r in rows {
-        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
             "{:<12} {:<10} {:>10.1} {:>12.0} {:>14.1} {:>12.1} {:>11.1}",
-            r["model"].as_str().unwrap_or(""),
-            r["mode"].as_str().unwrap_or(""),
-            f("median_ms"),
-            f("tokens_per_s"),
-            f("peak_rss_mib"),
-            f("base_rss_mib"),
-            f("cache_mib")
+            r.model,
+            r.mode,
+            r.median_ms,
+            r.tokens_per_s,
+            r.peak_rss_mib.unwrap_or(f64::NAN),
+            r.base_rss_mib.unwrap_or(f64::NAN),
+            r.cache_mib
         );
     }
     Ok(())
@@ -340,10 +347,14 @@ fn patch(a: PatchArgs) -> anyhow::Result<()> {
         }
         times.sort_by(|x, y| x.total_cmp(y));
         let r = result.expect("iters > 0");
-        rows.push(json!({
-            "site": name, "median_s": times[times.len() / 2], "variants": r.values.len(),
-            "n_layers": r.n_layers, "n_cols": r.n_cols, "values": r.values,
-        }));
+        rows.push(SweepRow {
+            site: name.clone(),
+            median_s: times[times.len() / 2],
+            variants: r.values.len(),
+            n_layers: r.n_layers,
+            n_cols: r.n_cols,
+            values: r.values,
+        });
     }
     if a.json {
         println!("{}", serde_json::to_string(&rows)?);
@@ -351,11 +362,47 @@ fn patch(a: PatchArgs) -> anyhow::Result<()> {
         for r in rows {
             println!(
                 "{:<10} {:>4} variants {:>9.3} s",
-                r["site"].as_str().unwrap_or(""),
-                r["variants"],
-                r["median_s"].as_f64().unwrap_or(f64::NAN)
+                r.site, r.variants, r.median_s
             );
         }
     }
     Ok(())
+}
+
+/// One `bench train` measurement (`--json`).
+#[derive(serde::Serialize)]
+struct TrainRow {
+    shape: String,
+    framework: &'static str,
+    params: usize,
+    steps_per_s: f64,
+    ms_per_step: f64,
+    threads: usize,
+    path: &'static str,
+}
+
+/// One `bench forward` measurement (`--json`).
+#[derive(serde::Serialize)]
+struct ForwardRow {
+    model: String,
+    mode: &'static str,
+    batch: usize,
+    seq: usize,
+    threads: usize,
+    median_ms: f64,
+    tokens_per_s: f64,
+    peak_rss_mib: Option<f64>,
+    base_rss_mib: Option<f64>,
+    cache_mib: f64,
+}
+
+/// One `bench patch` sweep (`--json`).
+#[derive(serde::Serialize)]
+struct SweepRow {
+    site: String,
+    median_s: f64,
+    variants: usize,
+    n_layers: usize,
+    n_cols: usize,
+    values: Vec<f32>,
 }

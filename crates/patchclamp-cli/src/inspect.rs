@@ -1,7 +1,6 @@
 //! `patchclamp inspect MODEL`: config, parameter count and every hook point with its shape.
 
-use patchclamp_core::HookPoint;
-use serde_json::json;
+use patchclamp_report::outcomes::{hook_point_shapes, InspectOutcome};
 
 /// Arguments of `inspect`.
 #[derive(clap::Args)]
@@ -19,31 +18,16 @@ pub struct Args {
 pub fn main(a: Args) -> anyhow::Result<()> {
     let m = crate::load_model(&a.model, a.processed)?;
     let cfg = &m.model.cfg;
-    let points: Vec<(String, Vec<String>)> = HookPoint::all(cfg)
-        .into_iter()
-        .map(|p| {
-            // Symbolic shape: batch and positions named, model dimensions as numbers.
-            let probe = p.shape(cfg, 1_000_001, 1_000_003);
-            let dims = probe
-                .iter()
-                .map(|&d| match d {
-                    1_000_001 => "batch".to_string(),
-                    1_000_003 => "pos".to_string(),
-                    n => n.to_string(),
-                })
-                .collect();
-            (p.to_string(), dims)
-        })
-        .collect();
+    let points = hook_point_shapes(cfg);
     if a.json {
-        let out = json!({
-            "dir": m.files.dir,
-            "config": cfg,
-            "n_params": cfg.n_params(),
-            "tokenizer": m.files.tokenizer,
-            "hook_points": points.iter().map(|(n, s)| json!({"name": n, "shape": s})).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        let out = InspectOutcome {
+            dir: &m.files.dir,
+            config: cfg,
+            n_params: cfg.n_params(),
+            tokenizer: m.files.tokenizer.as_deref(),
+            hook_points: points,
+        };
+        crate::print(&serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!("model      {}", m.files.dir.display());
@@ -83,9 +67,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             .map_or("none".into(), |p| p.display().to_string())
     );
     println!("\n{} hook points:", points.len());
-    let width = points.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-    for (name, shape) in points {
-        println!("  {name:width$}  [{}]", shape.join(", "));
+    let width = points.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for p in points {
+        crate::print(&format!("  {:width$}  [{}]", p.name, p.shape.join(", ")));
     }
     Ok(())
 }

@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Tensor, D};
-use patchclamp_core::{Hooks, Input, Selector};
-use serde_json::json;
+use candle_core::{DType, Tensor};
+use patchclamp_core::{Hooks, Selector};
+use patchclamp_lab::analysis::predict::next_tokens;
+use patchclamp_report::outcomes::{CacheWritten, RunOutcome};
+use patchclamp_report::Vocab;
 
 /// Arguments of `run`.
 #[derive(clap::Args)]
@@ -53,7 +55,6 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let cfg = &m.model.cfg;
     let ids = tok.prompt(cfg, &a.prompt, a.prepend_bos)?;
     let dev = m.model.device().clone();
-    let input = Input::single(&ids, &dev)?;
 
     let mut hooks = Hooks::none();
     if let Some(path) = &a.intervene {
@@ -66,64 +67,53 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     if let Some(pos) = &a.positions {
         hooks = hooks.at_positions(pos.clone());
     }
-    let logits = m.model.forward(&input, &mut hooks)?;
-    patchclamp_core::model::ensure_finite(&logits, "the logits")?;
-
-    let last = logits.squeeze(0)?.get(ids.len() - 1)?; // [V]
-    let probs = candle_nn::ops::softmax_last_dim(&last.unsqueeze(0)?)?.squeeze(0)?;
-    let k = a.top_k.min(cfg.d_vocab);
-    let order = last
-        .arg_sort_last_dim(false)?
-        .narrow(D::Minus1, 0, k)?
-        .to_vec1::<u32>()?;
-    let (logit_v, prob_v) = (last.to_vec1::<f32>()?, probs.to_vec1::<f32>()?);
-    let top: Vec<(u32, String, f32, f32)> = order
-        .iter()
-        .map(|&i| {
-            Ok((
-                i,
-                tok.decode(&[i])?,
-                logit_v[i as usize],
-                prob_v[i as usize],
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
-
+    let top = next_tokens(&m.model, &ids, &mut hooks, a.top_k)?;
     let cache = hooks.take_cache();
-    if let Some(out) = &a.out {
-        let tokens = Tensor::new(ids.as_slice(), &dev)?
-            .to_dtype(DType::I64)?
-            .unsqueeze(0)?;
-        cache
-            .save_safetensors(out, &[("tokens", tokens)])
-            .with_context(|| format!("writing {}", out.display()))?;
-    }
+    let written = match &a.out {
+        Some(out) => {
+            let tokens = Tensor::new(ids.as_slice(), &dev)?
+                .to_dtype(DType::I64)?
+                .unsqueeze(0)?;
+            cache
+                .save_safetensors(out, &[("tokens", tokens)])
+                .with_context(|| format!("writing {}", out.display()))?;
+            Some(CacheWritten {
+                path: out.clone(),
+                points: cache.len(),
+                bytes: cache.nbytes(),
+            })
+        }
+        None => None,
+    };
+    let outcome = RunOutcome::new(ids, top, &Vocab::new(Some(tok)), written);
     if a.json {
-        let out = json!({
-            "tokens": ids,
-            "token_strs": ids.iter().map(|&i| tok.decode(&[i])).collect::<Result<Vec<_>, _>>()?,
-            "top_k": top.iter().map(|(i, s, l, p)| json!({"id": i, "token": s, "logit": l, "prob": p})).collect::<Vec<_>>(),
-            "cache": a.out.as_ref().map(|p| json!({"path": p, "points": cache.len(), "bytes": cache.nbytes()})),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::print(&serde_json::to_string_pretty(&outcome)?);
         return Ok(());
     }
-    println!("{} tokens: {:?}", ids.len(), ids);
-    println!("next-token predictions after {:?}:", a.prompt);
-    println!(
+    let ids = &outcome.tokens;
+    crate::print(&format!("{} tokens: {:?}", ids.len(), ids));
+    crate::print(&format!("next-token predictions after {:?}:", a.prompt));
+    crate::print(&format!(
         "  {:>4}  {:>7}  {:>9}  {:>8}  token",
         "rank", "id", "logit", "prob"
-    );
-    for (r, (i, s, l, p)) in top.iter().enumerate() {
-        println!("  {:>4}  {:>7}  {:>9.4}  {:>8.4}  {:?}", r + 1, i, l, p, s);
+    ));
+    for (r, p) in outcome.top_k.iter().enumerate() {
+        crate::print(&format!(
+            "  {:>4}  {:>7}  {:>9.4}  {:>8.4}  {:?}",
+            r + 1,
+            p.id,
+            p.logit,
+            p.prob,
+            p.token
+        ));
     }
-    if let Some(out) = &a.out {
-        println!(
+    if let Some(c) = &outcome.cache {
+        crate::print(&format!(
             "cached {} hook points ({:.1} KiB) to {}",
-            cache.len(),
-            cache.nbytes() as f64 / 1024.0,
-            out.display()
-        );
+            c.points,
+            c.bytes as f64 / 1024.0,
+            c.path.display()
+        ));
     }
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! The inputs every face reads the same way: a model (a folder, a cached repo id or a lab
 //! checkpoint) with its tokenizer, prompts from text, text files or JSONL, and single tokens.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use patchclamp_core::{Model, Tokenizer};
+use patchclamp_lab::analysis::lens::LatentPrompt;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -222,5 +224,64 @@ impl Subject {
             bail!("{} holds no prompts", path.display());
         }
         Ok(out)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatentLine {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    tokens: Option<Vec<u32>>,
+    sets: BTreeMap<String, Vec<String>>,
+}
+
+impl Subject {
+    /// A latent-language file: JSONL of `{"text"|"tokens", "sets": {"name": ["token", …]}}`,
+    /// every line naming the same sets. Returns the set names and the prompts.
+    pub fn read_latent(&self, path: &Path) -> Result<(Vec<String>, Vec<LatentPrompt>)> {
+        let text = crate::read_text(path)?;
+        let mut names: Vec<String> = vec![];
+        let mut items = vec![];
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let at = format!("{}:{}", path.display(), i + 1);
+            let here = |e: Error| Error::Input(format!("{at}: {e}"));
+            let l: LatentLine =
+                serde_json::from_str(line).map_err(|e| Error::Input(format!("{at}: {e}")))?;
+            let tokens = match (l.text, l.tokens) {
+                (Some(t), None) => self.encode(&t).map_err(here)?,
+                (None, Some(ids)) => {
+                    self.check(&ids, &at).map_err(here)?;
+                    ids
+                }
+                _ => bail!("{at}: give exactly one of \"text\" or \"tokens\""),
+            };
+            let these: Vec<String> = l.sets.keys().cloned().collect();
+            if names.is_empty() {
+                names = these.clone();
+            } else if names != these {
+                bail!("{at}: token sets {these:?} differ from the first line's {names:?}");
+            }
+            let sets = l
+                .sets
+                .values()
+                .map(|ts| {
+                    ts.iter()
+                        .map(|t| self.token(t))
+                        .collect::<Result<Vec<u32>>>()
+                })
+                .collect::<Result<_>>()
+                .map_err(here)?;
+            items.push(LatentPrompt { tokens, sets });
+        }
+        if items.is_empty() {
+            bail!("{} holds no prompts", path.display());
+        }
+        Ok((names, items))
     }
 }

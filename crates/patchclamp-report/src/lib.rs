@@ -27,7 +27,7 @@ use std::path::Path;
 
 pub use error::{Error, Result};
 pub use input::{Prompt, PromptSource, Subject};
-pub use output::{write_outcome, Assembled, Figure, Outcome, Page, Written};
+pub use output::{write_outcome, Figure, Outcome, Page, Written};
 pub use run_dir::{content_hash, Manifest, RunDir};
 pub use vocab::Vocab;
 

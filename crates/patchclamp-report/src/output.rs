@@ -152,33 +152,3 @@ pub fn layer_head_map(title: &str, grid: &[Vec<f64>], colorbar: &str) -> Heatmap
         colorbar_label: colorbar.to_string(),
     }
 }
-
-/// An outcome assembled as JSON by its face: the analyses whose typed outcome has not landed
-/// yet (`lens`, `neurons`, `probe`, `localize`) still write through the same floor.
-pub struct Assembled {
-    pub title: String,
-    pub result: serde_json::Value,
-    pub page: Page,
-    pub summary: String,
-}
-
-impl Serialize for Assembled {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.result.serialize(s)
-    }
-}
-
-impl Outcome for Assembled {
-    fn title(&self) -> String {
-        self.title.clone()
-    }
-
-    fn summary_lines(&self, _: &Vocab) -> Vec<String> {
-        vec![self.summary.clone()]
-    }
-
-    fn figures(&self, _: &Vocab, page: &mut Page) -> Result<()> {
-        *page = self.page.clone();
-        Ok(())
-    }
-}

@@ -385,3 +385,121 @@ pub fn tcav(
         random_scores,
     })
 }
+
+/// One probed hook point's accuracies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointProbe {
+    pub point: String,
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+    pub majority_baseline: f64,
+    pub n_train: usize,
+    pub n_test: usize,
+}
+
+/// Probes at several hook points for the labels of the prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointProbes {
+    /// The labels, sorted; a prompt's class is its label's index here.
+    pub classes: Vec<String>,
+    pub probes: Vec<PointProbe>,
+    /// The fitted weights, when a single point was probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_weights: Option<LogReg>,
+}
+
+/// Fits a held-out-scored logistic probe at each of `points` for the prompts' labels (every
+/// prompt needs one; at least two distinct); `on_point` is told when each point is done.
+#[allow(clippy::too_many_arguments)]
+pub fn probe_points(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    labels: &[Option<String>],
+    points: &[HookPoint],
+    pooling: Pooling,
+    (test_fraction, seed): (f64, u64),
+    spec: FitSpec,
+    mut on_point: impl FnMut(),
+) -> Result<PointProbes> {
+    let labelled: Vec<&str> = labels.iter().filter_map(|l| l.as_deref()).collect();
+    let mut classes: Vec<&str> = labelled.clone();
+    classes.sort();
+    classes.dedup();
+    if labelled.len() != prompts.len() || classes.len() < 2 {
+        return Err(Error::Input(format!(
+            "probing needs a \"label\" on every prompt and at least two labels (got {} labelled of {}, labels {classes:?})",
+            labelled.len(),
+            prompts.len()
+        )));
+    }
+    let y: Vec<usize> = labelled
+        .iter()
+        .map(|l| classes.iter().position(|c| c == l).unwrap_or(0))
+        .collect();
+    let mut out = PointProbes {
+        classes: classes.iter().map(|c| c.to_string()).collect(),
+        probes: vec![],
+        probe_weights: None,
+    };
+    for &p in points {
+        let x = features(model, prompts, p, pooling)?;
+        let r = train_probe(&x, &y, classes.len(), test_fraction, seed, spec)?;
+        out.probes.push(PointProbe {
+            point: p.to_string(),
+            train_accuracy: r.train_accuracy,
+            test_accuracy: r.test_accuracy,
+            majority_baseline: r.majority_baseline,
+            n_train: r.n_train,
+            n_test: r.n_test,
+        });
+        if points.len() == 1 {
+            out.probe_weights = Some(r.model);
+        }
+        on_point();
+    }
+    Ok(out)
+}
+
+/// Which labelled prompts play which part in a TCAV test.
+pub struct TcavSets<'a> {
+    /// The concept's examples.
+    pub concept: &'a str,
+    /// The random examples.
+    pub random: &'a str,
+    /// The inputs scored (`None`: every prompt labelled neither).
+    pub inputs: Option<&'a str>,
+}
+
+/// TCAV at `point` for the logit of `class`, with examples chosen from the prompts' labels.
+pub fn tcav_of_labels(
+    model: &Model,
+    prompts: &[(Vec<u32>, Option<String>)],
+    sets: &TcavSets,
+    point: HookPoint,
+    class: u32,
+    (runs, seed): (usize, u64),
+) -> Result<Tcav> {
+    let pick = |want: &dyn Fn(Option<&str>) -> bool| -> Vec<Vec<u32>> {
+        prompts
+            .iter()
+            .filter(|p| want(p.1.as_deref()))
+            .map(|p| p.0.clone())
+            .collect()
+    };
+    let cx = pick(&|l| l == Some(sets.concept));
+    let rx = pick(&|l| l == Some(sets.random));
+    let ix = match sets.inputs {
+        Some(lab) => pick(&|l| l == Some(lab)),
+        None => pick(&|l| l != Some(sets.concept) && l != Some(sets.random)),
+    };
+    if cx.is_empty() || ix.is_empty() {
+        return Err(Error::Input(format!(
+            "TCAV: no prompts labelled {:?} or no inputs to score",
+            sets.concept
+        )));
+    }
+    let fc = features(model, &cx, point, Pooling::Last)?;
+    let fr = features(model, &rx, point, Pooling::Last)?;
+    let grads = logit_gradients(model, &ix, point, class)?;
+    tcav(&fc, &fr, &grads, runs, seed, 1)
+}

@@ -648,10 +648,12 @@ pub fn stream_census(
 
 /// The loss increase from ablating `selected` units, and from each of `draws` random unit sets
 /// of the same size (drawn with `seed`), over `seqs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UnitAblation {
     pub base_loss: f64,
     pub selected_increase: f64,
     pub random_increases: Vec<f64>,
+    pub random_mean: f64,
 }
 
 /// Ablates the localized units and `draws` random sets of as many units (`width` per layer).
@@ -680,9 +682,151 @@ pub fn ablate_against_random(
         random.push(sequence_loss(model, seqs, &zero_units(&units, point))? - base);
         on_draw();
     }
+    let random_mean = random.iter().sum::<f64>() / random.len().max(1) as f64;
     Ok(UnitAblation {
         base_loss: base,
         selected_increase: sel,
         random_increases: random,
+        random_mean,
+    })
+}
+
+/// A detector neuron with what it fires on and what it writes to the output vocabulary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorRow {
+    pub layer: usize,
+    pub neuron: usize,
+    pub fires_on: Vec<Vec<u32>>,
+    /// The tokens its output direction promotes most, with their logit weights.
+    pub promotes: Vec<(u32, f32)>,
+    pub suppresses: Vec<(u32, f32)>,
+}
+
+/// The LAPE neurons specific to one label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelNeurons {
+    pub label: String,
+    pub neurons: Vec<(usize, usize)>,
+}
+
+/// A neuron ranking one label's prompts above the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Expert {
+    pub layer: usize,
+    pub neuron: usize,
+    /// Average precision of its mean response as a detector of the label.
+    pub ap: f64,
+}
+
+/// The best average-precision experts of one label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelExperts {
+    pub label: String,
+    pub experts: Vec<Expert>,
+}
+
+/// Everything the neuron census finds over a labelled prompt stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CensusStudy {
+    pub census: CensusReport,
+    /// The first `top` token and bigram detectors per layer, with vocabulary projections.
+    pub detectors: Vec<DetectorRow>,
+    /// LAPE neurons per label (with two or more labels).
+    pub lape: Option<Vec<LabelNeurons>>,
+    /// Average-precision experts per label (with two or more labels).
+    pub experts: Option<Vec<LabelExperts>>,
+}
+
+/// Settings of [`census_study`].
+#[derive(Debug, Clone)]
+pub struct StudySpec {
+    /// Prompts per forward pass.
+    pub batch: usize,
+    /// Detectors and experts listed per layer / label.
+    pub top: usize,
+    /// LAPE's fraction of neurons selected.
+    pub lape_top_rate: f64,
+}
+
+/// The census over `prompts` (tokens, optional label), detectors with their vocabulary
+/// projections, and with two or more labels LAPE neurons and AP experts per label.
+pub fn census_study(
+    model: &Model,
+    prompts: &[(Vec<u32>, Option<String>)],
+    spec: &StudySpec,
+    on_tokens: impl FnMut(u64),
+) -> Result<CensusStudy> {
+    let LabelledCensus {
+        all,
+        by_label,
+        pooled,
+    } = stream_census(model, prompts, spec.batch, CensusSpec::default(), on_tokens)?;
+    let census = all.report();
+    let mut detectors = vec![];
+    for (l, lr) in census.layers.iter().enumerate() {
+        for d in lr
+            .token_detectors
+            .iter()
+            .chain(&lr.bigram_detectors)
+            .take(spec.top)
+        {
+            let (promotes, suppresses) = vocab_projection(model, l, d.neuron, 5)?;
+            detectors.push(DetectorRow {
+                layer: l,
+                neuron: d.neuron,
+                fires_on: d.items.clone(),
+                promotes,
+                suppresses,
+            });
+        }
+    }
+    let (mut lape_rows, mut experts) = (None, None);
+    if by_label.len() >= 2 {
+        let probs: Vec<Vec<Vec<f64>>> = by_label.values().map(|c| c.probabilities()).collect();
+        let sel = lape(
+            &probs,
+            LapeSpec {
+                top_rate: spec.lape_top_rate,
+                ..LapeSpec::default()
+            },
+        )?;
+        lape_rows = Some(
+            by_label
+                .keys()
+                .zip(sel)
+                .map(|(label, neurons)| LabelNeurons {
+                    label: label.clone(),
+                    neurons,
+                })
+                .collect(),
+        );
+        // Each neuron's mean response per prompt ranks that label's prompts against the rest.
+        let m = model.cfg.d_mlp;
+        let responses: Vec<Vec<f64>> = pooled.iter().map(|(_, r)| r.clone()).collect();
+        experts = Some(
+            by_label
+                .keys()
+                .map(|name| {
+                    let labels: Vec<bool> = pooled.iter().map(|(l, _)| l == name).collect();
+                    LabelExperts {
+                        label: name.clone(),
+                        experts: expert_units(&responses, &labels, spec.top)
+                            .into_iter()
+                            .map(|(u, ap)| Expert {
+                                layer: u / m,
+                                neuron: u % m,
+                                ap,
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        );
+    }
+    Ok(CensusStudy {
+        census,
+        detectors,
+        lape: lape_rows,
+        experts,
     })
 }
