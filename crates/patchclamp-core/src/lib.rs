@@ -23,6 +23,7 @@ pub mod load;
 pub mod model;
 pub mod rng;
 pub mod sys;
+pub mod testing;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

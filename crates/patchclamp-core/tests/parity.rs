@@ -28,26 +28,7 @@ fn tokens(r: &HashMap<String, Tensor>, i: usize) -> Vec<u32> {
         .unwrap()
 }
 
-/// Largest |a - b|, where infinities must coincide (masked attention scores).
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| {
-            if x.is_infinite() || y.is_infinite() {
-                if x == y {
-                    0.0
-                } else {
-                    f32::INFINITY
-                }
-            } else {
-                (x - y).abs()
-            }
-        })
-        .fold(0.0, f32::max)
-}
+use patchclamp_core::testing::max_diff;
 
 fn centered(logits: &Tensor) -> Tensor {
     logits

@@ -9,12 +9,16 @@
 //! 4. [`analysis`]: logit lens, DLA, Hydra, head detectors, extremes, neurons, linear probes.
 //! 5. [`toy`]: analytic toy models of learning dynamics.
 //!
-//! [`util`] holds the statistics and linear algebra they share.
+//! [`util`] holds the statistics and linear algebra they share; every fallible function
+//! returns the lab's [`Error`].
 
 pub mod analysis;
 pub mod causal;
+pub mod error;
 pub mod experiment;
 pub mod tasks;
 pub mod toy;
 pub mod train;
 pub mod util;
+
+pub use error::{Error, Result};

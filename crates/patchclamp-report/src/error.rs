@@ -47,6 +47,10 @@ pub enum Error {
     #[error(transparent)]
     Core(#[from] patchclamp_core::Error),
 
+    /// An error of a method (a task, a trainer, an analysis).
+    #[error(transparent)]
+    Lab(#[from] patchclamp_lab::Error),
+
     /// Serialising a result failed.
     #[error("serialising the result: {0}")]
     Json(#[from] serde_json::Error),

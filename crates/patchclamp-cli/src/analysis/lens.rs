@@ -42,7 +42,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let lens = prompts
         .iter()
         .map(|p| logit_lens(&s.model, &p.tokens, a.top_k, &tracked))
-        .collect::<patchclamp_core::Result<Vec<_>>>()?;
+        .collect::<patchclamp_lab::Result<Vec<_>>>()?;
     let latent = match &a.latent {
         Some(path) => {
             let (names, items) = s.read_latent(path)?;

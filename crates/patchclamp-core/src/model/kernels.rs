@@ -792,20 +792,8 @@ pub fn bmm_inference(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     a3.apply_op2_no_bwd(&b3, &BatchedMatmul)?.reshape(out_dims)
 }
 
-/// Largest absolute element-wise difference (for the kernels' unit tests).
 #[cfg(test)]
-pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+pub(crate) use crate::testing::max_diff;
 
 #[cfg(test)]
 mod tests {

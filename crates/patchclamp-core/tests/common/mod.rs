@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use candle_core::Tensor;
-
 /// Path of a committed fixture model (or of a file under tests/fixtures with "../NAME").
 pub fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,16 +15,5 @@ pub fn fixture(name: &str) -> String {
     fixture_path(name).to_string_lossy().into_owned()
 }
 
-/// Largest absolute element-wise difference.
-pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+#[allow(unused_imports)] // not every test binary compares tensors
+pub use patchclamp_core::testing::max_diff;

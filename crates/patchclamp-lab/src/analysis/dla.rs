@@ -2,9 +2,10 @@
 //! every attention bias and every MLP's output, each read on a logit direction through the final
 //! norm with its scale frozen from the run. The parts sum to the logit (difference).
 
+use crate::error::{Error, Result};
 use candle_core::Tensor;
 use patchclamp_core::model::NormKind;
-use patchclamp_core::{ActivationCache, Error, HookPoint, Hooks, Input, Model, Padding, Result};
+use patchclamp_core::{ActivationCache, HookPoint, Hooks, Input, Model, Padding};
 use serde::{Deserialize, Serialize};
 
 /// The logit (difference) attributed: `logit[target] − logit[baseline]`.

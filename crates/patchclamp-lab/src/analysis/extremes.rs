@@ -2,9 +2,10 @@
 //! drains, residual-state peaks (Guo et al. 2024), massive activations (Sun et al. 2024) and
 //! flip-flop read errors (attention glitches, Liu et al. 2023).
 
-use patchclamp_core::{Error, HookPoint, Hooks, Input, Model, Result, Selector};
+use patchclamp_core::{HookPoint, Hooks, Input, Model, Selector};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::tasks::{FlipFlop, Task};
 use crate::util::stats::median;
 

@@ -4,10 +4,11 @@
 
 use candle_core::Tensor;
 use patchclamp_core::rng::Rng;
-use patchclamp_core::{Error, HookPoint, Hooks, Input, Model, Padding, Result, Selector};
+use patchclamp_core::{HookPoint, Hooks, Input, Model, Padding, Selector};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::probes::{composition, composition_score, Composition, LowRank};
+use crate::error::{Error, Result};
 use crate::util::linalg::eigenvalues;
 
 /// How the probe sequences are drawn.

@@ -3,12 +3,11 @@
 //! against its total effect (the logit drop when its output is resample-ablated and everything
 //! downstream recomputed), and which downstream layers change their direct effect to compensate.
 
-use patchclamp_core::{
-    ActivationCache, Error, HookPoint, Hooks, Input, Intervention, Model, Op, Padding, Result,
-};
+use patchclamp_core::{ActivationCache, HookPoint, Hooks, Input, Intervention, Model, Op, Padding};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::dla::{LogitDirection, Readout};
+use crate::error::{Error, Result};
 
 /// Direct and total effects of ablating each layer, averaged over prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,8 +2,9 @@
 //! unembedding, and Wendler et al.'s two-curve "which language is the latent" analysis
 //! (METHODS.md §7.8).
 
+use crate::error::{Error, Result};
 use candle_core::{Tensor, D};
-use patchclamp_core::{Error, HookPoint, Hooks, Input, Model, Result, Selector};
+use patchclamp_core::{HookPoint, Hooks, Input, Model, Selector};
 use serde::{Deserialize, Serialize};
 
 /// What the lens reads at every layer of one prompt.

@@ -3,9 +3,10 @@
 
 use candle_core::{Tensor, Var};
 use patchclamp_core::rng::Rng;
-use patchclamp_core::{Error, HookPoint, Hooks, Input, Model, Padding, Result};
+use patchclamp_core::{HookPoint, Hooks, Input, Model, Padding};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::util::stats::welch_test;
 
 /// Where in the sequence a feature vector is read.

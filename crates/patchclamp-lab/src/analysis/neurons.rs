@@ -4,11 +4,10 @@
 //! neurons; average-precision experts; the Welch-t localizer.
 
 use candle_core::Tensor;
-use patchclamp_core::{
-    Error, HookPoint, Hooks, Input, Intervention, Model, Op, Padding, Result, Selection,
-};
+use patchclamp_core::{HookPoint, Hooks, Input, Intervention, Model, Op, Padding, Selection};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::tasks::Batch;
 use crate::util::stats::{
     average_precision, kth_smallest, welch_t, FrequentItems, Histogram, UnitMoments,

@@ -1,7 +1,8 @@
 //! Next-token predictions: what the model says after a prompt, under any hooks.
 
+use crate::error::Result;
 use candle_core::D;
-use patchclamp_core::{Hooks, Input, Model, Result};
+use patchclamp_core::{Hooks, Input, Model};
 use serde::{Deserialize, Serialize};
 
 /// One predicted token.

@@ -2,9 +2,10 @@
 //! composition scores between heads, Singh et al.'s induction strength, and phase-change
 //! detection on a metric's curve (METHODS.md §1a, §2.1a).
 
+use crate::error::Result;
 use candle_core::{Tensor, D};
 use patchclamp_core::rng::Rng;
-use patchclamp_core::{HookPoint, Hooks, Input, Model, Result, Selector};
+use patchclamp_core::{HookPoint, Hooks, Input, Model, Selector};
 use serde::{Deserialize, Serialize};
 
 /// Per-layer, per-head attention scores (`[layer][head]`).

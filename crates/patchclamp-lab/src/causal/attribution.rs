@@ -5,9 +5,10 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Tensor, Var, D};
-use patchclamp_core::{ActivationCache, Error, HookPoint, Hooks, Input, Model, Result};
+use patchclamp_core::{ActivationCache, HookPoint, Hooks, Input, Model};
 
 use crate::causal::patching::{Direction, Metric, PatchingResult, Site};
+use crate::error::{Error, Result};
 
 /// The metric of a batch-1 run as a differentiable scalar.
 fn metric_scalar(logits: &Tensor, metric: Metric, clean_logprobs: &Tensor) -> Result<Tensor> {

@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use patchclamp_core::model::{KvPrefix, Span};
-use patchclamp_core::{ActivationCache, Error, HookPoint, Hooks, Input, Model, Result};
+use patchclamp_core::{ActivationCache, HookPoint, Hooks, Input, Model};
 
 /// Which slice of a row is patched at a hook point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +238,7 @@ pub fn forward_rows(
     };
     let out = model.forward_span(&input, hooks, span)?;
     match columns {
-        Some(ids) => model.logits_of(&out.narrow(1, out.dim(1)? - 1, 1)?, ids),
+        Some(ids) => Ok(model.logits_of(&out.narrow(1, out.dim(1)? - 1, 1)?, ids)?),
         None => Ok(out),
     }
 }

@@ -1,9 +1,10 @@
 //! Dataset means of activations, for mean ablation (`Op::Mean`): streamed over batches, so
 //! memory does not grow with the number of prompts.
 
+use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use patchclamp_core::hooks::Values;
-use patchclamp_core::{Error, HookPoint, Hooks, Input, Model, Padding, Result};
+use patchclamp_core::{HookPoint, Hooks, Input, Model, Padding};
 
 /// The mean of each point's activation over every real token of `prompts`, with batch and
 /// position averaged out (`[d_model]`, `[n_heads, d_head]`, …). Attention maps are refused:

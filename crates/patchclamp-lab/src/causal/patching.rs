@@ -6,13 +6,14 @@
 use candle_core::{DType, Tensor, D};
 use patchclamp_core::model::Span;
 use patchclamp_core::{
-    ActivationCache, Error, HookPoint, Hooks, Input, Intervention, Model, Op, Result, Selection,
+    ActivationCache, HookPoint, Hooks, Input, Intervention, Model, Op, Selection,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::causal::batched_variants::{
     base_points, first_change, forward_rows, plan, Group, RowPatches, Slice, Variant,
 };
+use crate::error::{Error, Result};
 
 /// Which activation a sweep patches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,7 +236,7 @@ pub(crate) fn last_logits(model: &Model, tokens: &[u32], hooks: &mut Hooks) -> R
         last_position_only: true,
         ..Default::default()
     };
-    model.forward_span(&Input::single(tokens, model.device())?, hooks, span)
+    Ok(model.forward_span(&Input::single(tokens, model.device())?, hooks, span)?)
 }
 
 /// Log-probabilities at the last position of a batch-1 run `[1, V]`.
@@ -490,5 +491,5 @@ pub fn patch_all(
             when: Default::default(),
         });
     }
-    model.forward(&Input::single(base, model.device())?, &mut hooks)
+    Ok(model.forward(&Input::single(base, model.device())?, &mut hooks)?)
 }

@@ -5,9 +5,7 @@
 
 use patchclamp_core::hooks::Values;
 use patchclamp_core::rng::Rng;
-use patchclamp_core::{
-    Error, HookPoint, Hooks, Intervention, Model, Op, Result, Selection, Selector,
-};
+use patchclamp_core::{HookPoint, Hooks, Intervention, Model, Op, Selection, Selector};
 use serde::{Deserialize, Serialize};
 
 use crate::causal::batched_variants::{
@@ -16,6 +14,7 @@ use crate::causal::batched_variants::{
 use crate::causal::patching::{
     last_logits, last_logprobs, layer_window, metric_rows, variant_metrics, Metric,
 };
+use crate::error::{Error, Result};
 
 /// Which state is restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,9 +32,10 @@ pub use run::{train_experiment, FinishedRun};
 
 use std::path::{Path, PathBuf};
 
-use patchclamp_core::{Error, Intervention, Result};
+use patchclamp_core::Intervention;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::tasks::TaskSpec;
 use crate::train::{load_model, ModelSpec, TrainSpec, Trainer};
 
@@ -74,7 +75,8 @@ impl Experiment {
                 s.checkpoint = base.join(&s.checkpoint);
             }
         }
-        exp.validate().map_err(|m| Error::config(path, m))?;
+        exp.validate()
+            .map_err(|e| Error::config(path, e.to_string()))?;
         Ok(exp)
     }
 
@@ -85,9 +87,9 @@ impl Experiment {
     }
 
     /// Checks everything that can be checked without building the model.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.name.trim().is_empty() {
-            return Err("'name' must not be empty".into());
+            return Err(crate::Error::Spec("'name' must not be empty".into()));
         }
         self.task.validate()?;
         self.train.validate()?;
@@ -96,7 +98,7 @@ impl Experiment {
     }
 
     /// The model config for this task.
-    pub fn config(&self) -> std::result::Result<patchclamp_core::Config, String> {
+    pub fn config(&self) -> crate::Result<patchclamp_core::Config> {
         let t = self.task.task();
         self.model.config(t.vocab(), t.seq_len())
     }
@@ -104,7 +106,7 @@ impl Experiment {
     /// A trainer ready to run: weights initialised, exemplars fixed, sources loaded, and
     /// interventions checked against the model (a head that does not exist fails here).
     pub fn trainer(&self) -> Result<Trainer> {
-        let cfg = self.config().map_err(Error::Input)?;
+        let cfg = self.config()?;
         let mut tr = Trainer::new(cfg.clone(), self.model.init_seed, self.train.clone())?;
         if let TaskSpec::Icl(icl) = &self.task {
             // Fixed Gaussian exemplar vectors stand in for image features: not trained.

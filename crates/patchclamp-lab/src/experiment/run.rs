@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use patchclamp_core::{Model, Result};
+use patchclamp_core::Model;
 
 use super::Experiment;
+use crate::error::Result;
 use crate::train::{self, Event, RunOptions, RunResult, Summary, Trainer};
 
 /// A finished run: what it was, what it measured, and its final weights.
@@ -39,7 +40,7 @@ pub fn train_experiment(
     Ok(FinishedRun {
         label: label.to_string(),
         exp: exp.clone(),
-        toml: toml::to_string(exp).map_err(|e| patchclamp_core::Error::Input(e.to_string()))?,
+        toml: toml::to_string(exp).map_err(|e| crate::Error::Input(e.to_string()))?,
         result,
         summary,
         model: tr.snapshot()?,

@@ -2,9 +2,10 @@
 //! (METHODS.md K4 ii, v): each last-layer head removed, and layer 0's attention removed with
 //! the last layer's patterns and values preserved from the unablated run (two passes) or not.
 
-use patchclamp_core::{Error, Hooks, Input, Intervention, Model, Padding, Result, Selector};
+use patchclamp_core::{Hooks, Input, Intervention, Model, Padding, Selector};
 use serde::Serialize;
 
+use crate::error::{Error, Result};
 use crate::tasks::{Task, TaskSpec};
 
 /// The accuracy of the trained model under one ablation.

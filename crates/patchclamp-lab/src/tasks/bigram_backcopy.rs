@@ -39,15 +39,17 @@ impl Default for BigramBackcopy {
 
 impl BigramBackcopy {
     /// Checks the numbers.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.vocab < 4 || self.triggers == 0 || self.triggers >= self.vocab / 2 {
-            return Err(format!(
+            return Err(crate::Error::Spec(format!(
                 "bigram_backcopy needs vocab ≥ 4 and 1 ≤ triggers < vocab/2 (got vocab {}, triggers {})",
                 self.vocab, self.triggers
-            ));
+            )));
         }
         if self.seq_len < 3 || self.branching == 0 {
-            return Err("bigram_backcopy needs seq_len ≥ 3 and branching ≥ 1".into());
+            return Err(crate::Error::Spec(
+                "bigram_backcopy needs seq_len ≥ 3 and branching ≥ 1".into(),
+            ));
         }
         Ok(())
     }

@@ -42,18 +42,18 @@ impl Default for FlipFlop {
 
 impl FlipFlop {
     /// Checks the numbers.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.length < 4 || !self.length.is_multiple_of(2) {
-            return Err(format!(
+            return Err(crate::Error::Spec(format!(
                 "flip-flop length must be even and ≥ 4, got {}",
                 self.length
-            ));
+            )));
         }
         if !(0.0..=1.0).contains(&self.p_ignore) {
-            return Err(format!(
+            return Err(crate::Error::Spec(format!(
                 "p_ignore must lie in [0, 1], got {}",
                 self.p_ignore
-            ));
+            )));
         }
         Ok(())
     }

@@ -39,14 +39,14 @@ pub enum Split {
 
 impl IclClassification {
     /// Checks the counts.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         let pairs = self.labels * self.labels.saturating_sub(1) / 2;
         if self.classes < 2 || self.labels < 2 || self.train_pairs == 0 || self.train_pairs > pairs
         {
-            return Err(format!(
+            return Err(crate::Error::Spec(format!(
                 "icl task needs ≥ 2 classes, ≥ 2 labels and 1..={pairs} training label pairs (got {} classes, {} labels, {} pairs)",
                 self.classes, self.labels, self.train_pairs
-            ));
+            )));
         }
         Ok(())
     }

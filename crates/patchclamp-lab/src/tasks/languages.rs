@@ -34,9 +34,11 @@ impl Default for Languages {
 
 impl Languages {
     /// Checks the numbers.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.languages == 0 || self.vocab_per_language < 2 || self.seq_len < 2 {
-            return Err("languages needs ≥ 1 language of ≥ 2 tokens and seq_len ≥ 2".into());
+            return Err(crate::Error::Spec(
+                "languages needs ≥ 1 language of ≥ 2 tokens and seq_len ≥ 2".into(),
+            ));
         }
         Ok(())
     }

@@ -4,8 +4,8 @@ use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, D};
 use patchclamp_core::model::kernels::f32_slice;
-use patchclamp_core::Result;
 
+use crate::error::Result;
 use crate::tasks::Batch;
 
 /// Negative log-likelihoods of the scored positions of a batch.
@@ -143,5 +143,10 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
 
 /// The batch's tokens as a `[B, S]` u32 tensor input.
 pub fn input(batch: &Batch, dev: &Device) -> Result<patchclamp_core::Input> {
-    patchclamp_core::Input::batch(&batch.tokens, patchclamp_core::Padding::Right, 0, dev)
+    Ok(patchclamp_core::Input::batch(
+        &batch.tokens,
+        patchclamp_core::Padding::Right,
+        0,
+        dev,
+    )?)
 }

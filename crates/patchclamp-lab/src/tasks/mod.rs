@@ -98,7 +98,7 @@ impl TaskSpec {
     }
 
     /// Checks the parameters make sense.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         match self {
             TaskSpec::Repeated(t) => t.validate(),
             TaskSpec::Icl(t) => t.validate(),

@@ -31,18 +31,18 @@ impl Default for RepeatedSegments {
 
 impl RepeatedSegments {
     /// Checks that two copies of the longest segment fit.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.vocab < 2 || self.min_len < 2 || self.min_len > self.max_len {
-            return Err(format!(
+            return Err(crate::Error::Spec(format!(
                 "repeated task needs vocab ≥ 2 and 2 ≤ min_len ≤ max_len (got vocab {}, lengths {}..={})",
                 self.vocab, self.min_len, self.max_len
-            ));
+            )));
         }
         if 2 * self.max_len > self.seq_len + 1 {
-            return Err(format!(
+            return Err(crate::Error::Spec(format!(
                 "two segments of length {} do not fit in {} positions",
                 self.max_len, self.seq_len
-            ));
+            )));
         }
         Ok(())
     }
@@ -151,6 +151,6 @@ mod tests {
             max_len: 40,
             ..Default::default()
         };
-        assert!(t.validate().unwrap_err().contains("do not fit"));
+        assert!(t.validate().unwrap_err().to_string().contains("do not fit"));
     }
 }

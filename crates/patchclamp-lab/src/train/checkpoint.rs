@@ -7,10 +7,11 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use patchclamp_core::fsutil::write_atomic;
 use patchclamp_core::rng::Rng;
-use patchclamp_core::{Error, Result};
+
 use safetensors::tensor::Dtype;
 
 use super::Trainer;
+use crate::error::{Error, Result};
 
 const FORMAT: &str = "patchclamp-train-1";
 
@@ -37,7 +38,7 @@ pub fn save_checkpoint(tr: &Trainer, path: &Path) -> Result<()> {
     ]
     .into();
     let out = serialize(&bufs, &meta);
-    write_atomic(path, &out)
+    Ok(write_atomic(path, &out)?)
 }
 
 /// The safetensors layout with sorted keys, so the same state gives the same bytes
@@ -200,8 +201,11 @@ pub fn load_model(path: &Path) -> Result<patchclamp_core::Model> {
     let st = Stored::read(path)?;
     let shell = patchclamp_core::model::Weights::random(&st.cfg, 0, &Device::Cpu)?;
     let w = shell.map(|name, t| {
-        let data = st.required(&format!("param.{name}"), t.elem_count(), "parameter")?;
+        // `Weights::map` speaks the core's error: the lab's message is carried over whole.
+        let data = st
+            .required(&format!("param.{name}"), t.elem_count(), "parameter")
+            .map_err(|e| patchclamp_core::Error::Input(e.to_string()))?;
         Ok(Tensor::from_vec(data, t.dims(), &Device::Cpu)?)
     })?;
-    patchclamp_core::Model::new(st.cfg.clone(), w)
+    Ok(patchclamp_core::Model::new(st.cfg.clone(), w)?)
 }

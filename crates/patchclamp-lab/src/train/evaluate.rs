@@ -3,11 +3,12 @@
 //! run summary reads. No other module of `train` imports `crate::analysis`.
 
 use patchclamp_core::rng::Rng;
-use patchclamp_core::{Hooks, Result};
+use patchclamp_core::Hooks;
 use serde::{Deserialize, Serialize};
 
 use super::Trainer;
 use crate::analysis::probes::{self, Composition};
+use crate::error::Result;
 use crate::tasks::{Batch, Split, TaskSpec};
 
 pub use crate::analysis::probes::{drop, first_above, first_below, Drop, HeadScores};

@@ -28,10 +28,11 @@ use candle_core::{Device, Tensor, Var};
 use patchclamp_core::hooks::{ActivationCache, HookPoint, Op};
 use patchclamp_core::model::Weights;
 use patchclamp_core::rng::Rng;
-use patchclamp_core::{Config, Error, Hooks, Intervention, Model, Result};
+use patchclamp_core::{Config, Hooks, Intervention, Model};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::tasks::{Batch, Task};
 
 /// How to train: steps, batch, optimiser, schedule, evaluation and checkpoint cadence.
@@ -69,19 +70,23 @@ fn sixty_four() -> usize {
 
 impl TrainSpec {
     /// Checks the numbers.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         if self.steps == 0 || self.batch == 0 || self.eval_every == 0 || self.eval_batch == 0 {
-            return Err("steps, batch, eval_every and eval_batch must be positive".into());
+            return Err(crate::Error::Spec(
+                "steps, batch, eval_every and eval_batch must be positive".into(),
+            ));
         }
         if !(self.lr.lr > 0.0 && self.lr.lr.is_finite()) {
-            return Err(format!(
+            return Err(crate::Error::Spec(format!(
                 "learning rate must be positive, got {}",
                 self.lr.lr
-            ));
+            )));
         }
         if let Some(c) = self.clip {
             if c.is_nan() || c <= 0.0 {
-                return Err(format!("clip must be positive, got {c}"));
+                return Err(crate::Error::Spec(format!(
+                    "clip must be positive, got {c}"
+                )));
             }
         }
         self.optim.validate()
@@ -136,7 +141,7 @@ impl Trainer {
 
     /// A trainer starting from given weights.
     pub fn from_weights(cfg: Config, weights: Weights, spec: TrainSpec) -> Result<Self> {
-        spec.validate().map_err(Error::Input)?;
+        spec.validate()?;
         let mut params = vec![];
         let weights = weights.map(|name, t| {
             let v = Var::from_tensor(&t.contiguous()?)?;
@@ -279,16 +284,16 @@ impl Trainer {
     /// The current weights as an inference model (no gradient tracking, fast kernels), copied.
     pub fn snapshot(&self) -> Result<Model> {
         let w = self.model.weights.map(|_, t| Ok(t.detach().copy()?))?;
-        Model::new(self.model.cfg.clone(), w)
+        Ok(Model::new(self.model.cfg.clone(), w)?)
     }
 
     /// The current weights without gradient tracking, sharing their storage (valid until the
     /// next update): the per-step source runs and evaluations need no copy.
     pub(crate) fn detached(&self) -> Result<Model> {
-        Model::new(
+        Ok(Model::new(
             self.model.cfg.clone(),
             self.model.weights.map(|_, t| Ok(t.detach()))?,
-        )
+        )?)
     }
 
     /// The hooks of a training (or clamped evaluation) forward at `step` on `batch`.

@@ -47,12 +47,12 @@ impl Default for ModelSpec {
 
 impl ModelSpec {
     /// The canonical config for a task with `vocab` tokens and `n_ctx` positions.
-    pub fn config(&self, vocab: usize, n_ctx: usize) -> Result<Config, String> {
+    pub fn config(&self, vocab: usize, n_ctx: usize) -> crate::Result<Config> {
         if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
-            return Err(format!(
+            return Err(crate::Error::Spec(format!(
                 "d_model {} must be a positive multiple of n_heads {}",
                 self.d_model, self.n_heads
-            ));
+            )));
         }
         let d_head = self.d_model / self.n_heads;
         let positions = match self.positions.as_str() {
@@ -64,9 +64,9 @@ impl ModelSpec {
             }),
             "none" => Positions::None,
             other => {
-                return Err(format!(
+                return Err(crate::Error::Spec(format!(
                     "unknown positions '{other}'; use learned, rotary or none"
-                ))
+                )))
             }
         };
         let cfg = Config {
@@ -107,7 +107,8 @@ impl ModelSpec {
             pad_token_id: None,
             processing: Default::default(),
         };
-        cfg.validate().map_err(|e| e.to_string())?;
+        cfg.validate()
+            .map_err(|e| crate::Error::Spec(e.to_string()))?;
         Ok(cfg)
     }
 }

@@ -133,7 +133,7 @@ pub struct Moments {
 
 impl OptimSpec {
     /// Checks the hyper-parameters.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
         let (b1, b2, e, wd) = match *self {
             OptimSpec::Sgd {
                 momentum,
@@ -153,7 +153,9 @@ impl OptimSpec {
             } => (beta1, beta2, eps, weight_decay),
         };
         if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) || e <= 0.0 || wd < 0.0 {
-            return Err(format!("optimiser settings out of range: {self:?}"));
+            return Err(crate::Error::Spec(format!(
+                "optimiser settings out of range: {self:?}"
+            )));
         }
         Ok(())
     }

@@ -4,11 +4,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use patchclamp_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::{eval_set, evaluate, EvalRecord};
 use super::{load_checkpoint, save_checkpoint, Trainer};
+use crate::error::{Error, Result};
 use crate::tasks::TaskSpec;
 
 /// Where a run writes and whether it resumes.

@@ -29,19 +29,8 @@ pub fn prompts(m: &patchclamp_core::Loaded) -> (Vec<u32>, Vec<u32>) {
     (clean, corrupt)
 }
 
-/// Largest absolute element-wise difference.
-pub fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+#[allow(unused_imports)] // not every test binary compares tensors
+pub use patchclamp_core::testing::max_diff;
 
 /// Trains a model of `spec` on `task` for `steps` Adam steps (fixed seeds) and returns it.
 pub fn train(
