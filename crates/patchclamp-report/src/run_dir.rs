@@ -106,6 +106,12 @@ impl RunDir {
 
     /// Reopens `root` to continue the run recorded in its manifest.
     pub fn resume(root: &Path, command: &str) -> Result<RunDir> {
+        // Checked before anything is created, so a mistaken --resume leaves no folder behind.
+        if !root.join(MANIFEST).is_file() {
+            return Err(Error::NothingToResume {
+                path: root.to_path_buf(),
+            });
+        }
         let lock = take_lock(root)?;
         let Some(mut manifest) = read_manifest(root) else {
             return Err(Error::NothingToResume {

@@ -9,7 +9,25 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::hooks::HookPoint;
 
-/// Recorded activations, in forward order.
+/// Recorded activations, in forward order: exactly the points a run's [`Hooks`](crate::Hooks)
+/// asked for, each the tensor the forward computed (shared, not copied).
+///
+/// ```
+/// use patchclamp_core::{load, HookPoint, Hooks, Input, Selector};
+///
+/// let dev = candle_core::Device::Cpu;
+/// let m = load("../../tests/fixtures/models/gpt2", &dev)?;
+/// let ids = m.tokenizer()?.prompt(&m.model.cfg, "The cat sat", None)?;
+/// let mut hooks = Hooks::none().capture(Selector::parse("blocks.*.attn.hook_z")?);
+/// m.model.forward(&Input::single(&ids, &dev)?, &mut hooks)?;
+/// let cache = hooks.take_cache();
+/// // By point or by TransformerLens name; a per-head view without knowing the axis.
+/// let z = cache.get(HookPoint::Z(0)).expect("recorded"); // [batch, pos, head, d_head]
+/// let z_head2 = cache.head(HookPoint::Z(0), 2)?; // [batch, pos, d_head]
+/// assert_eq!(z_head2.dims(), &[z.dim(0)?, z.dim(1)?, z.dim(3)?]);
+/// assert!(cache.by_name("blocks.0.hook_mlp_out").is_err(), "not recorded: an error, not a blank");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct ActivationCache {
     map: BTreeMap<HookPoint, Tensor>,

@@ -2,6 +2,77 @@
 //!
 //! Every activation of the forward pass flows through exactly one call, `hooks.at(point, x)`.
 //! With nothing registered at `point` that call is one hash lookup and returns `x` untouched.
+//!
+//! # A guide
+//!
+//! A [`Hooks`] value is built before a forward pass and handed to it; afterwards it holds the
+//! [`ActivationCache`] of what it was asked to record. Points are named as TransformerLens names
+//! them ([`HookPoint`]; `blocks.L.attn.hook_pattern`, …), and a [`Selector`] names several at
+//! once (`blocks.*.hook_resid_pre`). What a hook can do, in the order it is usually learned:
+//!
+//! 1. **Record** ([`Hooks::capture`]): the cache holds exactly the points asked for, each an
+//!    `Arc` clone of the tensor the forward computed (no copy).
+//! 2. **Change** declaratively ([`Hooks::intervene`] with an [`Intervention`]: zero, mean,
+//!    set, clamp, patch from another run's cache, add a steering vector, …), or with a closure
+//!    ([`Hooks::edit`], the escape hatch). Interventions are data: the same spec is a TOML or
+//!    JSON file, and it is validated against the model before any compute.
+//! 3. **Patch** from another run: register its cache as a named source ([`Hooks::source`]) and
+//!    point a `patch` intervention at it.
+//!
+//! ```
+//! use patchclamp_core::{load, HookPoint, Hooks, Input, Intervention, Selector};
+//! use patchclamp_core::testing::max_diff;
+//!
+//! let dev = candle_core::Device::Cpu;
+//! let m = load("../../tests/fixtures/models/gpt2", &dev)?; // a 2-layer GPT-2 the repo ships
+//! let ids = m.tokenizer()?.prompt(&m.model.cfg, "The cat sat on the", None)?;
+//! let input = Input::single(&ids, &dev)?;
+//!
+//! // 1. Record every block's input and the patterns of layer 1.
+//! let mut rec = Hooks::none()
+//!     .capture(Selector::parse("blocks.*.hook_resid_pre")?)
+//!     .capture(Selector::parse("blocks.1.attn.hook_pattern")?);
+//! let clean = m.model.forward(&input, &mut rec)?; // [batch, pos, d_vocab]
+//! let cache = rec.take_cache();
+//! let resid = cache.by_name("blocks.0.hook_resid_pre")?; // [batch, pos, d_model]
+//! assert_eq!(resid.dims(), &[1, ids.len(), m.model.cfg.d_model]);
+//! let head0 = cache.head(HookPoint::Pattern(1), 0)?; // [batch, query, key]
+//! assert_eq!(head0.dims(), &[1, ids.len(), ids.len()]);
+//! assert_eq!(cache.len(), m.model.cfg.n_layers + 1, "exactly what was asked for");
+//!
+//! // 2. Change: zero layer 0's attention output. The logits move.
+//! let zero: Intervention = serde_json::from_str(
+//!     r#"{"at": "blocks.0.hook_attn_out", "op": {"kind": "zero"}}"#,
+//! )?;
+//! let ablated = m.model.forward(&input, &mut Hooks::none().intervene(zero))?;
+//! assert!(max_diff(&clean, &ablated) > 1e-3);
+//!
+//! // 3. Patch the clean run's block-1 input into a run that zeroes layer 0's attention:
+//! //    everything downstream of the patched residual is the clean run's again.
+//! let zero: Intervention = serde_json::from_str(
+//!     r#"{"at": "blocks.0.hook_attn_out", "op": {"kind": "zero"}}"#,
+//! )?;
+//! let patch: Intervention = serde_json::from_str(
+//!     r#"{"at": "blocks.1.hook_resid_pre", "op": {"kind": "patch", "source": "clean"}}"#,
+//! )?;
+//! let mut hooks = Hooks::none()
+//!     .source("clean", cache)
+//!     .intervene(zero)
+//!     .intervene(patch);
+//! let restored = m.model.forward(&input, &mut hooks)?;
+//! assert!(max_diff(&clean, &restored) < 1e-5);
+//!
+//! // The escape hatch: any closure from the activation to its replacement.
+//! let mut doubled = Hooks::none().edit("blocks.1.hook_mlp_out".parse()?, |_, x| Ok((x * 2.0)?));
+//! m.model.forward(&input, &mut doubled)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Shapes follow TransformerLens: `[batch, pos, d_model]` for residual points,
+//! `[batch, pos, head, d_head]` for `hook_q/k/v/z`, `[batch, head, query, key]` for
+//! `hook_attn_scores` and `hook_pattern` ([`HookPoint::shape`] gives any point's). The biggest
+//! source of bugs is an index on the wrong axis: [`ActivationCache::head`] picks the head axis
+//! for you.
 
 mod cache;
 mod intervene;

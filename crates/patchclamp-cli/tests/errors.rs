@@ -1,0 +1,251 @@
+//! Errors: one line on stderr and exit 1, for a table of bad inputs; usage errors exit 2.
+
+mod common;
+
+use std::path::Path;
+
+use common::{bin, fails, fixture, tmp};
+
+/// Prepares a row's output folder before the command runs.
+type Setup = fn(&Path);
+
+/// A folder holding a file patchclamp did not write.
+fn foreign_file(out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+}
+
+/// A folder holding a complete run of another command (`heads`).
+fn heads_run(out: &Path) {
+    let status = bin()
+        .args([
+            "heads",
+            &fixture("gpt2"),
+            "--n",
+            "2",
+            "--block",
+            "4",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .unwrap()
+        .status;
+    assert!(status.success(), "the setup run failed");
+}
+
+/// One bad input: the command (`{gpt2}` is the fixture, `{out}` a fresh folder), what is
+/// expected in its one-line error, and how its output folder is prepared.
+struct Row {
+    args: &'static [&'static str],
+    expect: &'static str,
+    setup: Option<Setup>,
+}
+
+const fn row(args: &'static [&'static str], expect: &'static str) -> Row {
+    Row {
+        args,
+        expect,
+        setup: None,
+    }
+}
+
+const LONG: &str = "the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat \
+    the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat \
+    the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat";
+
+const ROWS: &[Row] = &[
+    // --- inputs ---
+    row(&["run", "{gpt2}", "--prompt", ""], "the prompt is empty"),
+    row(&["run", "{gpt2}", "--prompt", LONG], "context is 64 tokens"),
+    row(
+        &[
+            "dla",
+            "{gpt2}",
+            "--prompt",
+            "The cat",
+            "--answer",
+            "Mary and John",
+            "--out",
+            "{out}",
+        ],
+        "exactly one",
+    ),
+    row(
+        &[
+            "dla",
+            "{gpt2}",
+            "--prompt",
+            "The cat",
+            "--answer",
+            "id:999999",
+            "--out",
+            "{out}",
+        ],
+        "outside the vocabulary",
+    ),
+    row(&["extremes", "{gpt2}", "--out", "{out}"], "no prompts"),
+    // --- settings ---
+    row(
+        &[
+            "run",
+            "{gpt2}",
+            "--prompt",
+            "x",
+            "--cache",
+            "blocks.0.hook_z",
+        ],
+        "--cache needs --out",
+    ),
+    row(
+        &[
+            "run",
+            "{gpt2}",
+            "--prompt",
+            "x",
+            "--cache",
+            "blocks.7.hook_resid_pre",
+            "--out",
+            "{out}/a.st",
+        ],
+        "layer 7 is out of range",
+    ),
+    row(
+        &["heads", "{gpt2}", "--block", "0", "--out", "{out}"],
+        "block",
+    ),
+    row(
+        &[
+            "neurons", "{gpt2}", "--prompt", "The cat", "--batch", "0", "--out", "{out}",
+        ],
+        "batch of at least one",
+    ),
+    row(
+        &[
+            "patch",
+            "{gpt2}",
+            "--clean",
+            "a",
+            "--corrupted",
+            "b",
+            "--answer",
+            ".",
+            "--wrong",
+            ",",
+            "--point",
+            "nowhere",
+            "--out",
+            "{out}",
+        ],
+        "unknown --point 'nowhere'",
+    ),
+    row(
+        &[
+            "patch",
+            "{gpt2}",
+            "--clean",
+            "a",
+            "--corrupted",
+            "b",
+            "--answer",
+            ".",
+            "--metric",
+            "odds",
+            "--out",
+            "{out}",
+        ],
+        "unknown --metric 'odds'",
+    ),
+    row(
+        &[
+            "trace",
+            "{gpt2}",
+            "--prompt",
+            "The cat sat",
+            "--subject",
+            "cat",
+            "--answer",
+            " t",
+            "--kind",
+            "heads",
+            "--out",
+            "{out}",
+        ],
+        "unknown --kind 'heads'",
+    ),
+    row(&["lab", "nonsense"], "unknown experiment 'nonsense'"),
+    // --- run folders ---
+    Row {
+        args: &[
+            "heads", "{gpt2}", "--n", "2", "--block", "4", "--out", "{out}",
+        ],
+        expect: "not a patchclamp run (notes.txt)",
+        setup: Some(foreign_file),
+    },
+    Row {
+        args: &[
+            "dla", "{gpt2}", "--prompt", "The cat", "--answer", "id:17", "--out", "{out}",
+        ],
+        expect: "holds a complete `heads` run",
+        setup: Some(heads_run),
+    },
+    row(
+        &[
+            "train",
+            "../../experiments/induction-prev-token.toml",
+            "--resume",
+            "--out",
+            "{out}",
+        ],
+        "holds no patchclamp run to resume",
+    ),
+];
+
+#[test]
+fn bad_inputs_fail_with_one_line_and_exit_1() {
+    let dir = tmp("error-table");
+    for (i, r) in ROWS.iter().enumerate() {
+        let out = dir.join(format!("row{i}"));
+        if let Some(setup) = r.setup {
+            setup(&out);
+        }
+        let gpt2 = fixture("gpt2");
+        let out_s = out.to_string_lossy();
+        let args: Vec<String> = r
+            .args
+            .iter()
+            .map(|a| a.replace("{gpt2}", &gpt2).replace("{out}", &out_s))
+            .collect();
+        let err = fails(bin().args(&args).output().unwrap());
+        assert!(
+            err.contains(r.expect),
+            "row {i} {:?}: expected {:?} in {err}",
+            r.args,
+            r.expect
+        );
+        if r.setup.is_none() {
+            // Everything is validated before the output folder is touched.
+            assert!(
+                !out.exists(),
+                "row {i} {:?} created {}",
+                r.args,
+                out.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(bin().args(["run"]).output().unwrap().status.code(), Some(2));
+    assert_eq!(
+        bin()
+            .args(["dla", &fixture("gpt2"), "--out", "x"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2),
+        "--answer is required"
+    );
+}
