@@ -46,6 +46,10 @@ pub enum Error {
     #[error("weight '{name}' is missing from the checkpoint{near}")]
     MissingWeight { name: String, near: String },
 
+    /// The checkpoint holds tensors the config gives no place to.
+    #[error("the checkpoint holds {count} tensors the config does not use ({names}): config.json and the weights disagree (check n_layer / num_hidden_layers)")]
+    UnusedWeights { count: usize, names: String },
+
     /// A checkpoint tensor has a shape the config does not allow.
     #[error("weight '{name}' has shape {found:?}, expected {expected:?}")]
     WeightShape {

@@ -37,6 +37,14 @@ impl Input {
         Input::batch(&[tokens.to_vec()], Padding::Right, 0, device)
     }
 
+    /// One unpadded sequence that continues `start` positions already seen (held in a
+    /// [`KvCache`](crate::model::KvCache)): its position ids count from `start`.
+    pub fn continuing(tokens: &[u32], start: usize, device: &Device) -> Result<Input> {
+        let mut input = Input::single(tokens, device)?;
+        input.positions = (input.positions + start as f64)?;
+        Ok(input)
+    }
+
     /// Pads `seqs` to one length; `pad_id` fills the gaps (its value never matters).
     pub fn batch(
         seqs: &[Vec<u32>],

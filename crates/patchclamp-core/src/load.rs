@@ -32,6 +32,7 @@ pub fn load(spec: &str, device: &Device) -> Result<Loaded> {
     let cfg = read_config(&files.config)?;
     let ckpt = Checkpoint::open(&files.weights, device)?;
     let weights = arch::weights_from_hf(&cfg, &ckpt)?;
+    ckpt.finish()?;
     let model = Model::new(cfg, weights)?;
     model.check_finite()?;
     let tokenizer = match &files.tokenizer {

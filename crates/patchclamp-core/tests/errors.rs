@@ -145,6 +145,33 @@ fn wrong_shape_and_dtype() {
 }
 
 #[test]
+fn tensors_the_config_does_not_use_are_refused() {
+    // A 2-layer checkpoint read as 1 layer would silently lose its second block.
+    let d = scratch("gpt2", "unused");
+    edit_config(&d, |v| v["n_layer"] = 1.into());
+    assert_has(
+        &load_err(&d),
+        &[
+            "tensors the config does not use",
+            "transformer.h.1.",
+            "n_layer",
+        ],
+    );
+    // So would a tensor of no known place.
+    let d = scratch("gpt2", "stray");
+    rewrite_weights(&d, |ts| {
+        ts.insert(
+            "transformer.h.0.extra.weight".into(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    assert_has(
+        &load_err(&d),
+        &["1 tensors", "transformer.h.0.extra.weight"],
+    );
+}
+
+#[test]
 fn nan_weights_are_rejected() {
     let d = scratch("gpt2", "nan");
     rewrite_weights(&d, |ts| {

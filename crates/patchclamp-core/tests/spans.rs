@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{fixture, max_diff};
-use patchclamp_core::model::{KvPrefix, Span};
+use patchclamp_core::model::{KvCache, Span};
 use patchclamp_core::{load, HookPoint, Hooks, Input, Intervention, Op, Selection, Selector};
 
 const TOL: f32 = 1e-4;
@@ -131,7 +131,7 @@ fn a_cached_prefix_gives_the_later_positions_logits() {
                     &suffix,
                     &mut rec,
                     Span {
-                        prefix: Some(KvPrefix::from_cache(&m.model.cfg, &cache, p).unwrap()),
+                        prefix: Some(KvCache::from_cache(&m.model.cfg, &cache, p).unwrap()),
                         ..Default::default()
                     },
                 )
@@ -234,7 +234,7 @@ fn bad_spans_are_rejected() {
         },
     );
     assert!(e.contains("leave none"), "{e}");
-    let mut prefix = KvPrefix::from_cache(&m.model.cfg, &cache, 3).unwrap();
+    let mut prefix = KvCache::from_cache(&m.model.cfg, &cache, 3).unwrap();
     prefix.layers.pop();
     let e = run(
         &rows(&TOKENS[3..], 1),
@@ -244,7 +244,7 @@ fn bad_spans_are_rejected() {
         },
     );
     assert!(e.contains("key-value prefix has"), "{e}");
-    let e = KvPrefix::from_cache(&m.model.cfg, &Default::default(), 3).unwrap_err();
+    let e = KvCache::from_cache(&m.model.cfg, &Default::default(), 3).unwrap_err();
     assert!(e.to_string().contains("needs blocks.0.attn.hook_k"), "{e}");
 }
 
@@ -269,5 +269,72 @@ fn recording_a_norms_inside_changes_no_number() {
         assert_eq!(scale.dims(), &[1, TOKENS.len(), 1], "{name}");
         let s: Vec<f32> = scale.flatten_all().unwrap().to_vec1().unwrap();
         assert!(s.iter().all(|&v| v.is_finite() && v > 0.0), "{name}: {s:?}");
+    }
+}
+
+#[test]
+fn decoding_with_a_growing_cache_equals_recomputing_every_step() {
+    // Greedy decoding one token at a time: each step runs only the new token against the
+    // cache, then appends its keys and values. Its logits must be the full forward's.
+    for name in FAMILIES {
+        let m = load(&fixture(name), &Device::Cpu).unwrap();
+        let cfg = &m.model.cfg;
+        let record = || {
+            KvCache::points(cfg)
+                .into_iter()
+                .fold(Hooks::none(), |h, p| h.capture(p))
+        };
+        let mut tokens = TOKENS[..3].to_vec();
+        let mut rec = record();
+        m.model
+            .forward(&Input::single(&tokens, &Device::Cpu).unwrap(), &mut rec)
+            .unwrap();
+        let mut cache = KvCache::from_cache(cfg, rec.cache(), tokens.len()).unwrap();
+        for step in 0..4 {
+            let full = m
+                .model
+                .forward(
+                    &Input::single(&tokens, &Device::Cpu).unwrap(),
+                    &mut Hooks::none(),
+                )
+                .unwrap();
+            let next = full
+                .narrow(1, tokens.len() - 1, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .argmax(0)
+                .unwrap()
+                .to_scalar::<u32>()
+                .unwrap();
+            tokens.push(next);
+            let mut rec = record();
+            let input = Input::continuing(&[next], cache.len(), &Device::Cpu).unwrap();
+            let out = m
+                .model
+                .forward_span(
+                    &input,
+                    &mut rec,
+                    Span {
+                        prefix: Some(cache.clone()),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            cache.append(cfg, rec.cache()).unwrap();
+            assert_eq!(cache.len(), tokens.len());
+            let want = m
+                .model
+                .forward(
+                    &Input::single(&tokens, &Device::Cpu).unwrap(),
+                    &mut Hooks::none(),
+                )
+                .unwrap();
+            let d = max_diff(&out, &want.narrow(1, tokens.len() - 1, 1).unwrap());
+            assert!(
+                d < TOL,
+                "{name}: step {step}: cached logits differ by {d:e}"
+            );
+        }
     }
 }

@@ -59,11 +59,8 @@ impl ActivationCache {
             name: format!("{point}' (not recorded in this cache"),
             near: ")".into(),
         })?;
-        // Attention maps are [batch, head, q, k]; the others [batch, pos, head, ...].
-        let dim = match point {
-            HookPoint::AttnScores(_) | HookPoint::Pattern(_) => 1,
-            p if p.has_heads() => 2,
-            p => return Err(Error::Input(format!("{p} has no head dimension"))),
+        let Some(dim) = point.head_dim() else {
+            return Err(Error::Input(format!("{point} has no head dimension")));
         };
         let n = x.dim(dim)?;
         if head >= n {

@@ -446,10 +446,7 @@ impl Intervention {
         let dims = x.dims().to_vec();
         let dev = x.device();
         let p = self.at;
-        let pos_dim = match p {
-            HookPoint::AttnScores(_) | HookPoint::Pattern(_) => 2,
-            _ => 1,
-        };
+        let pos_dim = p.pos_dim();
         let last = dims.len() - 1;
         // One indicator per dimension; their product is the mask.
         let mut ind: Vec<Option<Vec<u8>>> = vec![None; dims.len()];

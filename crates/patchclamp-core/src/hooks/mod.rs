@@ -275,17 +275,9 @@ impl Hooks {
     }
 }
 
-/// The dimension holding (query) positions for each point.
-fn pos_dim(point: HookPoint) -> usize {
-    match point {
-        HookPoint::AttnScores(_) | HookPoint::Pattern(_) => 2,
-        _ => 1,
-    }
-}
-
 /// Selects positions (negative = from the end) along the point's position dimension.
 fn slice_positions(point: HookPoint, x: &Tensor, positions: &[i64]) -> Result<Tensor> {
-    let dim = pos_dim(point);
+    let dim = point.pos_dim();
     let n = x.dim(dim)? as i64;
     let idx = positions
         .iter()

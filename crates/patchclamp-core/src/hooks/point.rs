@@ -176,6 +176,25 @@ impl HookPoint {
         }
     }
 
+    /// The dimension of this activation that indexes (query) positions: 2 for attention maps
+    /// `[batch, head, query, key]`, 1 for everything else `[batch, pos, ...]`.
+    pub fn pos_dim(&self) -> usize {
+        match self {
+            HookPoint::AttnScores(_) | HookPoint::Pattern(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// The dimension of this activation that indexes heads, if any: 1 for attention maps,
+    /// 2 for per-head activations `[batch, pos, head, d_head]`.
+    pub fn head_dim(&self) -> Option<usize> {
+        match self {
+            HookPoint::AttnScores(_) | HookPoint::Pattern(_) => Some(1),
+            p if p.has_heads() => Some(2),
+            _ => None,
+        }
+    }
+
     /// Whether heads index a dimension of this activation.
     pub fn has_heads(&self) -> bool {
         use HookPoint::*;

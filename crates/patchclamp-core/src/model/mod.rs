@@ -2,15 +2,20 @@
 
 pub mod arch;
 mod config;
+mod forward;
 mod fused_attention;
 mod fused_linear;
 mod init;
 pub mod kernels;
+mod kv;
+mod ops;
 mod process;
 pub mod rope;
-mod transformer;
+mod validate;
 mod weights;
 
 pub use config::{Activation, Config, MlpKind, NormKind, Positions, Processing, Rope, RopeScaling};
-pub use transformer::{activation, ensure_finite, linear, softmax_last_dim, KvPrefix, Model, Span};
+pub use forward::{Model, Span};
+pub use kv::KvCache;
+pub use ops::{activation, ensure_finite, linear, softmax_last_dim};
 pub use weights::{AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights};

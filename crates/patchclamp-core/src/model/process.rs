@@ -7,7 +7,7 @@ use candle_core::{Tensor, D};
 
 use crate::error::Result;
 use crate::model::config::{NormKind, Processing};
-use crate::model::transformer::Model;
+use crate::model::forward::Model;
 use crate::model::weights::NormWeights;
 
 impl Processing {

@@ -167,6 +167,8 @@ pub struct Checkpoint {
     st: MmapedSafetensors,
     names: BTreeSet<String>,
     device: Device,
+    /// Names read so far, so a load can tell which tensors nothing asked for.
+    read: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl Checkpoint {
@@ -197,6 +199,7 @@ impl Checkpoint {
             st,
             names,
             device: device.clone(),
+            read: Default::default(),
         })
     }
 
@@ -235,7 +238,51 @@ impl Checkpoint {
             });
         }
         let t = self.st.load(name, &self.device)?;
+        if let Ok(mut read) = self.read.lock() {
+            read.insert(name.to_string());
+        }
         Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// Marks `name` as accounted for without reading it (a copy the model does not need, such
+    /// as a tied unembedding stored twice).
+    pub fn skip(&self, name: &str) {
+        if let Ok(mut read) = self.read.lock() {
+            read.insert(name.to_string());
+        }
+    }
+
+    /// The tensors no weight was read from, apart from buffers that hold no weights (GPT-2's
+    /// causal-mask `attn.bias` / `attn.masked_bias`, rotary `inv_freq` tables).
+    pub fn unused(&self) -> Vec<String> {
+        let read = self.read.lock().map(|r| r.clone()).unwrap_or_default();
+        self.names
+            .iter()
+            .filter(|n| !read.contains(*n))
+            .filter(|n| {
+                !(n.ends_with(".attn.bias")
+                    || n.ends_with(".attn.masked_bias")
+                    || n.ends_with("rotary_emb.inv_freq"))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Fails when the checkpoint holds tensors the config gave no place to (a 2-layer file
+    /// read with `n_layer: 1` would otherwise silently lose a layer).
+    pub fn finish(&self) -> Result<()> {
+        let unused = self.unused();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        let mut shown: Vec<String> = unused.iter().take(4).cloned().collect();
+        if unused.len() > 4 {
+            shown.push(format!("and {} more", unused.len() - 4));
+        }
+        Err(Error::UnusedWeights {
+            count: unused.len(),
+            names: shown.join(", "),
+        })
     }
 
     /// Loads `name` if present (optional biases).

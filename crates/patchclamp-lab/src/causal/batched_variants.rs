@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
-use patchclamp_core::model::{KvPrefix, Span};
+use patchclamp_core::model::{KvCache, Span};
 use patchclamp_core::{ActivationCache, HookPoint, Hooks, Input, Model};
 
 /// Which slice of a row is patched at a hook point.
@@ -21,19 +21,11 @@ pub enum Slice {
     All,
 }
 
-/// The dimension holding (query) positions in `point`'s activation.
-fn pos_dim(point: HookPoint) -> usize {
-    match point {
-        HookPoint::AttnScores(_) | HookPoint::Pattern(_) => 2,
-        _ => 1,
-    }
-}
-
 /// The dimension of `point`'s activation a slice indexes (`None`: the whole row).
 fn slice_dim(point: HookPoint, slice: Slice) -> Option<(usize, usize)> {
     match slice {
-        Slice::Position(p) => Some((pos_dim(point), p)),
-        Slice::Head(h) => Some((3 - pos_dim(point), h)),
+        Slice::Position(p) => Some((point.pos_dim(), p)),
+        Slice::Head(h) => Some((3 - point.pos_dim(), h)),
         Slice::All => None,
     }
 }
@@ -73,7 +65,7 @@ impl RowPatches {
                 .get(point)
                 .ok_or_else(|| Error::Input(format!("patch source '{name}' has no {point}")))?
                 .narrow(0, 0, 1)?;
-            let (dim, n) = (pos_dim(point), src.dim(pos_dim(point))?);
+            let (dim, n) = (point.pos_dim(), src.dim(point.pos_dim())?);
             let src = src
                 .narrow(dim, from.min(n), n - from.min(n))?
                 .contiguous()?;
@@ -227,7 +219,7 @@ pub fn forward_rows(
     };
     let prefix = match from {
         0 => None,
-        _ => Some(KvPrefix::from_cache(&model.cfg, base, from)?),
+        _ => Some(KvCache::from_cache(&model.cfg, base, from)?),
     };
     let span = Span {
         start: Some((l0, resid(l0, n0)?)),
@@ -257,7 +249,7 @@ pub fn first_change(
     if x.dims() != y.dims() {
         return Ok(Some(0));
     }
-    let dim = pos_dim(point);
+    let dim = point.pos_dim();
     // Positions the slice covers: one, or all of them.
     let (first, n) = match slice {
         Slice::Position(p) => (p, 1),

@@ -109,6 +109,8 @@ pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
             mlp: Some(mlp),
         });
     }
+    // GPT-2's unembedding is the token embedding; a stored head is that same matrix.
+    ckpt.skip("lm_head.weight");
     Ok(Weights {
         w_e: ckpt.get(&format!("{pre}wte.weight"), &[cfg.d_vocab, d])?,
         w_pos: Some(ckpt.get(&format!("{pre}wpe.weight"), &[cfg.n_ctx, d])?),

@@ -157,6 +157,8 @@ pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
         });
     }
     let w_u = if cfg.tied_embeddings {
+        // Some tied checkpoints store the shared matrix a second time under its head's name.
+        ckpt.skip("lm_head.weight");
         None
     } else {
         Some(linear_t(ckpt, "lm_head.weight", cfg.d_vocab, d)?)

@@ -1,16 +1,21 @@
 //! The one transformer: a config-driven forward pass whose every activation passes `hooks.at`.
+//! It reads top to bottom: embed → blocks (`norm → attention → +resid → norm → mlp → +resid`)
+//! → final norm → unembed; which op runs fused or composed is `ops`'s choice, what the input
+//! and the weights must satisfy is `validate`'s.
 //!
 //! Shapes: B = batch, S = positions, D = d_model, H = heads, K = kv heads, E = d_head,
 //! M = d_mlp, V = d_vocab.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 
 use crate::error::{Error, Result};
-use crate::hooks::{ActivationCache, HookPoint as P, Hooks, NormSite};
+use crate::hooks::{HookPoint as P, Hooks, NormSite};
 use crate::input::Input;
-use crate::model::config::{Activation, Config, MlpKind, NormKind, Positions};
+use crate::model::config::{Config, MlpKind, NormKind, Positions};
+use crate::model::kv::KvCache;
+use crate::model::ops::{activation, bmm, first_rows, linear, matmul, repeat_kv, softmax_last_dim};
 use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
-use crate::model::{fused_attention, fused_linear, kernels, rope};
+use crate::model::{kernels, ops, rope};
 
 /// A transformer: its canonical config and weights.
 #[derive(Debug, Clone)]
@@ -41,49 +46,7 @@ pub struct Span {
     /// after them (with their absolute position ids) and each block reads the earlier
     /// positions' keys and values from a cached run. Hook points hold the input's positions
     /// (attention maps: its queries against every key), and selections index those.
-    pub prefix: Option<KvPrefix>,
-}
-
-/// The keys and values of the first positions of a sequence at every block, from a cached run.
-#[derive(Debug, Clone)]
-pub struct KvPrefix {
-    /// Per block: keys `[1, p, K, E]` (after rotary embedding) and values `[1, p, K, E]`.
-    pub layers: Vec<(Tensor, Tensor)>,
-}
-
-impl KvPrefix {
-    /// The first `len` positions of row 0 of a run that recorded `hook_k` (`hook_rot_k` under
-    /// rotary positions) and `hook_v` at every block.
-    pub fn from_cache(cfg: &Config, cache: &ActivationCache, len: usize) -> Result<Self> {
-        let layers = (0..cfg.n_layers)
-            .map(|l| {
-                let key = match cfg.rotary() {
-                    Some(_) => P::RotK(l),
-                    None => P::K(l),
-                };
-                let get = |p: P| -> Result<Tensor> {
-                    let t = cache.get(p).ok_or_else(|| {
-                        Error::Input(format!("a key-value prefix needs {p} in the cache"))
-                    })?;
-                    Ok(t.narrow(0, 0, 1)?.narrow(1, 0, len)?.contiguous()?)
-                };
-                Ok((get(key)?, get(P::V(l))?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvPrefix { layers })
-    }
-
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
-    }
-
-    /// Whether no positions are cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+    pub prefix: Option<KvCache>,
 }
 
 /// Per-forward state shared by every block.
@@ -97,7 +60,7 @@ struct Context<'a> {
     /// The mask is plain causal (no padding, no window): the fused causal softmax applies.
     causal_only: bool,
     /// Keys and values of the positions before the input's.
-    prefix: Option<&'a KvPrefix>,
+    prefix: Option<&'a KvCache>,
 }
 
 impl Model {
@@ -412,15 +375,8 @@ impl Model {
             v = Tensor::cat(&[&rows(pv)?, &v], 1)?;
         }
 
-        // Training with nothing hooked inside the attention map takes the fused op, whose
-        // backward never materialises the [B, H, S, S] tensors in candle's graph.
-        let tracked = q.track_op() || k.track_op() || v.track_op();
         let inside = hooks.wants(P::AttnScores(l)) || hooks.wants(P::Pattern(l));
-        let square = sq == k.dim(1)?;
-        let fused = match tracked && ctx.causal_only && !inside && square {
-            true => fused_attention::fused_attention(&q, &k, &v, 1.0 / cfg.attn_scale)?,
-            false => None,
-        };
+        let fused = ops::attention(&q, &k, &v, 1.0 / cfg.attn_scale, ctx.causal_only, inside)?;
         let z = match fused {
             Some(z) => z,
             None => self.attention_map(l, q, k, v, ctx, hooks)?,
@@ -467,12 +423,7 @@ impl Model {
         let v = repeat_kv(&v.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
         let scores = bmm(&q, &k.t()?)?; // [B, H, S, S]
 
-        // The fused causal softmax equals softmax(scores + mask) bit for bit; the explicit
-        // mask is only needed for padding, windows, or to show the masked scores.
-        let fused = match ctx.causal_only && !hooks.wants(P::AttnScores(l)) {
-            true => kernels::causal_softmax(&scores)?,
-            false => None,
-        };
+        let fused = ops::causal_softmax(&scores, ctx.causal_only, hooks.wants(P::AttnScores(l)))?;
         let pattern = match fused {
             Some(p) => p,
             None => {
@@ -546,269 +497,6 @@ impl Model {
         }
         Ok(Tensor::from_vec(mask, (b, 1, s, n), &self.device)?)
     }
-
-    /// Checks a key-value prefix against the model and an `s`-position input that follows it.
-    fn check_prefix(&self, prefix: &KvPrefix, input: &Input, s: usize) -> Result<()> {
-        if input.mask.is_some() {
-            return Err(Error::Input(
-                "a key-value prefix needs an unpadded input".into(),
-            ));
-        }
-        if prefix.layers.len() != self.cfg.n_layers {
-            return Err(Error::Input(format!(
-                "the key-value prefix has {} blocks, the model {}",
-                prefix.layers.len(),
-                self.cfg.n_layers
-            )));
-        }
-        let want = [1, prefix.len(), self.cfg.n_kv_heads, self.cfg.d_head];
-        for (l, (k, v)) in prefix.layers.iter().enumerate() {
-            if k.dims() != want || v.dims() != want {
-                return Err(Error::Input(format!(
-                    "the key-value prefix at block {l} has shapes {:?} and {:?}, expected {want:?}",
-                    k.dims(),
-                    v.dims()
-                )));
-            }
-        }
-        if prefix.len() + s > self.cfg.n_ctx {
-            return Err(Error::Input(format!(
-                "{} cached and {s} new positions exceed the model's context of {} tokens",
-                prefix.len(),
-                self.cfg.n_ctx
-            )));
-        }
-        Ok(())
-    }
-
-    /// Checks a span's late rows against a `b × s` input run over blocks `first..stop`;
-    /// returns the number of rows present from the start.
-    fn check_joins(
-        &self,
-        joins: &[(usize, Tensor)],
-        b: usize,
-        s: usize,
-        first: usize,
-        stop: usize,
-    ) -> Result<usize> {
-        let mut late = 0;
-        let mut prev = first;
-        for (l, rows) in joins {
-            if *l < prev || *l >= stop {
-                return Err(Error::OutOfRange {
-                    what: "join layer",
-                    index: *l as i64,
-                    limit: format!("ascending layers in {prev}..{stop}"),
-                });
-            }
-            prev = *l;
-            let dims = rows.dims();
-            if dims.len() != 3 || dims[1..] != [s, self.cfg.d_model] {
-                return Err(Error::Input(format!(
-                    "rows joining at layer {l} have shape {dims:?}, expected [_, {s}, {}]",
-                    self.cfg.d_model
-                )));
-            }
-            late += dims[0];
-        }
-        if late >= b {
-            return Err(Error::Input(format!(
-                "{late} joining rows leave none of the input's {b} rows to start the forward"
-            )));
-        }
-        Ok(b - late)
-    }
-
-    /// Rejects inputs the model cannot run: ids outside the vocabulary, too many positions.
-    fn check_input(&self, input: &Input) -> Result<()> {
-        let (_, s) = input.dims()?;
-        if s > self.cfg.n_ctx {
-            return Err(Error::Input(format!(
-                "the input has {s} positions but the model's context is {} tokens",
-                self.cfg.n_ctx
-            )));
-        }
-        let max = input
-            .tokens
-            .max_all()?
-            .to_dtype(DType::U32)?
-            .to_scalar::<u32>()?;
-        if max as usize >= self.cfg.d_vocab {
-            return Err(Error::OutOfRange {
-                what: "token id",
-                index: max as i64,
-                limit: format!("a vocabulary of {} tokens", self.cfg.d_vocab),
-            });
-        }
-        Ok(())
-    }
-
-    /// Checks each weight has the shape the config implies.
-    fn check_shapes(&self) -> Result<()> {
-        let c = &self.cfg;
-        let w = &self.weights;
-        let (d, qd, kvd) = (c.d_model, c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
-        let mut expect: Vec<(String, &Tensor, Vec<usize>)> =
-            vec![("W_E".into(), &w.w_e, vec![c.d_vocab, d])];
-        if let Some(p) = &w.w_pos {
-            expect.push(("W_pos".into(), p, vec![c.n_ctx, d]));
-        }
-        if let Some(u) = &w.w_u {
-            expect.push(("W_U".into(), u, vec![d, c.d_vocab]));
-        }
-        if w.blocks.len() != c.n_layers {
-            return Err(Error::Input(format!(
-                "config has {} layers but weights have {}",
-                c.n_layers,
-                w.blocks.len()
-            )));
-        }
-        for (l, blk) in w.blocks.iter().enumerate() {
-            let a = &blk.attn;
-            expect.push((format!("blocks.{l}.attn.W_Q"), &a.w_q, vec![d, qd]));
-            expect.push((format!("blocks.{l}.attn.W_K"), &a.w_k, vec![d, kvd]));
-            expect.push((format!("blocks.{l}.attn.W_V"), &a.w_v, vec![d, kvd]));
-            expect.push((format!("blocks.{l}.attn.W_O"), &a.w_o, vec![qd, d]));
-            if let Some(m) = &blk.mlp {
-                expect.push((format!("blocks.{l}.mlp.W_in"), &m.w_in, vec![d, c.d_mlp]));
-                expect.push((format!("blocks.{l}.mlp.W_out"), &m.w_out, vec![c.d_mlp, d]));
-            }
-        }
-        for (name, t, shape) in expect {
-            if t.dims() != shape.as_slice() {
-                return Err(Error::WeightShape {
-                    name,
-                    expected: shape,
-                    found: t.dims().to_vec(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Fails with the first tensor that holds a NaN or infinity.
-    pub fn check_finite(&self) -> Result<()> {
-        let w = &self.weights;
-        let mut named: Vec<(String, &Tensor)> = vec![("W_E".into(), &w.w_e)];
-        if let Some(u) = &w.w_u {
-            named.push(("W_U".into(), u));
-        }
-        for (l, b) in w.blocks.iter().enumerate() {
-            named.push((format!("blocks.{l}.attn.W_Q"), &b.attn.w_q));
-            named.push((format!("blocks.{l}.attn.W_K"), &b.attn.w_k));
-            named.push((format!("blocks.{l}.attn.W_V"), &b.attn.w_v));
-            named.push((format!("blocks.{l}.attn.W_O"), &b.attn.w_o));
-            if let Some(m) = &b.mlp {
-                named.push((format!("blocks.{l}.mlp.W_in"), &m.w_in));
-                named.push((format!("blocks.{l}.mlp.W_out"), &m.w_out));
-            }
-        }
-        for (name, t) in named {
-            ensure_finite(t, &name)?;
-        }
-        Ok(())
-    }
-}
-
-/// Errors if `t` holds a NaN or an infinity.
-pub fn ensure_finite(t: &Tensor, what: &str) -> Result<()> {
-    let sum = t
-        .abs()?
-        .sum_all()?
-        .to_dtype(DType::F64)?
-        .to_scalar::<f64>()?;
-    if !sum.is_finite() {
-        return Err(Error::Numeric(format!(
-            "{what} contains NaN or infinite values"
-        )));
-    }
-    Ok(())
-}
-
-/// `x @ w + b` for `x` `[..., in]` and `w` `[in, out]`, as one 2-D matrix product.
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    if let Some(b) = b {
-        if !x.track_op() && !w.track_op() && !b.track_op() {
-            let din = x.dim(D::Minus1)?;
-            let mut out = x.dims().to_vec();
-            *out.last_mut().expect("non-scalar") = w.dim(1)?;
-            let x2 = x.reshape((x.elem_count() / din, din))?;
-            return Ok(kernels::linear_bias_inference(&x2, w, b)?.reshape(out)?);
-        }
-    }
-    // Training: one graph node instead of reshape, matmul, reshape.
-    let y = match fused_linear::linear(x, w)? {
-        Some(y) => y,
-        None => matmul(x, w)?,
-    };
-    Ok(match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    })
-}
-
-/// Batched product `a @ b`: the parallel-over-batch kernel when no gradient is tracked.
-fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.track_op() || b.track_op() {
-        return Ok(a.matmul(b)?);
-    }
-    Ok(kernels::bmm_inference(a, b)?)
-}
-
-/// `x @ w` over the last dimension of `x`, flattening leading dims into one GEMM.
-fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let din = *dims.last().expect("non-scalar input");
-    let rows = x.elem_count() / din;
-    let x2 = if x.is_contiguous() {
-        x.reshape((rows, din))?
-    } else {
-        x.contiguous()?.reshape((rows, din))?
-    };
-    let y = x2.matmul(w)?;
-    let mut out = dims;
-    *out.last_mut().expect("non-scalar") = w.dim(1)?;
-    Ok(y.reshape(out)?)
-}
-
-/// The first `b` rows of `x` (all of them when it has `b`).
-fn first_rows(x: &Tensor, b: usize) -> Result<Tensor> {
-    Ok(match x.dim(0)? == b {
-        true => x.clone(),
-        false => x.narrow(0, 0, b)?,
-    })
-}
-
-/// `[B, K, S, E]` → `[B, K·g, S, E]`, repeating each kv head for its `g` query heads.
-fn repeat_kv(x: &Tensor, g: usize) -> Result<Tensor> {
-    if g == 1 {
-        return Ok(x.contiguous()?);
-    }
-    let (b, k, s, e) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, k, g, s, e))?
-        .reshape((b, k * g, s, e))?)
-}
-
-/// Softmax over the last dimension; the fused kernel when no gradient is tracked.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !x.track_op() {
-        return Ok(kernels::softmax_last_dim_inference(x)?);
-    }
-    // candle's fused softmax has no backward: compose it from differentiable ops.
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-/// The element-wise activations of the MLP.
-pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
-    Ok(match act {
-        Activation::Gelu => x.gelu_erf()?,
-        Activation::GeluNew => kernels::gelu_tanh(x)?,
-        Activation::Relu => x.relu()?,
-        Activation::Silu => kernels::silu(x)?,
-    })
 }
 
 impl Positions {
