@@ -177,6 +177,15 @@ impl RunDir {
     }
 }
 
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        // Unlock explicitly rather than by closing: a child process forked by another thread
+        // between our open and its exec shares the lock's file description, and closing our
+        // descriptor alone would leave the folder locked until that child execs.
+        let _ = self._lock.unlock();
+    }
+}
+
 /// A stable 64-bit FNV-1a hash of `bytes`, as 16 hex digits (for experiment identities).
 pub fn content_hash(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
