@@ -39,20 +39,22 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     );
     println!(
         "shape      {} layers, d_model {}, {} heads ({} kv) × d_head {}, d_mlp {}, vocab {}, context {}",
-        cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab, cfg.n_ctx
+        cfg.n_layers, cfg.d_model, cfg.attn.n_heads, cfg.attn.n_kv_heads, cfg.attn.d_head, cfg.d_mlp(), cfg.d_vocab, cfg.n_ctx
     );
     println!(
         "norm       {:?} (eps {:e}), final norm: {}",
-        cfg.norm, cfg.norm_eps, cfg.final_norm
+        cfg.norm.kind, cfg.norm.eps, cfg.norm.final_norm
     );
     println!("positions  {}", serde_json::to_string(&cfg.positions)?);
     println!("mlp        {}", serde_json::to_string(&cfg.mlp)?);
     println!(
         "attention  scale {:.4}, qkv bias {}, o bias {}, sliding window {}",
-        cfg.attn_scale,
-        cfg.qkv_bias,
-        cfg.o_bias,
-        cfg.sliding_window.map_or("none".into(), |w| w.to_string())
+        cfg.attn.scale,
+        cfg.attn.qkv_bias,
+        cfg.attn.o_bias,
+        cfg.attn
+            .sliding_window
+            .map_or("none".into(), |w| w.to_string())
     );
     println!(
         "embedding  tied: {}, prepend BOS by default: {}",

@@ -139,7 +139,7 @@ fn a_cached_prefix_gives_the_later_positions_logits() {
             let d = max_diff(&out, &full.narrow(1, p, s - p).unwrap());
             assert!(d < TOL, "{name}: prefix of {p}: logits differ by {d:e}");
             // The pattern covers the new queries and every key.
-            let h = m.model.cfg.n_heads;
+            let h = m.model.cfg.attn.n_heads;
             assert_eq!(
                 rec.cache().get(HookPoint::Pattern(0)).unwrap().dims(),
                 &[1, h, s - p, s]

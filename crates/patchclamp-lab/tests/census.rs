@@ -285,7 +285,7 @@ fn k10_localizer_units_matter_more_than_random_units() {
             HookPoint::ResidPost as fn(usize) -> HookPoint,
             model.cfg.d_model,
         ),
-        ("mlp.hook_post", HookPoint::MlpPost, model.cfg.d_mlp),
+        ("mlp.hook_post", HookPoint::MlpPost, model.cfg.d_mlp()),
     ] {
         let a = pooled_units(model, &sentences, point).unwrap();
         let b = pooled_units(model, &lists, point).unwrap();
@@ -370,7 +370,7 @@ fn average_precision_experts_are_language_specific() {
     // Chance AP is the positive rate (1/3); the experts are far above it.
     assert!(experts[4].1 > 0.6);
     // Deactivating them hurts language 0 more than the others (cumulativity).
-    let m = model.cfg.d_mlp;
+    let m = model.cfg.d_mlp();
     let units: Vec<(usize, usize)> = experts.iter().map(|(u, _)| (u / m, u % m)).collect();
     let ivs = zero_units(&units, HookPoint::MlpPost);
     let inc = |lang: usize| {
@@ -417,7 +417,7 @@ fn census_memory_does_not_grow_with_the_token_count() {
         sizes.push((c.tokens, stored(&c)));
     }
     eprintln!("(tokens, stored counters): {sizes:?}");
-    let bound = c.layers.len() * model.cfg.d_mlp * (2 * 16 + langs().seq_len);
+    let bound = c.layers.len() * model.cfg.d_mlp() * (2 * 16 + langs().seq_len);
     assert!(
         sizes.iter().all(|&(_, s)| s <= bound),
         "bounded by capacity and context"

@@ -82,7 +82,7 @@ fn a_clamped_pattern_cuts_query_and_key_gradients_only() {
         let i = tr.params().iter().position(|(n, _)| n == name).unwrap();
         grads[i].clone()
     };
-    let e = tr.model.cfg.d_head;
+    let e = tr.model.cfg.attn.d_head;
     for name in ["blocks.0.attn.W_Q", "blocks.0.attn.W_K"] {
         assert_eq!(
             head_grad(&g(name), 2, e, false),

@@ -42,7 +42,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let cfg = &s.model.cfg;
     let (point, width): (fn(usize) -> HookPoint, usize) = match a.units.as_str() {
         "resid_post" => (HookPoint::ResidPost, cfg.d_model),
-        "mlp_post" if cfg.has_mlp() => (HookPoint::MlpPost, cfg.d_mlp),
+        "mlp_post" if cfg.has_mlp() => (HookPoint::MlpPost, cfg.d_mlp()),
         "mlp_post" => bail!("--units mlp_post: this model has no MLPs"),
         other => bail!("unknown --units '{other}'; use resid_post or mlp_post"),
     };

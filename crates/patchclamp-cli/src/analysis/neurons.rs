@@ -42,7 +42,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let outcome = NeuronsOutcome {
         model: a.common.model.clone(),
         study,
-        d_mlp: s.model.cfg.d_mlp,
+        d_mlp: s.model.cfg.d_mlp(),
     };
     report(&a.common, "neurons", &s, &outcome)
 }

@@ -218,7 +218,7 @@ impl HookPoint {
                 }
             }
         }
-        if cfg.final_norm && cfg.has_norm() {
+        if cfg.norm.final_norm && cfg.has_norm() {
             out.push(HookPoint::FinalScale);
             out.push(HookPoint::FinalNormalized);
         }
@@ -243,7 +243,7 @@ impl HookPoint {
             RotQ(_) | RotK(_) => cfg.rotary().is_some(),
             ResidMid(_) | MlpPre(_) | MlpPost(_) | MlpOut(_) => cfg.has_mlp(),
             MlpPreLinear(_) => cfg.gated_mlp(),
-            FinalScale | FinalNormalized => cfg.final_norm && cfg.has_norm(),
+            FinalScale | FinalNormalized => cfg.norm.final_norm && cfg.has_norm(),
             _ => true,
         }
     }
@@ -251,7 +251,12 @@ impl HookPoint {
     /// The activation's shape for a `batch × pos` input.
     pub fn shape(&self, cfg: &Config, batch: usize, pos: usize) -> Vec<usize> {
         use HookPoint::*;
-        let (d, h, kv, dh) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        let (d, h, kv, dh) = (
+            cfg.d_model,
+            cfg.attn.n_heads,
+            cfg.attn.n_kv_heads,
+            cfg.attn.d_head,
+        );
         match self {
             Embed | PosEmbed | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_)
             | MlpOut(_) | NormNormalized(..) | FinalNormalized => vec![batch, pos, d],
@@ -260,7 +265,7 @@ impl HookPoint {
             K(_) | V(_) | RotK(_) => vec![batch, pos, kv, dh],
             AttnScores(_) | Pattern(_) => vec![batch, h, pos, pos],
             Result(_) => vec![batch, pos, h, d],
-            MlpPre(_) | MlpPreLinear(_) | MlpPost(_) => vec![batch, pos, cfg.d_mlp],
+            MlpPre(_) | MlpPreLinear(_) | MlpPost(_) => vec![batch, pos, cfg.d_mlp()],
             Logits => vec![batch, pos, cfg.d_vocab],
         }
     }

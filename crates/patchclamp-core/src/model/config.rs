@@ -75,15 +75,86 @@ pub enum Activation {
 /// The feed-forward half of a block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
-pub enum MlpKind {
+pub enum Mlp {
     /// Attention-only blocks.
     None,
-    /// `W_out · act(W_in · x + b_in) + b_out`.
-    Dense { act: Activation, bias: bool },
-    /// `W_out · (act(W_gate · x) ⊙ (W_in · x)) (+ biases)`.
-    Gated { act: Activation, bias: bool },
+    /// `W_out · act(W_in · x + b_in) + b_out`, hidden width `d_mlp`.
+    Dense {
+        act: Activation,
+        bias: bool,
+        d_mlp: usize,
+    },
+    /// `W_out · (act(W_gate · x) ⊙ (W_in · x)) (+ biases)`, hidden width `d_mlp`.
+    Gated {
+        act: Activation,
+        bias: bool,
+        d_mlp: usize,
+    },
     // A mixture-of-experts variant (router + experts of the kinds above) lands here; the block
     // code already dispatches on this enum, so it is one more arm.
+}
+
+/// The attention half of a block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attention {
+    pub n_heads: usize,
+    /// Key/value heads; fewer than `n_heads` means grouped-query attention.
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    /// Biases on the q, k, v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    /// Attention scores are divided by this (usually sqrt(d_head)).
+    pub scale: f64,
+    /// Keys further back than this are masked (Mistral); `None` is full causal attention.
+    pub sliding_window: Option<usize>,
+}
+
+/// The normalisation of every block and before the unembedding.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Norm {
+    pub kind: NormKind,
+    pub eps: f64,
+    /// Whether a final norm precedes the unembedding.
+    pub final_norm: bool,
+}
+
+/// The family a model's weights came from: which `config.json` and weight names it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Gpt2,
+    Llama,
+    Mistral,
+    Qwen2,
+    /// Built in code (the lab's models, random test models).
+    Custom,
+}
+
+impl Family {
+    /// The `model_type` name (`gpt2`, `llama`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Family::Gpt2 => "gpt2",
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Custom => "custom",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PartialEq<&str> for Family {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
 }
 
 /// Which weight-processing steps have been applied (see `model::process`).
@@ -95,40 +166,25 @@ pub struct Processing {
     pub fold_value_biases: bool,
 }
 
-/// The canonical description of a decoder-only transformer.
+/// The canonical description of a decoder-only transformer: sizes, then one part per
+/// mechanism. A new family maps onto these; a new mechanism is a new variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
-    /// The family the weights came from (`gpt2`, `llama`, `mistral`, `qwen2`, or `custom`).
-    pub family: String,
+    /// The family the weights came from.
+    pub family: Family,
     pub d_model: usize,
     pub n_layers: usize,
-    pub n_heads: usize,
-    /// Key/value heads; fewer than `n_heads` means grouped-query attention.
-    pub n_kv_heads: usize,
-    pub d_head: usize,
-    /// Hidden width of the MLP (0 for attention-only models).
-    pub d_mlp: usize,
     pub d_vocab: usize,
     /// Longest sequence the model accepts.
     pub n_ctx: usize,
-    pub norm: NormKind,
-    /// Whether a final norm precedes the unembedding.
-    pub final_norm: bool,
-    pub norm_eps: f64,
+    pub attn: Attention,
+    pub mlp: Mlp,
+    pub norm: Norm,
     pub positions: Positions,
-    /// Biases on the q, k, v projections.
-    pub qkv_bias: bool,
-    /// Bias on the output projection.
-    pub o_bias: bool,
-    /// Attention scores are divided by this (usually sqrt(d_head)).
-    pub attn_scale: f64,
-    pub mlp: MlpKind,
     /// Unembedding shares the token embedding matrix.
     pub tied_embeddings: bool,
     /// Whether the unembedding has a bias (TransformerLens's `b_U`).
     pub unembed_bias: bool,
-    /// Keys further back than this are masked (Mistral); `None` is full causal attention.
-    pub sliding_window: Option<usize>,
     /// Whether TransformerLens prepends a BOS token by default for this model.
     pub default_prepend_bos: bool,
     pub bos_token_id: Option<u32>,
@@ -142,17 +198,25 @@ pub struct Config {
 impl Config {
     /// Heads that share one key/value head.
     pub fn kv_group(&self) -> usize {
-        self.n_heads / self.n_kv_heads
+        self.attn.n_heads / self.attn.n_kv_heads
+    }
+
+    /// Hidden width of the MLP (0 for attention-only models).
+    pub fn d_mlp(&self) -> usize {
+        match self.mlp {
+            Mlp::None => 0,
+            Mlp::Dense { d_mlp, .. } | Mlp::Gated { d_mlp, .. } => d_mlp,
+        }
     }
 
     /// Whether blocks have an MLP.
     pub fn has_mlp(&self) -> bool {
-        !matches!(self.mlp, MlpKind::None)
+        !matches!(self.mlp, Mlp::None)
     }
 
     /// Whether the MLP is gated (has `hook_pre_linear`).
     pub fn gated_mlp(&self) -> bool {
-        matches!(self.mlp, MlpKind::Gated { .. })
+        matches!(self.mlp, Mlp::Gated { .. })
     }
 
     /// Whether the model has rotary embeddings (and so `hook_rot_q/k`).
@@ -165,7 +229,7 @@ impl Config {
 
     /// Whether norms exist (and so `hook_scale` / `hook_normalized`).
     pub fn has_norm(&self) -> bool {
-        self.norm != NormKind::None
+        self.norm.kind != NormKind::None
     }
 
     /// Checks the numbers fit together; every family's mapping ends with this.
@@ -174,9 +238,9 @@ impl Config {
         for (name, v) in [
             ("d_model", self.d_model),
             ("n_layers", self.n_layers),
-            ("n_heads", self.n_heads),
-            ("n_kv_heads", self.n_kv_heads),
-            ("d_head", self.d_head),
+            ("n_heads", self.attn.n_heads),
+            ("n_kv_heads", self.attn.n_kv_heads),
+            ("d_head", self.attn.d_head),
             ("d_vocab", self.d_vocab),
             ("n_ctx", self.n_ctx),
         ] {
@@ -184,27 +248,27 @@ impl Config {
                 return bad(format!("{name} must be positive"));
             }
         }
-        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+        if !self.attn.n_heads.is_multiple_of(self.attn.n_kv_heads) {
             return bad(format!(
                 "n_heads ({}) must be a multiple of n_kv_heads ({})",
-                self.n_heads, self.n_kv_heads
+                self.attn.n_heads, self.attn.n_kv_heads
             ));
         }
-        if self.has_mlp() && self.d_mlp == 0 {
+        if self.has_mlp() && self.d_mlp() == 0 {
             return bad("d_mlp must be positive for a model with an MLP".into());
         }
         if let Some(r) = self.rotary() {
-            if r.rotary_dim == 0 || r.rotary_dim > self.d_head || r.rotary_dim % 2 != 0 {
+            if r.rotary_dim == 0 || r.rotary_dim > self.attn.d_head || r.rotary_dim % 2 != 0 {
                 return bad(format!(
                     "rotary_dim {} must be even and in 2..={}",
-                    r.rotary_dim, self.d_head
+                    r.rotary_dim, self.attn.d_head
                 ));
             }
         }
-        if self.attn_scale.is_nan() || self.attn_scale <= 0.0 {
+        if self.attn.scale.is_nan() || self.attn.scale <= 0.0 {
             return bad(format!(
                 "attn_scale must be positive, got {}",
-                self.attn_scale
+                self.attn.scale
             ));
         }
         Ok(())
@@ -212,26 +276,22 @@ impl Config {
 
     /// Number of parameters the weights of this config hold.
     pub fn n_params(&self) -> usize {
-        let d = self.d_model;
-        let qkv = (self.n_heads + 2 * self.n_kv_heads) * self.d_head;
-        let mut block = d * qkv + self.n_heads * self.d_head * d;
-        if self.qkv_bias {
+        let (d, a, m) = (self.d_model, &self.attn, self.d_mlp());
+        let qkv = (a.n_heads + 2 * a.n_kv_heads) * a.d_head;
+        let mut block = d * qkv + a.n_heads * a.d_head * d;
+        if a.qkv_bias {
             block += qkv;
         }
-        if self.o_bias {
+        if a.o_bias {
             block += d;
         }
         let mats = match self.mlp {
-            MlpKind::None => 0,
-            MlpKind::Dense { bias, .. } => {
-                2 * d * self.d_mlp + if bias { self.d_mlp + d } else { 0 }
-            }
-            MlpKind::Gated { bias, .. } => {
-                3 * d * self.d_mlp + if bias { 2 * self.d_mlp + d } else { 0 }
-            }
+            Mlp::None => 0,
+            Mlp::Dense { bias, .. } => 2 * d * m + if bias { m + d } else { 0 },
+            Mlp::Gated { bias, .. } => 3 * d * m + if bias { 2 * m + d } else { 0 },
         };
         block += mats;
-        let norm_params = match self.norm {
+        let norm_params = match self.norm.kind {
             NormKind::LayerNorm => 2 * d,
             NormKind::RmsNorm => d,
             _ => 0,
@@ -248,9 +308,126 @@ impl Config {
         if self.positions == Positions::Learned {
             total += self.n_ctx * d;
         }
-        if self.final_norm {
+        if self.norm.final_norm {
             total += norm_params;
         }
         total
+    }
+}
+
+/// The flat config that checkpoints written before the config was nested hold (read only).
+#[derive(Deserialize)]
+struct FlatConfig {
+    family: String,
+    d_model: usize,
+    n_layers: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    d_head: usize,
+    d_mlp: usize,
+    d_vocab: usize,
+    n_ctx: usize,
+    norm: NormKind,
+    final_norm: bool,
+    norm_eps: f64,
+    positions: Positions,
+    qkv_bias: bool,
+    o_bias: bool,
+    attn_scale: f64,
+    mlp: FlatMlp,
+    tied_embeddings: bool,
+    unembed_bias: bool,
+    sliding_window: Option<usize>,
+    default_prepend_bos: bool,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<u32>,
+    pad_token_id: Option<u32>,
+    #[serde(default)]
+    processing: Processing,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+enum FlatMlp {
+    None,
+    Dense { act: Activation, bias: bool },
+    Gated { act: Activation, bias: bool },
+}
+
+impl Config {
+    /// A config as a checkpoint stores it: the nested form, or the flat one that checkpoints
+    /// written before it hold.
+    pub fn from_stored_json(text: &str) -> std::result::Result<Config, serde_json::Error> {
+        let nested = serde_json::from_str::<Config>(text);
+        let Err(e) = nested else { return nested };
+        let Ok(f) = serde_json::from_str::<FlatConfig>(text) else {
+            return Err(e);
+        };
+        let family = match f.family.as_str() {
+            "gpt2" => Family::Gpt2,
+            "llama" => Family::Llama,
+            "mistral" => Family::Mistral,
+            "qwen2" => Family::Qwen2,
+            _ => Family::Custom,
+        };
+        let d_mlp = f.d_mlp;
+        Ok(Config {
+            family,
+            d_model: f.d_model,
+            n_layers: f.n_layers,
+            d_vocab: f.d_vocab,
+            n_ctx: f.n_ctx,
+            attn: Attention {
+                n_heads: f.n_heads,
+                n_kv_heads: f.n_kv_heads,
+                d_head: f.d_head,
+                qkv_bias: f.qkv_bias,
+                o_bias: f.o_bias,
+                scale: f.attn_scale,
+                sliding_window: f.sliding_window,
+            },
+            mlp: match f.mlp {
+                FlatMlp::None => Mlp::None,
+                FlatMlp::Dense { act, bias } => Mlp::Dense { act, bias, d_mlp },
+                FlatMlp::Gated { act, bias } => Mlp::Gated { act, bias, d_mlp },
+            },
+            norm: Norm {
+                kind: f.norm,
+                eps: f.norm_eps,
+                final_norm: f.final_norm,
+            },
+            positions: f.positions,
+            tied_embeddings: f.tied_embeddings,
+            unembed_bias: f.unembed_bias,
+            default_prepend_bos: f.default_prepend_bos,
+            bos_token_id: f.bos_token_id,
+            eos_token_id: f.eos_token_id,
+            pad_token_id: f.pad_token_id,
+            processing: f.processing,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flat_config_of_an_older_checkpoint_reads_as_the_nested_one() {
+        let cfg = Config::gpt2_like(2, 32, 4, 100, 16);
+        let flat = serde_json::json!({
+            "family": "custom", "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4,
+            "d_head": 8, "d_mlp": 128, "d_vocab": 100, "n_ctx": 16, "norm": "layer_norm",
+            "final_norm": true, "norm_eps": 1e-5, "positions": {"kind": "learned"},
+            "qkv_bias": true, "o_bias": true, "attn_scale": (8f64).sqrt(),
+            "mlp": {"kind": "dense", "act": "gelu_new", "bias": true},
+            "tied_embeddings": true, "unembed_bias": false, "sliding_window": null,
+            "default_prepend_bos": true, "bos_token_id": null, "eos_token_id": null,
+            "pad_token_id": null,
+        });
+        assert_eq!(Config::from_stored_json(&flat.to_string()).unwrap(), cfg);
+        let nested = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(Config::from_stored_json(&nested).unwrap(), cfg);
+        assert!(Config::from_stored_json("{\"family\": 3}").is_err());
     }
 }

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor, D};
 use crate::error::{Error, Result};
 use crate::hooks::{HookPoint as P, Hooks, NormSite};
 use crate::input::Input;
-use crate::model::config::{Config, MlpKind, NormKind, Positions};
+use crate::model::config::{Config, Mlp, NormKind, Positions};
 use crate::model::kv::KvCache;
 use crate::model::ops::{activation, bmm, first_rows, linear, matmul, repeat_kv, softmax_last_dim};
 use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
@@ -143,7 +143,7 @@ impl Model {
                 Some(r) => Some(rope::tables(r, &input.positions, &self.device)?),
                 None => None,
             },
-            causal_only: input.mask.is_none() && self.cfg.sliding_window.is_none(),
+            causal_only: input.mask.is_none() && self.cfg.attn.sliding_window.is_none(),
             prefix: span.prefix.as_ref(),
         };
         let mut joins = span.joins.into_iter().peekable();
@@ -190,7 +190,7 @@ impl Model {
                 limit: format!("a vocabulary of {} tokens", self.cfg.d_vocab),
             });
         }
-        let x = if self.cfg.final_norm {
+        let x = if self.cfg.norm.final_norm {
             self.norm(
                 resid,
                 &w.ln_final,
@@ -218,7 +218,7 @@ impl Model {
     /// Final norm, unembedding and the `logits` hook.
     fn unembed_with(&self, resid: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
         let w = &self.weights;
-        let x = if self.cfg.final_norm {
+        let x = if self.cfg.norm.final_norm {
             self.norm(resid, &w.ln_final, P::FinalScale, P::FinalNormalized, hooks)?
         } else {
             resid.clone()
@@ -281,7 +281,7 @@ impl Model {
         normalized_point: P,
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
-        let kind = self.cfg.norm;
+        let kind = self.cfg.norm.kind;
         if kind == NormKind::None {
             return Ok(x.clone());
         }
@@ -297,11 +297,11 @@ impl Model {
                     Some(b) => b.clone(),
                     None => g.zeros_like()?,
                 };
-                if let Some(y) = kernels::norm(x, g, &b, center, self.cfg.norm_eps)? {
+                if let Some(y) = kernels::norm(x, g, &b, center, self.cfg.norm.eps)? {
                     return Ok(y);
                 }
             } else if !hooks.edits(scale_point) {
-                if let Some((x, scale)) = kernels::norm_parts(x, center, self.cfg.norm_eps)? {
+                if let Some((x, scale)) = kernels::norm_parts(x, center, self.cfg.norm.eps)? {
                     hooks.at(scale_point, scale)?;
                     let x = hooks.at(normalized_point, x)?.broadcast_mul(g)?;
                     return Ok(match &w.b {
@@ -317,7 +317,7 @@ impl Model {
             }
             _ => x.clone(),
         };
-        let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.cfg.norm_eps)?.sqrt()?;
+        let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.cfg.norm.eps)?.sqrt()?;
         let scale = hooks.at(scale_point, scale)?;
         let x = x.broadcast_div(&scale)?;
         // TransformerLens 4 records `hook_normalized` before the gain and bias, for both norms.
@@ -345,7 +345,7 @@ impl Model {
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, s, _) = x.dims3()?;
-        let (h, k_h, e) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        let (h, k_h, e) = (cfg.attn.n_heads, cfg.attn.n_kv_heads, cfg.attn.d_head);
         // Queries: every position, or the last one (keys and values still cover them all).
         let (xq, sq) = match last_only {
             true => (x.narrow(1, s - 1, 1)?, 1),
@@ -376,7 +376,7 @@ impl Model {
         }
 
         let inside = hooks.wants(P::AttnScores(l)) || hooks.wants(P::Pattern(l));
-        let fused = ops::attention(&q, &k, &v, 1.0 / cfg.attn_scale, ctx.causal_only, inside)?;
+        let fused = ops::attention(&q, &k, &v, 1.0 / cfg.attn.scale, ctx.causal_only, inside)?;
         let z = match fused {
             Some(z) => z,
             None => self.attention_map(l, q, k, v, ctx, hooks)?,
@@ -416,9 +416,9 @@ impl Model {
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (h, k_h) = (cfg.n_heads, cfg.n_kv_heads);
+        let (h, k_h) = (cfg.attn.n_heads, cfg.attn.n_kv_heads);
         // Scaling q (half the size of the scores) instead of the scores; equal up to rounding.
-        let q = (q.transpose(1, 2)?.contiguous()? * (1.0 / cfg.attn_scale))?; // [B, H, S, E]
+        let q = (q.transpose(1, 2)?.contiguous()? * (1.0 / cfg.attn.scale))?; // [B, H, S, E]
         let k = repeat_kv(&k.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
         let v = repeat_kv(&v.transpose(1, 2)?, h / k_h)?; // [B, H, S, E]
         let scores = bmm(&q, &k.t()?)?; // [B, H, S, S]
@@ -451,11 +451,11 @@ impl Model {
     /// Dense `W_out·act(W_in·x)` or gated `W_out·(act(W_gate·x) ⊙ W_in·x)`.
     fn mlp(&self, l: usize, w: &MlpWeights, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
         let post = match &self.cfg.mlp {
-            MlpKind::Dense { act, .. } => {
+            Mlp::Dense { act, .. } => {
                 let pre = hooks.at(P::MlpPre(l), linear(x, &w.w_in, w.b_in.as_ref())?)?;
                 activation(&pre, *act)?
             }
-            MlpKind::Gated { act, .. } => {
+            Mlp::Gated { act, .. } => {
                 let w_gate = w
                     .w_gate
                     .as_ref()
@@ -465,7 +465,7 @@ impl Model {
                     hooks.at(P::MlpPreLinear(l), linear(x, &w.w_in, w.b_in.as_ref())?)?;
                 (activation(&pre, *act)? * pre_linear)?
             }
-            MlpKind::None => unreachable!("blocks without an MLP carry no MlpWeights"),
+            Mlp::None => unreachable!("blocks without an MLP carry no MlpWeights"),
         };
         let post = hooks.at(P::MlpPost(l), post)?;
         linear(&post, &w.w_out, w.b_out.as_ref())
@@ -479,7 +479,7 @@ impl Model {
             Some(m) => Some(m.flatten_all()?.to_vec1::<u8>()?),
             None => None,
         };
-        let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
+        let window = self.cfg.attn.sliding_window.unwrap_or(usize::MAX);
         let n = p + s; // keys
         let mut mask = vec![0f32; b * s * n];
         for row in 0..b {

@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::error::Result;
-use crate::model::config::{Config, MlpKind, NormKind};
+use crate::model::config::{Config, Mlp, NormKind};
 use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
 use crate::rng::Rng;
 
@@ -36,7 +36,10 @@ impl Weights {
                 _ => NormWeights { w: None, b: None },
             })
         };
-        let (qd, kvd) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
+        let (qd, kvd) = (
+            cfg.attn.n_heads * cfg.attn.d_head,
+            cfg.attn.n_kv_heads * cfg.attn.d_head,
+        );
         let opt = |on: bool, n: usize| -> Result<Option<Tensor>> {
             if on {
                 zeros(n).map(Some)
@@ -48,34 +51,34 @@ impl Weights {
         for _ in 0..cfg.n_layers {
             let attn = AttnWeights {
                 w_q: normal((d, qd))?,
-                b_q: opt(cfg.qkv_bias, qd)?,
+                b_q: opt(cfg.attn.qkv_bias, qd)?,
                 w_k: normal((d, kvd))?,
-                b_k: opt(cfg.qkv_bias, kvd)?,
+                b_k: opt(cfg.attn.qkv_bias, kvd)?,
                 w_v: normal((d, kvd))?,
-                b_v: opt(cfg.qkv_bias, kvd)?,
+                b_v: opt(cfg.attn.qkv_bias, kvd)?,
                 w_o: normal((qd, d))?,
-                b_o: opt(cfg.o_bias, d)?,
+                b_o: opt(cfg.attn.o_bias, d)?,
             };
             let mlp = match cfg.mlp {
-                MlpKind::None => None,
-                MlpKind::Dense { bias, .. } | MlpKind::Gated { bias, .. } => Some(MlpWeights {
+                Mlp::None => None,
+                Mlp::Dense { bias, .. } | Mlp::Gated { bias, .. } => Some(MlpWeights {
                     w_gate: if cfg.gated_mlp() {
-                        Some(normal((d, cfg.d_mlp))?)
+                        Some(normal((d, cfg.d_mlp()))?)
                     } else {
                         None
                     },
-                    b_gate: opt(bias && cfg.gated_mlp(), cfg.d_mlp)?,
-                    w_in: normal((d, cfg.d_mlp))?,
-                    b_in: opt(bias, cfg.d_mlp)?,
-                    w_out: normal((cfg.d_mlp, d))?,
+                    b_gate: opt(bias && cfg.gated_mlp(), cfg.d_mlp())?,
+                    w_in: normal((d, cfg.d_mlp()))?,
+                    b_in: opt(bias, cfg.d_mlp())?,
+                    w_out: normal((cfg.d_mlp(), d))?,
                     b_out: opt(bias, d)?,
                 }),
             };
             blocks.push(BlockWeights {
-                ln1: norm(cfg.norm)?,
+                ln1: norm(cfg.norm.kind)?,
                 attn,
                 ln2: if mlp.is_some() {
-                    norm(cfg.norm)?
+                    norm(cfg.norm.kind)?
                 } else {
                     NormWeights { w: None, b: None }
                 },
@@ -90,8 +93,8 @@ impl Weights {
                 None
             },
             blocks,
-            ln_final: norm(if cfg.final_norm {
-                cfg.norm
+            ln_final: norm(if cfg.norm.final_norm {
+                cfg.norm.kind
             } else {
                 NormKind::None
             })?,
@@ -120,29 +123,33 @@ impl Config {
         n_ctx: usize,
     ) -> Config {
         Config {
-            family: "custom".into(),
+            family: crate::model::Family::Custom,
             d_model,
             n_layers,
-            n_heads,
-            n_kv_heads: n_heads,
-            d_head: d_model / n_heads,
-            d_mlp: 4 * d_model,
             d_vocab,
             n_ctx,
-            norm: NormKind::LayerNorm,
-            final_norm: true,
-            norm_eps: 1e-5,
-            positions: crate::model::Positions::Learned,
-            qkv_bias: true,
-            o_bias: true,
-            attn_scale: ((d_model / n_heads) as f64).sqrt(),
-            mlp: MlpKind::Dense {
+            attn: crate::model::Attention {
+                n_heads,
+                n_kv_heads: n_heads,
+                d_head: d_model / n_heads,
+                qkv_bias: true,
+                o_bias: true,
+                scale: ((d_model / n_heads) as f64).sqrt(),
+                sliding_window: None,
+            },
+            mlp: Mlp::Dense {
                 act: crate::model::Activation::GeluNew,
                 bias: true,
+                d_mlp: 4 * d_model,
             },
+            norm: crate::model::Norm {
+                kind: NormKind::LayerNorm,
+                eps: 1e-5,
+                final_norm: true,
+            },
+            positions: crate::model::Positions::Learned,
             tied_embeddings: true,
             unembed_bias: false,
-            sliding_window: None,
             default_prepend_bos: true,
             bos_token_id: None,
             eos_token_id: None,

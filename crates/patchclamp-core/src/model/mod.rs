@@ -3,8 +3,6 @@
 pub mod arch;
 mod config;
 mod forward;
-mod fused_attention;
-mod fused_linear;
 mod init;
 pub mod kernels;
 mod kv;
@@ -14,7 +12,10 @@ pub mod rope;
 mod validate;
 mod weights;
 
-pub use config::{Activation, Config, MlpKind, NormKind, Positions, Processing, Rope, RopeScaling};
+pub use config::{
+    Activation, Attention, Config, Family, Mlp, Norm, NormKind, Positions, Processing, Rope,
+    RopeScaling,
+};
 pub use forward::{Model, Span};
 pub use kv::KvCache;
 pub use ops::{activation, ensure_finite, linear, softmax_last_dim};

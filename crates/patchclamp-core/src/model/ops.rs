@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::model::config::Activation;
-use crate::model::{fused_attention, fused_linear, kernels};
+use crate::model::kernels;
 
 /// `softmax(q kᵀ · scale + causal mask) v` as one fused op with its own backward, when it
 /// applies: gradients are tracked (its backward never materialises the `[B, H, S, S]` tensors
@@ -23,7 +23,7 @@ pub(crate) fn attention(
     let tracked = q.track_op() || k.track_op() || v.track_op();
     let square = q.dim(1)? == k.dim(1)?;
     if tracked && plain_causal && !hooked_inside && square {
-        return Ok(fused_attention::fused_attention(q, k, v, scale)?);
+        return Ok(kernels::attention::fused_attention(q, k, v, scale)?);
     }
     Ok(None)
 }
@@ -69,7 +69,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         }
     }
     // Training: one graph node instead of reshape, matmul, reshape.
-    let y = match fused_linear::linear(x, w)? {
+    let y = match kernels::linear::linear(x, w)? {
         Some(y) => y,
         None => matmul(x, w)?,
     };

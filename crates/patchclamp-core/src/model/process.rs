@@ -26,7 +26,10 @@ impl Model {
     /// Applies the requested steps in TransformerLens's order; steps already applied are skipped.
     pub fn process(&mut self, steps: Processing) -> Result<()> {
         let done = self.cfg.processing;
-        let is_ln = matches!(self.cfg.norm, NormKind::LayerNorm | NormKind::LayerNormPre);
+        let is_ln = matches!(
+            self.cfg.norm.kind,
+            NormKind::LayerNorm | NormKind::LayerNormPre
+        );
         if steps.fold_ln && !done.fold_ln {
             self.fold_ln()?;
             self.cfg.processing.fold_ln = true;
@@ -50,7 +53,7 @@ impl Model {
 
     /// Folds each norm's gain (and bias) into the matrices that read its output.
     fn fold_ln(&mut self) -> Result<()> {
-        let (fold_bias, center) = match self.cfg.norm {
+        let (fold_bias, center) = match self.cfg.norm.kind {
             NormKind::LayerNorm => (true, true),
             NormKind::RmsNorm => (false, false),
             _ => return Ok(()),
@@ -74,7 +77,7 @@ impl Model {
                 }
             }
         }
-        if self.cfg.final_norm {
+        if self.cfg.norm.final_norm {
             let lnf = std::mem::replace(&mut w.ln_final, NormWeights { w: None, b: None });
             let mut w_u = w.unembed().contiguous()?;
             fold_into(&lnf, &mut w_u, &mut w.b_u, fold_bias, center)?;
@@ -82,7 +85,7 @@ impl Model {
             self.cfg.tied_embeddings = false;
             self.cfg.unembed_bias = w.b_u.is_some();
         }
-        self.cfg.norm = match self.cfg.norm {
+        self.cfg.norm.kind = match self.cfg.norm.kind {
             NormKind::LayerNorm => NormKind::LayerNormPre,
             _ => NormKind::RmsNormPre,
         };
@@ -124,7 +127,11 @@ impl Model {
 
     /// Moves the value bias into the output bias: `b_O += Σ_h b_V[h] · W_O[h]`.
     fn fold_value_biases(&mut self, recenter: bool) -> Result<()> {
-        let (h, kv, e) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.d_head);
+        let (h, kv, e) = (
+            self.cfg.attn.n_heads,
+            self.cfg.attn.n_kv_heads,
+            self.cfg.attn.d_head,
+        );
         let mut any = false;
         for blk in &mut self.weights.blocks {
             let a = &mut blk.attn;
@@ -147,7 +154,7 @@ impl Model {
             });
         }
         if any {
-            self.cfg.o_bias = true;
+            self.cfg.attn.o_bias = true;
         }
         Ok(())
     }

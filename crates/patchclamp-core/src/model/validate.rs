@@ -24,7 +24,12 @@ impl Model {
                 self.cfg.n_layers
             )));
         }
-        let want = [1, prefix.len(), self.cfg.n_kv_heads, self.cfg.d_head];
+        let want = [
+            1,
+            prefix.len(),
+            self.cfg.attn.n_kv_heads,
+            self.cfg.attn.d_head,
+        ];
         for (l, (k, v)) in prefix.layers.iter().enumerate() {
             if k.dims() != want || v.dims() != want {
                 return Err(Error::Input(format!(
@@ -110,7 +115,11 @@ impl Model {
     pub(super) fn check_shapes(&self) -> Result<()> {
         let c = &self.cfg;
         let w = &self.weights;
-        let (d, qd, kvd) = (c.d_model, c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
+        let (d, qd, kvd) = (
+            c.d_model,
+            c.attn.n_heads * c.attn.d_head,
+            c.attn.n_kv_heads * c.attn.d_head,
+        );
         let mut expect: Vec<(String, &Tensor, Vec<usize>)> =
             vec![("W_E".into(), &w.w_e, vec![c.d_vocab, d])];
         if let Some(p) = &w.w_pos {
@@ -133,8 +142,12 @@ impl Model {
             expect.push((format!("blocks.{l}.attn.W_V"), &a.w_v, vec![d, kvd]));
             expect.push((format!("blocks.{l}.attn.W_O"), &a.w_o, vec![qd, d]));
             if let Some(m) = &blk.mlp {
-                expect.push((format!("blocks.{l}.mlp.W_in"), &m.w_in, vec![d, c.d_mlp]));
-                expect.push((format!("blocks.{l}.mlp.W_out"), &m.w_out, vec![c.d_mlp, d]));
+                expect.push((format!("blocks.{l}.mlp.W_in"), &m.w_in, vec![d, c.d_mlp()]));
+                expect.push((
+                    format!("blocks.{l}.mlp.W_out"),
+                    &m.w_out,
+                    vec![c.d_mlp(), d],
+                ));
             }
         }
         for (name, t, shape) in expect {

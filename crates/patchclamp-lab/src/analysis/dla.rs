@@ -74,7 +74,7 @@ impl Readout {
         if let Some(b) = direction.baseline {
             u.iter_mut().zip(col(b)?).for_each(|(a, x)| *a -= x);
         }
-        let norm = cfg.final_norm && cfg.norm != NormKind::None;
+        let norm = cfg.norm.final_norm && cfg.norm.kind != NormKind::None;
         let ln = &model.weights.ln_final;
         let mut weights = u.clone();
         let mut constant = 0.0;
@@ -98,7 +98,7 @@ impl Readout {
         Ok(Readout {
             direction,
             weights,
-            center: norm && matches!(cfg.norm, NormKind::LayerNorm | NormKind::LayerNormPre),
+            center: norm && matches!(cfg.norm.kind, NormKind::LayerNorm | NormKind::LayerNormPre),
             norm,
             constant,
         })
@@ -167,7 +167,7 @@ pub fn direct_logit_attribution(
         labels.push("pos_embed".into());
     }
     for l in 0..cfg.n_layers {
-        labels.extend((0..cfg.n_heads).map(|h| format!("L{l}H{h}")));
+        labels.extend((0..cfg.attn.n_heads).map(|h| format!("L{l}H{h}")));
         if model.weights.blocks[l].attn.b_o.is_some() {
             labels.push(format!("blocks.{l}.attn.b_O"));
         }
@@ -183,7 +183,7 @@ pub fn direct_logit_attribution(
         components: vec![],
         constant: vec![],
         total: vec![],
-        heads: vec![vec![0.0; cfg.n_heads]; cfg.n_layers],
+        heads: vec![vec![0.0; cfg.attn.n_heads]; cfg.n_layers],
         mlps: vec![0.0; if cfg.has_mlp() { cfg.n_layers } else { 0 }],
     };
     for row in 0..prompts.len() {

@@ -82,7 +82,7 @@ impl Default for ExtremeSpec {
 /// Measures sinks, drains, peaks and massive activations over `prompts`, one at a time.
 pub fn extremes(model: &Model, prompts: &[Vec<u32>], spec: &ExtremeSpec) -> Result<ExtremeReport> {
     let cfg = &model.cfg;
-    let (nl, nh, nk) = (cfg.n_layers, cfg.n_heads, cfg.n_kv_heads);
+    let (nl, nh, nk) = (cfg.n_layers, cfg.attn.n_heads, cfg.attn.n_kv_heads);
     if prompts.is_empty() {
         return Err(Error::Input("no prompts to measure".into()));
     }

@@ -106,7 +106,7 @@ pub fn attention_scores(model: &Model, probe: &HeadProbe) -> Result<AttentionSco
     }
     let off = probe.prefix.is_some() as usize;
     let l_blk = probe.block;
-    let (nl, nh) = (cfg.n_layers, cfg.n_heads);
+    let (nl, nh) = (cfg.n_layers, cfg.attn.n_heads);
     let zeros = || vec![vec![0.0; nh]; nl];
     let mut out = AttentionScores {
         prev_token: zeros(),
@@ -161,14 +161,14 @@ pub fn attention_scores(model: &Model, probe: &HeadProbe) -> Result<AttentionSco
 /// `W_O^h W_U W_E W_V^h`, which has the same non-zero eigenvalues.
 pub fn copying_scores(model: &Model) -> Result<Vec<Vec<f64>>> {
     let cfg = &model.cfg;
-    let e = cfg.d_head;
+    let e = cfg.attn.d_head;
     let w_e = model.weights.w_e.detach();
     let w_u = model.weights.unembed().detach();
     let ue = w_u.matmul(&w_e)?; // [D, D]: W_U W_E
     let mut out = vec![];
     for blk in &model.weights.blocks {
         let mut row = vec![];
-        for h in 0..cfg.n_heads {
+        for h in 0..cfg.attn.n_heads {
             let kv = h / cfg.kv_group();
             let w_v = blk.attn.w_v.detach().narrow(1, kv * e, e)?; // [D, E]
             let w_o = blk.attn.w_o.detach().narrow(0, h * e, e)?; // [E, D]
@@ -208,7 +208,7 @@ pub fn composition_scores(model: &Model, seed: u64) -> Result<Vec<CompositionSco
     let cfg = &model.cfg;
     let mut out = vec![];
     for kind in [Composition::Q, Composition::K, Composition::V] {
-        let baseline = random_composition(cfg.d_model, cfg.d_head, kind, 16, seed)?;
+        let baseline = random_composition(cfg.d_model, cfg.attn.d_head, kind, 16, seed)?;
         for l2 in 0..cfg.n_layers {
             for l1 in 0..l2 {
                 out.push(CompositionScores {

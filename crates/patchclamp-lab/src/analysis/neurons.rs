@@ -75,7 +75,7 @@ impl Census {
                     .into(),
             ));
         }
-        let m = cfg.d_mlp;
+        let m = cfg.d_mlp();
         let layer = LayerCensus {
             moments: UnitMoments::new(m),
             tokens: vec![FrequentItems::new(spec.capacity); m],
@@ -317,11 +317,11 @@ pub fn vocab_projection(
                 if cfg.has_mlp() { cfg.n_layers } else { 0 }
             ),
         })?;
-    if neuron >= cfg.d_mlp {
+    if neuron >= cfg.d_mlp() {
         return Err(Error::OutOfRange {
             what: "neuron",
             index: neuron as i64,
-            limit: format!("{} neurons per layer", cfg.d_mlp),
+            limit: format!("{} neurons per layer", cfg.d_mlp()),
         });
     }
     let row = mlp.w_out.detach().narrow(0, neuron, 1)?; // [1, D]
@@ -626,7 +626,7 @@ pub fn stream_census(
                 .iter()
                 .map(|t| t.narrow(0, row, 1))
                 .collect::<candle_core::Result<_>>()?;
-            let mut mean = Vec::with_capacity(acts.len() * model.cfg.d_mlp);
+            let mut mean = Vec::with_capacity(acts.len() * model.cfg.d_mlp());
             for t in &one {
                 // Right padding: the real tokens are the first `len` positions.
                 let m = t.narrow(1, 0, tokens.len())?.mean(1)?.flatten_all()?;
@@ -800,7 +800,7 @@ pub fn census_study(
                 .collect(),
         );
         // Each neuron's mean response per prompt ranks that label's prompts against the rest.
-        let m = model.cfg.d_mlp;
+        let m = model.cfg.d_mlp();
         let responses: Vec<Vec<f64>> = pooled.iter().map(|(_, r)| r.clone()).collect();
         experts = Some(
             by_label

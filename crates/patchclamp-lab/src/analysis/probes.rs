@@ -52,11 +52,14 @@ pub fn head_scores(model: &Model, probe: &[Vec<u32>], hooks: Hooks) -> Result<He
             ts.iter().map(|&t| pat[h][t][t - lag]).sum::<f32>() / ts.len() as f32
         };
         out.prev_token
-            .push((0..cfg.n_heads).map(|h| diag(h, 1, 1)).collect());
-        out.induction
-            .push((0..cfg.n_heads).map(|h| diag(h, half - 1, half)).collect());
+            .push((0..cfg.attn.n_heads).map(|h| diag(h, 1, 1)).collect());
+        out.induction.push(
+            (0..cfg.attn.n_heads)
+                .map(|h| diag(h, half - 1, half))
+                .collect(),
+        );
         out.duplicate
-            .push((0..cfg.n_heads).map(|h| diag(h, half, half)).collect());
+            .push((0..cfg.attn.n_heads).map(|h| diag(h, half, half)).collect());
     }
     Ok(out)
 }
@@ -79,7 +82,7 @@ pub struct LowRank {
 impl LowRank {
     /// `W_OV = W_V W_O` of head `i` of layer `l` (x @ W orientation).
     pub fn ov(model: &Model, l: usize, i: usize) -> Result<LowRank> {
-        let (e, kv) = (model.cfg.d_head, i / model.cfg.kv_group());
+        let (e, kv) = (model.cfg.attn.d_head, i / model.cfg.kv_group());
         let a = &model.weights.blocks[l].attn;
         Ok(LowRank {
             u: a.w_v.detach().narrow(1, kv * e, e)?,
@@ -89,7 +92,7 @@ impl LowRank {
 
     /// `W_QK = W_Q W_Kᵀ` of head `i` of layer `l`.
     pub fn qk(model: &Model, l: usize, i: usize) -> Result<LowRank> {
-        let (e, kv) = (model.cfg.d_head, i / model.cfg.kv_group());
+        let (e, kv) = (model.cfg.attn.d_head, i / model.cfg.kv_group());
         let a = &model.weights.blocks[l].attn;
         Ok(LowRank {
             u: a.w_q.detach().narrow(1, i * e, e)?,
@@ -136,7 +139,7 @@ pub fn composition(
     l1: usize,
     l2: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    let h = model.cfg.n_heads;
+    let h = model.cfg.attn.n_heads;
     let second: Vec<LowRank> = (0..h)
         .map(|j| match kind {
             Composition::Q | Composition::K => LowRank::qk(model, l2, j),
@@ -167,7 +170,7 @@ pub fn induction_strength(
     model.forward(&input, &mut hooks)?;
     let pat = hooks.cache().get(HookPoint::Pattern(l)).expect("captured");
     let q = pat.narrow(2, 4, 1)?.squeeze(2)?.to_vec3::<f32>()?; // [B, H, S]
-    let h = model.cfg.n_heads;
+    let h = model.cfg.attn.n_heads;
     let mut out = vec![0f32; h];
     for (row, toks) in q.iter().zip(tokens) {
         let (correct, wrong) = if toks[4] == toks[0] { (1, 3) } else { (3, 1) };

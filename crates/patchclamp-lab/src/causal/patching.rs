@@ -322,8 +322,8 @@ pub fn sweep(
     };
 
     let n_cols = match cfg.site {
-        Site::K | Site::V => model.cfg.n_kv_heads,
-        s if s.per_head() => model.cfg.n_heads,
+        Site::K | Site::V => model.cfg.attn.n_kv_heads,
+        s if s.per_head() => model.cfg.attn.n_heads,
         _ => seq,
     };
     let total = n_layers * n_cols;

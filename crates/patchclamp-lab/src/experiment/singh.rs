@@ -44,7 +44,7 @@ pub fn ablations(model: &Model, task: &TaskSpec) -> Result<Vec<Ablation>> {
     };
     let mut out = vec![row("none", acc(&mut Hooks::none())?)];
     let last = model.cfg.n_layers - 1;
-    for h in 0..model.cfg.n_heads {
+    for h in 0..model.cfg.attn.n_heads {
         let mut hooks = Hooks::none().intervene(iv(&format!(
             "at = 'blocks.{last}.attn.hook_z'\nselect = {{ heads = [{h}] }}\nop = {{ kind = 'zero' }}"
         ))?);

@@ -2,8 +2,8 @@
 
 use std::ops::Range;
 
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, D};
-use patchclamp_core::model::kernels::f32_slice;
+use candle_core::{Device, Tensor, D};
+use patchclamp_core::model::kernels::cross_entropy::cross_entropy;
 
 use crate::error::Result;
 use crate::tasks::Batch;
@@ -55,13 +55,7 @@ pub fn token_nll(
     };
     let nll = if picked.device().is_cpu() {
         // One fused op each way instead of a log-softmax chain over every logit.
-        let op = CrossEntropy { targets };
-        let picked = picked.contiguous()?;
-        if picked.track_op() {
-            picked.apply_op1(op)?
-        } else {
-            picked.apply_op1_no_bwd(&op)?
-        }
+        cross_entropy(&picked, targets)?
     } else {
         let logp = log_softmax(&picked)?;
         let tgt = Tensor::from_vec(targets, (n, 1), dev)?;
@@ -72,58 +66,6 @@ pub fn token_nll(
         weights: Tensor::from_vec(weights, n, dev)?,
         at: where_,
     })
-}
-
-/// `−log softmax(logits)[target]` per row of `[n, C]` logits, with its backward
-/// `(softmax − onehot) · grad`.
-struct CrossEntropy {
-    targets: Vec<u32>,
-}
-
-/// Row `(max, log Σ exp(x − max))`.
-fn log_sum_exp(row: &[f32]) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
-    (max, sum.ln())
-}
-
-impl CustomOp1 for CrossEntropy {
-    fn name(&self) -> &'static str {
-        "patchclamp-cross-entropy"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let data = f32_slice(storage, layout, "cross entropy")?;
-        let c = layout.shape().dims()[1];
-        let out = data
-            .chunks(c)
-            .zip(&self.targets)
-            .map(|(row, &t)| {
-                let (max, lse) = log_sum_exp(row);
-                max + lse - row[t as usize]
-            })
-            .collect::<Vec<f32>>();
-        Ok((CpuStorage::F32(out), Shape::from(self.targets.len())))
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (n, c) = x.dims2()?;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad.to_vec1::<f32>()?;
-        let mut out = vec![0f32; n * c];
-        for (i, (row, o)) in xs.chunks(c).zip(out.chunks_mut(c)).enumerate() {
-            let (max, lse) = log_sum_exp(row);
-            for (oj, &xj) in o.iter_mut().zip(row) {
-                *oj = (xj - max - lse).exp() * g[i];
-            }
-            o[self.targets[i] as usize] -= g[i];
-        }
-        Ok(Some(Tensor::from_vec(out, (n, c), x.device())?))
-    }
 }
 
 /// The weighted mean loss of a batch (a scalar that backpropagates).

@@ -113,7 +113,8 @@ impl Stored {
         if get("format")? != FORMAT {
             return Err(foreign(format!("format '{}'", get("format")?)));
         }
-        let cfg = serde_json::from_str(get("config")?).map_err(|e| bad(e.to_string()))?;
+        let cfg = patchclamp_core::Config::from_stored_json(get("config")?)
+            .map_err(|e| bad(e.to_string()))?;
         Ok(Stored {
             path: path.to_path_buf(),
             bytes,

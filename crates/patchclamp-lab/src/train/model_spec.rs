@@ -1,6 +1,8 @@
 //! The small models the lab trains, described in a few fields of an experiment file.
 
-use patchclamp_core::model::{Activation, Config, MlpKind, NormKind, Positions, Rope};
+use patchclamp_core::model::{
+    Activation, Attention, Config, Family, Mlp, Norm, NormKind, Positions, Rope,
+};
 use serde::{Deserialize, Serialize};
 
 /// A from-scratch model: attention-only unless `d_mlp > 0`.
@@ -70,37 +72,41 @@ impl ModelSpec {
             }
         };
         let cfg = Config {
-            family: "custom".into(),
+            family: Family::Custom,
             d_model: self.d_model,
             n_layers: self.n_layers,
-            n_heads: self.n_heads,
-            n_kv_heads: self.n_heads,
-            d_head,
-            d_mlp: self.d_mlp,
             d_vocab: vocab,
             n_ctx,
-            norm: if self.layer_norm {
-                NormKind::LayerNorm
-            } else {
-                NormKind::None
+            attn: Attention {
+                n_heads: self.n_heads,
+                n_kv_heads: self.n_heads,
+                d_head,
+                qkv_bias: false,
+                o_bias: false,
+                scale: (d_head as f64).sqrt(),
+                sliding_window: None,
             },
-            final_norm: self.layer_norm,
-            norm_eps: 1e-5,
-            positions,
-            qkv_bias: false,
-            o_bias: false,
-            attn_scale: (d_head as f64).sqrt(),
             mlp: if self.d_mlp == 0 {
-                MlpKind::None
+                Mlp::None
             } else {
-                MlpKind::Dense {
+                Mlp::Dense {
                     act: Activation::Relu,
                     bias: true,
+                    d_mlp: self.d_mlp,
                 }
             },
+            norm: Norm {
+                kind: if self.layer_norm {
+                    NormKind::LayerNorm
+                } else {
+                    NormKind::None
+                },
+                eps: 1e-5,
+                final_norm: self.layer_norm,
+            },
+            positions,
             tied_embeddings: false,
             unembed_bias: false,
-            sliding_window: None,
             default_prepend_bos: false,
             bos_token_id: None,
             eos_token_id: None,

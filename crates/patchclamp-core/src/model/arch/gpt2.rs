@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::arch::Fields;
-use crate::model::config::{Config, MlpKind, NormKind, Positions};
+use crate::model::config::{Attention, Config, Family, Mlp, Norm, NormKind, Positions};
 use crate::model::weights::{
     AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights,
 };
@@ -24,36 +24,40 @@ pub(super) fn config(f: &Fields) -> Result<Config> {
     }
     let d_head = d_model / n_heads;
     Ok(Config {
-        family: "gpt2".into(),
+        family: Family::Gpt2,
         d_model,
         n_layers: f.usize("n_layer")?,
-        n_heads,
-        n_kv_heads: n_heads,
-        d_head,
-        d_mlp: f.opt_usize("n_inner")?.unwrap_or(4 * d_model),
         d_vocab: f.usize("vocab_size")?,
         n_ctx: match f.opt_usize("n_positions")? {
             Some(n) => n,
             None => f.usize("n_ctx")?,
         },
-        norm: NormKind::LayerNorm,
-        final_norm: true,
-        norm_eps: f.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
-        positions: Positions::Learned,
-        qkv_bias: true,
-        o_bias: true,
-        attn_scale: if f.bool_or("scale_attn_weights", true)? {
-            (d_head as f64).sqrt()
-        } else {
-            1.0
+        attn: Attention {
+            n_heads,
+            n_kv_heads: n_heads,
+            d_head,
+            qkv_bias: true,
+            o_bias: true,
+            scale: if f.bool_or("scale_attn_weights", true)? {
+                (d_head as f64).sqrt()
+            } else {
+                1.0
+            },
+            sliding_window: None,
         },
-        mlp: MlpKind::Dense {
+        mlp: Mlp::Dense {
             act: f.activation("activation_function", "gelu_new")?,
             bias: true,
+            d_mlp: f.opt_usize("n_inner")?.unwrap_or(4 * d_model),
         },
+        norm: Norm {
+            kind: NormKind::LayerNorm,
+            eps: f.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
+            final_norm: true,
+        },
+        positions: Positions::Learned,
         tied_embeddings: true,
         unembed_bias: false,
-        sliding_window: None,
         default_prepend_bos: true,
         bos_token_id: f.token_id("bos_token_id"),
         eos_token_id: f.token_id("eos_token_id"),
@@ -69,7 +73,7 @@ pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
     } else {
         ""
     };
-    let (d, m) = (cfg.d_model, cfg.d_mlp);
+    let (d, m) = (cfg.d_model, cfg.d_mlp());
     let ln = |name: &str| -> Result<NormWeights> {
         Ok(NormWeights {
             w: Some(ckpt.get(&format!("{pre}{name}.weight"), &[d])?),

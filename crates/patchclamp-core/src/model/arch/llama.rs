@@ -5,13 +5,15 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::arch::{linear_t, Fields};
-use crate::model::config::{Config, MlpKind, NormKind, Positions, Rope, RopeScaling};
+use crate::model::config::{
+    Attention, Config, Family, Mlp, Norm, NormKind, Positions, Rope, RopeScaling,
+};
 use crate::model::weights::{
     AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights,
 };
 
 /// The canonical config of a Llama-shaped `config.json`.
-pub(super) fn config(f: &Fields, family: &str) -> Result<Config> {
+pub(super) fn config(f: &Fields, family: Family) -> Result<Config> {
     let d_model = f.usize("hidden_size")?;
     let n_heads = f.usize("num_attention_heads")?;
     if n_heads == 0 {
@@ -28,29 +30,33 @@ pub(super) fn config(f: &Fields, family: &str) -> Result<Config> {
     let bias = f.bool_or("attention_bias", false)?;
     let mlp_bias = f.bool_or("mlp_bias", false)?;
     Ok(Config {
-        family: family.into(),
+        family,
         d_model,
         n_layers: f.usize("num_hidden_layers")?,
-        n_heads,
-        n_kv_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
-        d_head,
-        d_mlp: f.usize("intermediate_size")?,
         d_vocab: f.usize("vocab_size")?,
         n_ctx: f.usize("max_position_embeddings")?,
-        norm: NormKind::RmsNorm,
-        final_norm: true,
-        norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-        positions: Positions::Rotary(rope(f, ((d_head as f64) * partial) as usize)?),
-        qkv_bias: bias,
-        o_bias: bias,
-        attn_scale: (d_head as f64).sqrt(),
-        mlp: MlpKind::Gated {
+        attn: Attention {
+            n_heads,
+            n_kv_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
+            d_head,
+            qkv_bias: bias,
+            o_bias: bias,
+            scale: (d_head as f64).sqrt(),
+            sliding_window: None,
+        },
+        mlp: Mlp::Gated {
             act: f.activation("hidden_act", "silu")?,
             bias: mlp_bias,
+            d_mlp: f.usize("intermediate_size")?,
         },
+        norm: Norm {
+            kind: NormKind::RmsNorm,
+            eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            final_norm: true,
+        },
+        positions: Positions::Rotary(rope(f, ((d_head as f64) * partial) as usize)?),
         tied_embeddings: f.bool_or("tie_word_embeddings", false)?,
         unembed_bias: false,
-        sliding_window: None,
         default_prepend_bos: true,
         bos_token_id: f.token_id("bos_token_id"),
         eos_token_id: f.token_id("eos_token_id"),
@@ -111,15 +117,18 @@ fn rope(f: &Fields, rotary_dim: usize) -> Result<Rope> {
 
 /// Weights under HF Llama names (`model.layers.L.self_attn.q_proj.weight`, …).
 pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
-    let (d, m) = (cfg.d_model, cfg.d_mlp);
-    let (qd, kvd) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
+    let (d, m) = (cfg.d_model, cfg.d_mlp());
+    let (qd, kvd) = (
+        cfg.attn.n_heads * cfg.attn.d_head,
+        cfg.attn.n_kv_heads * cfg.attn.d_head,
+    );
     let rms = |name: &str| -> Result<NormWeights> {
         Ok(NormWeights {
             w: Some(ckpt.get(name, &[d])?),
             b: None,
         })
     };
-    let mlp_bias = matches!(cfg.mlp, MlpKind::Gated { bias: true, .. });
+    let mlp_bias = matches!(cfg.mlp, Mlp::Gated { bias: true, .. });
     let opt = |name: String, n: usize, on: bool| -> Result<Option<candle_core::Tensor>> {
         if on {
             ckpt.get(&name, &[n]).map(Some)
@@ -133,13 +142,13 @@ pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
         let a = format!("{p}.self_attn");
         let attn = AttnWeights {
             w_q: linear_t(ckpt, &format!("{a}.q_proj.weight"), qd, d)?,
-            b_q: opt(format!("{a}.q_proj.bias"), qd, cfg.qkv_bias)?,
+            b_q: opt(format!("{a}.q_proj.bias"), qd, cfg.attn.qkv_bias)?,
             w_k: linear_t(ckpt, &format!("{a}.k_proj.weight"), kvd, d)?,
-            b_k: opt(format!("{a}.k_proj.bias"), kvd, cfg.qkv_bias)?,
+            b_k: opt(format!("{a}.k_proj.bias"), kvd, cfg.attn.qkv_bias)?,
             w_v: linear_t(ckpt, &format!("{a}.v_proj.weight"), kvd, d)?,
-            b_v: opt(format!("{a}.v_proj.bias"), kvd, cfg.qkv_bias)?,
+            b_v: opt(format!("{a}.v_proj.bias"), kvd, cfg.attn.qkv_bias)?,
             w_o: linear_t(ckpt, &format!("{a}.o_proj.weight"), d, qd)?,
-            b_o: opt(format!("{a}.o_proj.bias"), d, cfg.o_bias)?,
+            b_o: opt(format!("{a}.o_proj.bias"), d, cfg.attn.o_bias)?,
         };
         let mlp = MlpWeights {
             w_gate: Some(linear_t(ckpt, &format!("{p}.mlp.gate_proj.weight"), m, d)?),

@@ -2,10 +2,10 @@
 
 use crate::error::Result;
 use crate::model::arch::{llama, Fields};
-use crate::model::config::Config;
+use crate::model::config::{Config, Family};
 
 pub(super) fn config(f: &Fields) -> Result<Config> {
-    let mut cfg = llama::config(f, "mistral")?;
-    cfg.sliding_window = f.opt_usize("sliding_window")?;
+    let mut cfg = llama::config(f, Family::Mistral)?;
+    cfg.attn.sliding_window = f.opt_usize("sliding_window")?;
     Ok(cfg)
 }

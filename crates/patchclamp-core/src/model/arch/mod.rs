@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::config::{Activation, Config};
+use crate::model::config::{Activation, Config, Family};
 use crate::model::weights::{Checkpoint, Weights};
 
 /// The families patchclamp can load, by their `model_type`.
@@ -22,7 +22,7 @@ pub fn config_from_hf(json: &Value, path: &Path) -> Result<Config> {
     let family = family_of(json, path)?;
     let cfg = match family.as_str() {
         "gpt2" => gpt2::config(&f)?,
-        "llama" => llama::config(&f, "llama")?,
+        "llama" => llama::config(&f, Family::Llama)?,
         "mistral" => mistral::config(&f)?,
         "qwen2" => qwen2::config(&f)?,
         _ => unreachable!("family_of only returns known families"),
@@ -36,11 +36,11 @@ pub fn config_from_hf(json: &Value, path: &Path) -> Result<Config> {
 
 /// Reads the weights of a `cfg.family` model from `ckpt`.
 pub fn weights_from_hf(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
-    match cfg.family.as_str() {
-        "gpt2" => gpt2::weights(cfg, ckpt),
-        "llama" | "mistral" | "qwen2" => llama::weights(cfg, ckpt),
+    match cfg.family {
+        Family::Gpt2 => gpt2::weights(cfg, ckpt),
+        Family::Llama | Family::Mistral | Family::Qwen2 => llama::weights(cfg, ckpt),
         other => Err(Error::UnknownFamily {
-            found: other.into(),
+            found: other.to_string(),
             path: "config".into(),
             supported: FAMILIES.join(", "),
         }),

@@ -2,12 +2,12 @@
 
 use crate::error::{Error, Result};
 use crate::model::arch::{llama, Fields};
-use crate::model::config::Config;
+use crate::model::config::{Config, Family};
 
 pub(super) fn config(f: &Fields) -> Result<Config> {
-    let mut cfg = llama::config(f, "qwen2")?;
-    cfg.qkv_bias = true;
-    cfg.o_bias = false;
+    let mut cfg = llama::config(f, Family::Qwen2)?;
+    cfg.attn.qkv_bias = true;
+    cfg.attn.o_bias = false;
     // TransformerLens does not prepend BOS for Qwen models.
     cfg.default_prepend_bos = false;
     if f.bool_or("use_sliding_window", false)? {

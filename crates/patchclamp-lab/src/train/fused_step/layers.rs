@@ -6,8 +6,8 @@ use std::ops::Range;
 
 use patchclamp_core::model::kernels::{exp_approx, lane_max, lane_sum};
 
-use super::tiles::{dot16, mm, small_mm, transpose};
 use super::{resize, Dims, LayerActs, Step, Work, BLOCK};
+use patchclamp_core::model::kernels::tiles::{dot16, mm, small_mm, transpose};
 
 /// Causal blocks of `s` query rows: `(first row, end row)`; a block's queries see keys
 /// `0..end`.

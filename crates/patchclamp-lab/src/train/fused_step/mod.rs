@@ -15,12 +15,11 @@
 
 use std::ops::Range;
 
-use patchclamp_core::model::{MlpKind, NormKind, Positions};
+use patchclamp_core::model::{Mlp, NormKind, Positions};
 use patchclamp_core::Config;
 use rayon::prelude::*;
 
 mod layers;
-mod tiles;
 
 use layers::chunk_pass_generic;
 
@@ -215,16 +214,16 @@ impl FusedStep {
     /// The step for a model with `cfg` whose parameters are `(name, element count)` in the
     /// trainer's order, or `None` when the model is outside the fused family.
     pub(crate) fn new(cfg: &Config, params: &[(&str, usize)]) -> Option<FusedStep> {
-        let family = cfg.norm == NormKind::LayerNorm
-            && cfg.final_norm
+        let family = cfg.norm.kind == NormKind::LayerNorm
+            && cfg.norm.final_norm
             && matches!(cfg.positions, Positions::Learned)
-            && matches!(cfg.mlp, MlpKind::None)
-            && cfg.n_kv_heads == cfg.n_heads
-            && !cfg.qkv_bias
-            && !cfg.o_bias
+            && matches!(cfg.mlp, Mlp::None)
+            && cfg.attn.n_kv_heads == cfg.attn.n_heads
+            && !cfg.attn.qkv_bias
+            && !cfg.attn.o_bias
             && !cfg.tied_embeddings
             && !cfg.unembed_bias
-            && cfg.sliding_window.is_none()
+            && cfg.attn.sliding_window.is_none()
             && cfg.n_layers > 0;
         if !family {
             return None;
@@ -252,12 +251,12 @@ impl FusedStep {
             dims: Dims {
                 layers: cfg.n_layers,
                 d: cfg.d_model,
-                heads: cfg.n_heads,
-                d_head: cfg.d_head,
+                heads: cfg.attn.n_heads,
+                d_head: cfg.attn.d_head,
                 vocab: cfg.d_vocab,
                 n_ctx: cfg.n_ctx,
-                eps: cfg.norm_eps as f32,
-                scale: (1.0 / cfg.attn_scale) as f32,
+                eps: cfg.norm.eps as f32,
+                scale: (1.0 / cfg.attn.scale) as f32,
             },
             w_e: find("embed.W_E")?,
             w_pos: find("pos_embed.W_pos")?,

@@ -6,7 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use super::kernels::f32_slice;
+use super::f32_slice;
 
 struct Linear;
 

@@ -1,4 +1,4 @@
-//! The fused step's micro-kernels: strided matrix products (the library's, and register-tiled
+//! The fused training step's micro-kernels: strided matrix products (the library's, and register-tiled
 //! loops for attention's small per-head products), register transposes and short dot products.
 //! The AVX-512 tiles and their portable four-row twins do the same multiply-adds in the same
 //! order, so every CPU gets the same bits (tested below).
@@ -7,7 +7,7 @@
 /// a[i·a_st.0 + p·a_st.1]` and `B(p, j) = b[p·b_st.0 + j·b_st.1]`: strides make transposes free.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub(super) fn mm(
+pub fn mm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -51,7 +51,7 @@ pub(super) fn mm(
 
 /// Asserts that an `m×n` output with row stride `dst_rs` (rows not overlapping) and the operands
 /// read through their strides lie inside their slices: what makes the raw products safe.
-pub(super) fn check_bounds(
+fn check_bounds(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (&[f32], usize),
     (a, a_st): (&[f32], (usize, usize)),
@@ -79,7 +79,7 @@ pub(super) fn check_bounds(
 /// products are 16×64×32-sized: the library's set-up per call costs more than their arithmetic.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) fn small_mm(
+pub fn small_mm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -108,7 +108,7 @@ pub(super) fn small_mm(
 /// Walks an `m×n` output in tiles of `R` rows by two sixteen-lane vectors of columns (then
 /// one), calling `tile(two_vectors, lhs, rhs, dst)` at each tile's first row and column.
 #[inline(always)]
-pub(super) unsafe fn for_each_tile<const R: usize>(
+unsafe fn for_each_tile<const R: usize>(
     (m, n): (usize, usize),
     (dst, drs): (*mut f32, usize),
     (a, ars): (*const f32, usize),
@@ -131,7 +131,7 @@ pub(super) unsafe fn for_each_tile<const R: usize>(
 /// The output of [`small_mm`] in four-row tiles.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn tiles(
+unsafe fn tiles(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     drs: usize,
@@ -157,7 +157,7 @@ pub(super) unsafe fn tiles(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tiles_avx512(
+unsafe fn tiles_avx512(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     drs: usize,
@@ -182,7 +182,7 @@ pub(super) unsafe fn tiles_avx512(
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub(super) unsafe fn tile_avx512<const NV: usize>(
+unsafe fn tile_avx512<const NV: usize>(
     k: usize,
     a: *const f32,
     (ars, acs): (usize, usize),
@@ -213,12 +213,12 @@ pub(super) unsafe fn tile_avx512<const NV: usize>(
 }
 
 /// Sixteen lanes of f32: one vector register.
-pub(super) const LANES: usize = 16;
+const LANES: usize = 16;
 
 /// Four output rows by `NV` sixteen-lane vectors, accumulated over the depth `k` in registers.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn tile<const NV: usize>(
+unsafe fn tile<const NV: usize>(
     k: usize,
     a: *const f32,
     (ars, acs): (usize, usize),
@@ -256,7 +256,7 @@ pub(super) unsafe fn tile<const NV: usize>(
 
 /// `dst[c·s + j] = x[j·rs + c]` for `j < s`, `c < w`: a head's keys or values as columns.
 #[inline(always)]
-pub(super) fn transpose(x: &[f32], rs: usize, s: usize, w: usize, dst: &mut [f32]) {
+pub fn transpose(x: &[f32], rs: usize, s: usize, w: usize, dst: &mut [f32]) {
     assert!(s == 0 || w == 0 || (x.len() >= (s - 1) * rs + w && dst.len() >= w * s));
     #[cfg(target_arch = "x86_64")]
     if s.is_multiple_of(LANES) && w.is_multiple_of(LANES) && is_x86_feature_detected!("avx512f") {
@@ -276,7 +276,7 @@ pub(super) fn transpose(x: &[f32], rs: usize, s: usize, w: usize, dst: &mut [f32
 /// cycle at best); `s` and `w` are multiples of 16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn transpose_avx512(x: *const f32, rs: usize, s: usize, w: usize, dst: *mut f32) {
+unsafe fn transpose_avx512(x: *const f32, rs: usize, s: usize, w: usize, dst: *mut f32) {
     use std::arch::x86_64::*;
     for j0 in (0..s).step_by(LANES) {
         for c0 in (0..w).step_by(LANES) {
@@ -329,7 +329,7 @@ pub(super) unsafe fn transpose_avx512(x: *const f32, rs: usize, s: usize, w: usi
 
 /// `Σ xᵢ·yᵢ` with sixteen lanes.
 #[inline(always)]
-pub(super) fn dot16(x: &[f32], y: &[f32]) -> f32 {
+pub fn dot16(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (cx, cy) = (x.chunks_exact(16), y.chunks_exact(16));
     let (rx, ry) = (cx.remainder(), cy.remainder());

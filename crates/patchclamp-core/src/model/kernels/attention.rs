@@ -9,7 +9,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{causal_rows, f32_slice};
+use super::f32_slice;
+use super::softmax::causal_rows;
 
 const OP: &str = "fused attention";
 
