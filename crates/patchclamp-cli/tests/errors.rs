@@ -18,15 +18,8 @@ fn foreign_file(out: &Path) {
 /// A folder holding a complete run of another command (`heads`).
 fn heads_run(out: &Path) {
     let status = bin()
-        .args([
-            "heads",
-            &fixture("gpt2"),
-            "--n",
-            "2",
-            "--block",
-            "4",
-            "--out",
-        ])
+        .args(["heads", &fixture("gpt2"), "--n", "2", "--block", "4"])
+        .arg("--out")
         .arg(out)
         .output()
         .unwrap()
@@ -34,169 +27,103 @@ fn heads_run(out: &Path) {
     assert!(status.success(), "the setup run failed");
 }
 
-/// One bad input: the command (`{gpt2}` is the fixture, `{out}` a fresh folder), what is
-/// expected in its one-line error, and how its output folder is prepared.
+/// One bad input: the command line (`{gpt2}` is the fixture, `{out}` a fresh folder, quotes
+/// group words), what is expected in its one-line error, and how its output folder is
+/// prepared.
 struct Row {
-    args: &'static [&'static str],
+    line: &'static str,
     expect: &'static str,
     setup: Option<Setup>,
 }
 
-const fn row(args: &'static [&'static str], expect: &'static str) -> Row {
+const fn row(line: &'static str, expect: &'static str) -> Row {
     Row {
-        args,
+        line,
         expect,
         setup: None,
     }
 }
 
-const LONG: &str = "the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat \
-    the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat \
-    the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat the cat";
+/// Splits a row's command line at spaces outside single quotes (`''` is an empty argument).
+fn split(line: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted, mut started) = (vec![], String::new(), false, false);
+    for c in line.chars() {
+        match c {
+            '\'' => (quoted, started) = (!quoted, true),
+            ' ' if !quoted => {
+                if started {
+                    out.push(std::mem::take(&mut cur));
+                    started = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        out.push(cur);
+    }
+    out
+}
+
+const PATCH: &str = "patch {gpt2} --clean a --corrupted b --answer . --out {out}";
 
 const ROWS: &[Row] = &[
     // --- inputs ---
-    row(&["run", "{gpt2}", "--prompt", ""], "the prompt is empty"),
-    row(&["run", "{gpt2}", "--prompt", LONG], "context is 64 tokens"),
+    row("run {gpt2} --prompt ''", "the prompt is empty"),
+    row("run {gpt2} --prompt '{long}'", "context is 64 tokens"),
     row(
-        &[
-            "dla",
-            "{gpt2}",
-            "--prompt",
-            "The cat",
-            "--answer",
-            "Mary and John",
-            "--out",
-            "{out}",
-        ],
+        "dla {gpt2} --prompt 'The cat' --answer 'Mary and John' --out {out}",
         "exactly one",
     ),
     row(
-        &[
-            "dla",
-            "{gpt2}",
-            "--prompt",
-            "The cat",
-            "--answer",
-            "id:999999",
-            "--out",
-            "{out}",
-        ],
+        "dla {gpt2} --prompt 'The cat' --answer id:999999 --out {out}",
         "outside the vocabulary",
     ),
-    row(&["extremes", "{gpt2}", "--out", "{out}"], "no prompts"),
+    row("extremes {gpt2} --out {out}", "no prompts"),
     // --- settings ---
     row(
-        &[
-            "run",
-            "{gpt2}",
-            "--prompt",
-            "x",
-            "--cache",
-            "blocks.0.hook_z",
-        ],
+        "run {gpt2} --prompt x --cache blocks.0.hook_z",
         "--cache needs --out",
     ),
     row(
-        &[
-            "run",
-            "{gpt2}",
-            "--prompt",
-            "x",
-            "--cache",
-            "blocks.7.hook_resid_pre",
-            "--out",
-            "{out}/a.st",
-        ],
+        "run {gpt2} --prompt x --cache blocks.7.hook_resid_pre --out {out}/a.st",
         "layer 7 is out of range",
     ),
+    row("heads {gpt2} --block 0 --out {out}", "block"),
     row(
-        &["heads", "{gpt2}", "--block", "0", "--out", "{out}"],
-        "block",
-    ),
-    row(
-        &[
-            "neurons", "{gpt2}", "--prompt", "The cat", "--batch", "0", "--out", "{out}",
-        ],
+        "neurons {gpt2} --prompt 'The cat' --batch 0 --out {out}",
         "batch of at least one",
     ),
     row(
-        &[
-            "patch",
-            "{gpt2}",
-            "--clean",
-            "a",
-            "--corrupted",
-            "b",
-            "--answer",
-            ".",
-            "--wrong",
-            ",",
-            "--point",
-            "nowhere",
-            "--out",
-            "{out}",
-        ],
+        "patch {gpt2} --clean a --corrupted b --answer . --wrong , --point nowhere --out {out}",
         "unknown --point 'nowhere'",
     ),
     row(
-        &[
-            "patch",
-            "{gpt2}",
-            "--clean",
-            "a",
-            "--corrupted",
-            "b",
-            "--answer",
-            ".",
-            "--metric",
-            "odds",
-            "--out",
-            "{out}",
-        ],
+        "patch {gpt2} --clean a --corrupted b --answer . --metric odds --out {out}",
         "unknown --metric 'odds'",
     ),
+    row(PATCH, "--metric logit-diff needs --wrong"),
     row(
-        &[
-            "trace",
-            "{gpt2}",
-            "--prompt",
-            "The cat sat",
-            "--subject",
-            "cat",
-            "--answer",
-            " t",
-            "--kind",
-            "heads",
-            "--out",
-            "{out}",
-        ],
+        "trace {gpt2} --prompt 'The cat sat' --subject cat --answer ' t' --kind heads --out {out}",
         "unknown --kind 'heads'",
     ),
-    row(&["lab", "nonsense"], "unknown experiment 'nonsense'"),
+    row("lab nonsense", "unknown experiment 'nonsense'"),
     // --- run folders ---
     Row {
-        args: &[
-            "heads", "{gpt2}", "--n", "2", "--block", "4", "--out", "{out}",
-        ],
+        line: "heads {gpt2} --n 2 --block 4 --out {out}",
         expect: "not a patchclamp run (notes.txt)",
         setup: Some(foreign_file),
     },
     Row {
-        args: &[
-            "dla", "{gpt2}", "--prompt", "The cat", "--answer", "id:17", "--out", "{out}",
-        ],
+        line: "dla {gpt2} --prompt 'The cat' --answer id:17 --out {out}",
         expect: "holds a complete `heads` run",
         setup: Some(heads_run),
     },
     row(
-        &[
-            "train",
-            "../../experiments/induction-prev-token.toml",
-            "--resume",
-            "--out",
-            "{out}",
-        ],
+        "train ../../experiments/induction-prev-token.toml --resume --out {out}",
         "holds no patchclamp run to resume",
     ),
 ];
@@ -209,18 +136,20 @@ fn bad_inputs_fail_with_one_line_and_exit_1() {
         if let Some(setup) = r.setup {
             setup(&out);
         }
-        let gpt2 = fixture("gpt2");
-        let out_s = out.to_string_lossy();
-        let args: Vec<String> = r
-            .args
+        let (gpt2, long) = (fixture("gpt2"), "the cat ".repeat(40));
+        let args: Vec<String> = split(r.line)
             .iter()
-            .map(|a| a.replace("{gpt2}", &gpt2).replace("{out}", &out_s))
+            .map(|a| {
+                a.replace("{gpt2}", &gpt2)
+                    .replace("{out}", &out.to_string_lossy())
+                    .replace("{long}", &long)
+            })
             .collect();
         let err = fails(bin().args(&args).output().unwrap());
         assert!(
             err.contains(r.expect),
             "row {i} {:?}: expected {:?} in {err}",
-            r.args,
+            r.line,
             r.expect
         );
         if r.setup.is_none() {
@@ -228,7 +157,7 @@ fn bad_inputs_fail_with_one_line_and_exit_1() {
             assert!(
                 !out.exists(),
                 "row {i} {:?} created {}",
-                r.args,
+                r.line,
                 out.display()
             );
         }
