@@ -7,6 +7,7 @@ mod init;
 pub mod kernels;
 mod kv;
 mod ops;
+mod param;
 mod process;
 pub mod rope;
 mod validate;
@@ -19,4 +20,5 @@ pub use config::{
 pub use forward::{Model, Span};
 pub use kv::KvCache;
 pub use ops::{activation, ensure_finite, linear, softmax_last_dim};
+pub use param::{AttnPart, BlockNorm, MlpPart, NormPart, Param};
 pub use weights::{AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights};

@@ -111,23 +111,9 @@ impl Model {
         Ok(())
     }
 
-    /// Checks each weight has the shape the config implies.
+    /// Checks each weight has the shape the config implies ([`crate::model::Param::shape`]).
     pub(super) fn check_shapes(&self) -> Result<()> {
-        let c = &self.cfg;
-        let w = &self.weights;
-        let (d, qd, kvd) = (
-            c.d_model,
-            c.attn.n_heads * c.attn.d_head,
-            c.attn.n_kv_heads * c.attn.d_head,
-        );
-        let mut expect: Vec<(String, &Tensor, Vec<usize>)> =
-            vec![("W_E".into(), &w.w_e, vec![c.d_vocab, d])];
-        if let Some(p) = &w.w_pos {
-            expect.push(("W_pos".into(), p, vec![c.n_ctx, d]));
-        }
-        if let Some(u) = &w.w_u {
-            expect.push(("W_U".into(), u, vec![d, c.d_vocab]));
-        }
+        let (c, w) = (&self.cfg, &self.weights);
         if w.blocks.len() != c.n_layers {
             return Err(Error::Input(format!(
                 "config has {} layers but weights have {}",
@@ -135,26 +121,12 @@ impl Model {
                 w.blocks.len()
             )));
         }
-        for (l, blk) in w.blocks.iter().enumerate() {
-            let a = &blk.attn;
-            expect.push((format!("blocks.{l}.attn.W_Q"), &a.w_q, vec![d, qd]));
-            expect.push((format!("blocks.{l}.attn.W_K"), &a.w_k, vec![d, kvd]));
-            expect.push((format!("blocks.{l}.attn.W_V"), &a.w_v, vec![d, kvd]));
-            expect.push((format!("blocks.{l}.attn.W_O"), &a.w_o, vec![qd, d]));
-            if let Some(m) = &blk.mlp {
-                expect.push((format!("blocks.{l}.mlp.W_in"), &m.w_in, vec![d, c.d_mlp()]));
-                expect.push((
-                    format!("blocks.{l}.mlp.W_out"),
-                    &m.w_out,
-                    vec![c.d_mlp(), d],
-                ));
-            }
-        }
-        for (name, t, shape) in expect {
-            if t.dims() != shape.as_slice() {
+        for (p, t) in w.params() {
+            let expected = p.shape(c);
+            if t.dims() != expected.as_slice() {
                 return Err(Error::WeightShape {
-                    name,
-                    expected: shape,
+                    name: p.to_string(),
+                    expected,
                     found: t.dims().to_vec(),
                 });
             }
@@ -164,23 +136,8 @@ impl Model {
 
     /// Fails with the first tensor that holds a NaN or infinity.
     pub fn check_finite(&self) -> Result<()> {
-        let w = &self.weights;
-        let mut named: Vec<(String, &Tensor)> = vec![("W_E".into(), &w.w_e)];
-        if let Some(u) = &w.w_u {
-            named.push(("W_U".into(), u));
-        }
-        for (l, b) in w.blocks.iter().enumerate() {
-            named.push((format!("blocks.{l}.attn.W_Q"), &b.attn.w_q));
-            named.push((format!("blocks.{l}.attn.W_K"), &b.attn.w_k));
-            named.push((format!("blocks.{l}.attn.W_V"), &b.attn.w_v));
-            named.push((format!("blocks.{l}.attn.W_O"), &b.attn.w_o));
-            if let Some(m) = &b.mlp {
-                named.push((format!("blocks.{l}.mlp.W_in"), &m.w_in));
-                named.push((format!("blocks.{l}.mlp.W_out"), &m.w_out));
-            }
-        }
-        for (name, t) in named {
-            ensure_finite(t, &name)?;
+        for (p, t) in self.weights.params() {
+            ensure_finite(&t, &p.to_string())?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{nearest_hint, Error, Result};
+use crate::model::param::{AttnPart, BlockNorm, MlpPart, NormPart, Param};
 
 /// A norm's optional gain and bias (absent once folded away).
 #[derive(Debug, Clone)]
@@ -85,47 +86,56 @@ impl Weights {
     /// TransformerLens state-dict names (`embed.W_E`, `blocks.0.attn.W_Q`, …; our `x @ W`
     /// orientation, heads flattened).
     pub fn map(&self, mut f: impl FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<Weights> {
-        let mut one = |name: String, t: &Tensor| f(&name, t);
-        let opt = |name: String,
-                   t: &Option<Tensor>,
-                   f: &mut dyn FnMut(String, &Tensor) -> Result<Tensor>| {
-            t.as_ref().map(|t| f(name, t)).transpose()
-        };
-        let w_e = one("embed.W_E".into(), &self.w_e)?;
-        let w_pos = opt("pos_embed.W_pos".into(), &self.w_pos, &mut one)?;
+        self.map_params(|p, t| f(&p.to_string(), t))
+    }
+
+    /// [`Weights::map`] with each tensor's typed handle instead of its name.
+    pub fn map_params(
+        &self,
+        mut f: impl FnMut(Param, &Tensor) -> Result<Tensor>,
+    ) -> Result<Weights> {
+        let mut one = |p: Param, t: &Tensor| f(p, t);
+        let opt =
+            |p: Param, t: &Option<Tensor>, f: &mut dyn FnMut(Param, &Tensor) -> Result<Tensor>| {
+                t.as_ref().map(|t| f(p, t)).transpose()
+            };
+        let w_e = one(Param::Embed, &self.w_e)?;
+        let w_pos = opt(Param::PosEmbed, &self.w_pos, &mut one)?;
         let mut blocks = Vec::with_capacity(self.blocks.len());
-        for (l, b) in self.blocks.iter().enumerate() {
-            let norm = |site: &str,
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let norm = |norm: BlockNorm,
                         n: &NormWeights,
-                        one: &mut dyn FnMut(String, &Tensor) -> Result<Tensor>|
+                        one: &mut dyn FnMut(Param, &Tensor) -> Result<Tensor>|
              -> Result<NormWeights> {
+                let at = |part| Param::Norm { layer, norm, part };
                 Ok(NormWeights {
-                    w: opt(format!("blocks.{l}.{site}.w"), &n.w, one)?,
-                    b: opt(format!("blocks.{l}.{site}.b"), &n.b, one)?,
+                    w: opt(at(NormPart::Gain), &n.w, one)?,
+                    b: opt(at(NormPart::Bias), &n.b, one)?,
                 })
             };
-            let ln1 = norm("ln1", &b.ln1, &mut one)?;
-            let a = &b.attn;
+            let ln1 = norm(BlockNorm::Ln1, &b.ln1, &mut one)?;
+            let (a, at) = (&b.attn, |part| Param::Attn { layer, part });
             let attn = AttnWeights {
-                w_q: one(format!("blocks.{l}.attn.W_Q"), &a.w_q)?,
-                b_q: opt(format!("blocks.{l}.attn.b_Q"), &a.b_q, &mut one)?,
-                w_k: one(format!("blocks.{l}.attn.W_K"), &a.w_k)?,
-                b_k: opt(format!("blocks.{l}.attn.b_K"), &a.b_k, &mut one)?,
-                w_v: one(format!("blocks.{l}.attn.W_V"), &a.w_v)?,
-                b_v: opt(format!("blocks.{l}.attn.b_V"), &a.b_v, &mut one)?,
-                w_o: one(format!("blocks.{l}.attn.W_O"), &a.w_o)?,
-                b_o: opt(format!("blocks.{l}.attn.b_O"), &a.b_o, &mut one)?,
+                w_q: one(at(AttnPart::WQ), &a.w_q)?,
+                b_q: opt(at(AttnPart::BQ), &a.b_q, &mut one)?,
+                w_k: one(at(AttnPart::WK), &a.w_k)?,
+                b_k: opt(at(AttnPart::BK), &a.b_k, &mut one)?,
+                w_v: one(at(AttnPart::WV), &a.w_v)?,
+                b_v: opt(at(AttnPart::BV), &a.b_v, &mut one)?,
+                w_o: one(at(AttnPart::WO), &a.w_o)?,
+                b_o: opt(at(AttnPart::BO), &a.b_o, &mut one)?,
             };
-            let ln2 = norm("ln2", &b.ln2, &mut one)?;
+            let ln2 = norm(BlockNorm::Ln2, &b.ln2, &mut one)?;
+            let at = |part| Param::Mlp { layer, part };
             let mlp = match &b.mlp {
                 None => None,
                 Some(m) => Some(MlpWeights {
-                    w_gate: opt(format!("blocks.{l}.mlp.W_gate"), &m.w_gate, &mut one)?,
-                    b_gate: opt(format!("blocks.{l}.mlp.b_gate"), &m.b_gate, &mut one)?,
-                    w_in: one(format!("blocks.{l}.mlp.W_in"), &m.w_in)?,
-                    b_in: opt(format!("blocks.{l}.mlp.b_in"), &m.b_in, &mut one)?,
-                    w_out: one(format!("blocks.{l}.mlp.W_out"), &m.w_out)?,
-                    b_out: opt(format!("blocks.{l}.mlp.b_out"), &m.b_out, &mut one)?,
+                    w_gate: opt(at(MlpPart::WGate), &m.w_gate, &mut one)?,
+                    b_gate: opt(at(MlpPart::BGate), &m.b_gate, &mut one)?,
+                    w_in: one(at(MlpPart::WIn), &m.w_in)?,
+                    b_in: opt(at(MlpPart::BIn), &m.b_in, &mut one)?,
+                    w_out: one(at(MlpPart::WOut), &m.w_out)?,
+                    b_out: opt(at(MlpPart::BOut), &m.b_out, &mut one)?,
                 }),
             };
             blocks.push(BlockWeights {
@@ -136,11 +146,11 @@ impl Weights {
             });
         }
         let ln_final = NormWeights {
-            w: opt("ln_final.w".into(), &self.ln_final.w, &mut one)?,
-            b: opt("ln_final.b".into(), &self.ln_final.b, &mut one)?,
+            w: opt(Param::FinalNorm(NormPart::Gain), &self.ln_final.w, &mut one)?,
+            b: opt(Param::FinalNorm(NormPart::Bias), &self.ln_final.b, &mut one)?,
         };
-        let w_u = opt("unembed.W_U".into(), &self.w_u, &mut one)?;
-        let b_u = opt("unembed.b_U".into(), &self.b_u, &mut one)?;
+        let w_u = opt(Param::Unembed, &self.w_u, &mut one)?;
+        let b_u = opt(Param::UnembedBias, &self.b_u, &mut one)?;
         Ok(Weights {
             w_e,
             w_pos,
@@ -149,6 +159,16 @@ impl Weights {
             w_u,
             b_u,
         })
+    }
+
+    /// Every tensor with its handle, in [`Weights::map`]'s order.
+    pub fn params(&self) -> Vec<(Param, Tensor)> {
+        let mut out = Vec::new();
+        let _ = self.map_params(|p, t| {
+            out.push((p, t.clone()));
+            Ok(t.clone())
+        });
+        out
     }
 
     /// Every tensor under its name, in [`Weights::map`]'s order.

@@ -110,7 +110,8 @@ impl Experiment {
         let mut tr = Trainer::new(cfg.clone(), self.model.init_seed, self.train.clone())?;
         if let TaskSpec::Icl(icl) = &self.task {
             // Fixed Gaussian exemplar vectors stand in for image features: not trained.
-            tr.freeze_rows("embed.W_E", 0..icl.classes, &icl.exemplars(cfg.d_model))?;
+            let embed = patchclamp_core::model::Param::Embed.to_string();
+            tr.freeze_rows(&embed, 0..icl.classes, &icl.exemplars(cfg.d_model))?;
         }
         for s in &self.sources {
             let model = load_model(&s.checkpoint)?;

@@ -142,11 +142,12 @@ impl Trainer {
     /// A trainer starting from given weights.
     pub fn from_weights(cfg: Config, weights: Weights, spec: TrainSpec) -> Result<Self> {
         spec.validate()?;
-        let mut params = vec![];
-        let weights = weights.map(|name, t| {
+        let (mut params, mut handles) = (vec![], vec![]);
+        let weights = weights.map_params(|p, t| {
             let v = Var::from_tensor(&t.contiguous()?)?;
             let t = v.as_tensor().clone();
-            params.push((name.to_string(), v));
+            handles.push((p, v.elem_count()));
+            params.push((p.to_string(), v));
             Ok(t)
         })?;
         let state = params
@@ -154,11 +155,7 @@ impl Trainer {
             .map(|(_, v)| spec.optim.init(v.elem_count()))
             .collect();
         let rng = Rng::new(spec.seed);
-        let shapes: Vec<(&str, usize)> = params
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.elem_count()))
-            .collect();
-        let fused = fused_step::FusedStep::new(&cfg, &shapes);
+        let fused = fused_step::FusedStep::new(&cfg, &handles);
         Ok(Trainer {
             model: Model::new(cfg, weights)?,
             params,

@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use patchclamp_core::model::{Mlp, NormKind, Positions};
+use patchclamp_core::model::{AttnPart, BlockNorm, Mlp, NormKind, NormPart, Param, Positions};
 use patchclamp_core::Config;
 use rayon::prelude::*;
 
@@ -211,9 +211,9 @@ impl Work {
 }
 
 impl FusedStep {
-    /// The step for a model with `cfg` whose parameters are `(name, element count)` in the
+    /// The step for a model with `cfg` whose parameters are `(handle, element count)` in the
     /// trainer's order, or `None` when the model is outside the fused family.
-    pub(crate) fn new(cfg: &Config, params: &[(&str, usize)]) -> Option<FusedStep> {
+    pub(crate) fn new(cfg: &Config, params: &[(Param, usize)]) -> Option<FusedStep> {
         let family = cfg.norm.kind == NormKind::LayerNorm
             && cfg.norm.final_norm
             && matches!(cfg.positions, Positions::Learned)
@@ -228,22 +228,39 @@ impl FusedStep {
         if !family {
             return None;
         }
-        let find = |n: &str| params.iter().position(|(x, _)| *x == n);
+        let find = |p: Param| params.iter().position(|(x, _)| *x == p);
         let blocks = (0..cfg.n_layers)
-            .map(|l| {
+            .map(|layer| {
+                let ln1 = |part| Param::Norm {
+                    layer,
+                    norm: BlockNorm::Ln1,
+                    part,
+                };
+                let attn = |part| Param::Attn { layer, part };
                 Some(BlockIdx {
-                    ln_w: find(&format!("blocks.{l}.ln1.w"))?,
-                    ln_b: find(&format!("blocks.{l}.ln1.b"))?,
-                    w_q: find(&format!("blocks.{l}.attn.W_Q"))?,
-                    w_k: find(&format!("blocks.{l}.attn.W_K"))?,
-                    w_v: find(&format!("blocks.{l}.attn.W_V"))?,
-                    w_o: find(&format!("blocks.{l}.attn.W_O"))?,
+                    ln_w: find(ln1(NormPart::Gain))?,
+                    ln_b: find(ln1(NormPart::Bias))?,
+                    w_q: find(attn(AttnPart::WQ))?,
+                    w_k: find(attn(AttnPart::WK))?,
+                    w_v: find(attn(AttnPart::WV))?,
+                    w_o: find(attn(AttnPart::WO))?,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
         // The only other tensors allowed are the second norms of attention-only blocks, which
         // nothing reads (their gradient is zero); anything else means a different model.
-        let unused = params.iter().filter(|(n, _)| n.contains(".ln2.")).count();
+        let unused = params
+            .iter()
+            .filter(|(p, _)| {
+                matches!(
+                    p,
+                    Param::Norm {
+                        norm: BlockNorm::Ln2,
+                        ..
+                    }
+                )
+            })
+            .count();
         if params.len() != 6 * cfg.n_layers + 5 + unused {
             return None;
         }
@@ -258,12 +275,12 @@ impl FusedStep {
                 eps: cfg.norm.eps as f32,
                 scale: (1.0 / cfg.attn.scale) as f32,
             },
-            w_e: find("embed.W_E")?,
-            w_pos: find("pos_embed.W_pos")?,
+            w_e: find(Param::Embed)?,
+            w_pos: find(Param::PosEmbed)?,
             blocks,
-            lnf_w: find("ln_final.w")?,
-            lnf_b: find("ln_final.b")?,
-            w_u: find("unembed.W_U")?,
+            lnf_w: find(Param::FinalNorm(NormPart::Gain))?,
+            lnf_b: find(Param::FinalNorm(NormPart::Bias))?,
+            w_u: find(Param::Unembed)?,
             sizes: params.iter().map(|(_, n)| *n).collect(),
             work: vec![],
             w_qkv: vec![],
