@@ -15,7 +15,7 @@ use crate::model::config::{Config, Mlp, NormKind, Positions};
 use crate::model::kv::KvCache;
 use crate::model::ops::{activation, bmm, first_rows, linear, matmul, repeat_kv, softmax_last_dim};
 use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
-use crate::model::{kernels, ops, rope};
+use crate::model::{ops, rope};
 
 /// A transformer: its canonical config and weights.
 #[derive(Debug, Clone)]
@@ -297,11 +297,11 @@ impl Model {
                     Some(b) => b.clone(),
                     None => g.zeros_like()?,
                 };
-                if let Some(y) = kernels::norm(x, g, &b, center, self.cfg.norm.eps)? {
+                if let Some(y) = ops::norm(x, g, &b, center, self.cfg.norm.eps)? {
                     return Ok(y);
                 }
             } else if !hooks.edits(scale_point) {
-                if let Some((x, scale)) = kernels::norm_parts(x, center, self.cfg.norm.eps)? {
+                if let Some((x, scale)) = ops::norm_parts(x, center, self.cfg.norm.eps)? {
                     hooks.at(scale_point, scale)?;
                     let x = hooks.at(normalized_point, x)?.broadcast_mul(g)?;
                     return Ok(match &w.b {

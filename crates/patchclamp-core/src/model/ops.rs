@@ -28,6 +28,25 @@ pub(crate) fn attention(
     Ok(None)
 }
 
+/// `(x − μ)/σ · g + b` over the last dimension (`μ = 0` without `center`) as one fused op with
+/// its backward, for training and inference alike: composed, a norm is a dozen broadcast ops
+/// each way. `None` where the kernel does not apply (another device): compose it.
+pub(crate) fn norm(
+    x: &Tensor,
+    g: &Tensor,
+    b: &Tensor,
+    center: bool,
+    eps: f64,
+) -> Result<Option<Tensor>> {
+    Ok(kernels::norm(x, g, b, center, eps)?)
+}
+
+/// The norm's `(normalized, scale)` computed with [`norm`]'s arithmetic, for a forward whose
+/// hooks record them: so recording the inside of a norm changes no number. `None`: compose.
+pub(crate) fn norm_parts(x: &Tensor, center: bool, eps: f64) -> Result<Option<(Tensor, Tensor)>> {
+    Ok(kernels::norm_parts(x, center, eps)?)
+}
+
 /// The causal softmax of `scores` `[B, H, S, S]` in one pass, when the mask is plain causal and
 /// no hook shows the masked scores: it equals `softmax(scores + mask)` bit for bit, so the mask
 /// tensor is only built for padding, windows, or to show it. `None`: mask and softmax.

@@ -71,10 +71,10 @@ pub fn write_critical_periods(run: &mut RunDir, c: &CriticalPeriods) -> Result<V
 
 /// Writes `ablations.json`; returns the lines to print.
 pub fn write_ablations(run: &mut RunDir, rows: &[Ablation]) -> Result<Vec<String>> {
-    let mut lines = vec![
-        "ablations of the trained baseline (accuracy on 1024 training-split sequences):"
-            .to_string(),
-    ];
+    let mut lines = vec![format!(
+        "ablations of the trained baseline (accuracy on {} training-split sequences):",
+        patchclamp_lab::experiment::singh::SEQUENCES
+    )];
     for r in rows {
         lines.push(format!("  {:<58} {:.4}", r.ablation, r.accuracy));
     }
