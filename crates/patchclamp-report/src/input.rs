@@ -54,7 +54,8 @@ struct JsonPrompt {
 }
 
 impl Subject {
-    /// Loads the model named on the command line.
+    /// Loads a model by name: a Hugging Face folder, a cached repo id (`ORG/NAME`), or a lab
+    /// checkpoint (`….safetensors`, no tokenizer).
     pub fn load(spec: &str, processed: bool, dev: &Device) -> Result<Subject> {
         let p = Path::new(spec);
         if p.is_file() && p.extension().is_some_and(|e| e == "safetensors") {
