@@ -14,11 +14,6 @@ impl<'a> Vocab<'a> {
         Vocab { tok }
     }
 
-    /// Tokens written as ids.
-    pub fn ids() -> Vocab<'static> {
-        Vocab { tok: None }
-    }
-
     /// A token's text (its id when it does not decode).
     pub fn show(&self, id: u32) -> String {
         match self.tok {
