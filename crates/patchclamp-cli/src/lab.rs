@@ -67,6 +67,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             "{name} trains plain factor models without hook points; --clamp applies to induction and singh-ih (the toy clamps are built in)"
         ),
         "toy-phase" => toy_phase(&a, &out),
+        "critical-periods" if a.steps.is_some() => anyhow::bail!(
+            "critical-periods runs its calibrated schedules (40 000 steps, deficits at 0 and 20 000); --steps does not apply"
+        ),
         "critical-periods" => critical_periods(&a, &out),
         _ => {
             let names: Vec<&str> = EXPERIMENTS.iter().map(|(n, _)| *n).collect();
@@ -236,7 +239,7 @@ fn singh(a: &Args, out: &Path, extra: Option<Vec<Intervention>>) -> anyhow::Resu
 }
 
 fn toy_phase(a: &Args, out: &Path) -> anyhow::Result<()> {
-    let t = protocols::toy_phase(a.seed, a.steps.unwrap_or(1000) as usize);
+    let t = protocols::toy_phase(a.seed, a.steps.unwrap_or(1000) as usize)?;
     let mut run = RunDir::create(out, "lab toy-phase", a.force)?;
     let lines = outcomes::write_toy_phase(&mut run, &t)?;
     run.finish()?;

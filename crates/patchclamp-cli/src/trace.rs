@@ -74,6 +74,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         "attn" => TraceKind::Attn,
         other => bail!("unknown --kind '{other}'; use hidden, mlp or attn"),
     };
+    if a.noise == Some(0.0) {
+        // The library accepts it as a limit; a user asking for it gets a map of zeros.
+        bail!("--noise 0 corrupts nothing, so every indirect effect is 0; give a positive standard deviation or omit it");
+    }
     let s = Subject::load(&a.model, false, &crate::device())?;
     let ids = s.encode(&a.prompt)?;
     let subject = match (&a.subject, &a.subject_positions) {

@@ -111,6 +111,36 @@ const ROWS: &[Row] = &[
         "unknown --kind 'heads'",
     ),
     row("lab nonsense", "unknown experiment 'nonsense'"),
+    // --- degenerate arguments (a result that could only be 0, 0/0 or NaN) ---
+    row(
+        "patch {gpt2} --clean 'The cat' --corrupted 'The cat' --answer . --wrong , --out {out}",
+        "are the same tokens",
+    ),
+    row(
+        "attribute {gpt2} --clean 'The cat sat on the mat' --corrupted 'The cat sat on the cat' --answer . --wrong . --out {out}",
+        "both id",
+    ),
+    row(
+        "dla {gpt2} --prompt 'The cat' --answer . --wrong . --out {out}",
+        "logit difference is 0 everywhere",
+    ),
+    row(
+        "trace {gpt2} --prompt 'The cat sat' --subject cat --answer ' t' --noise nan --out {out}",
+        "must be a finite number ≥ 0, got NaN",
+    ),
+    row(
+        "trace {gpt2} --prompt 'The cat sat' --subject cat --answer ' t' --noise 0 --out {out}",
+        "--noise 0 corrupts nothing",
+    ),
+    row(
+        "extremes {gpt2} --prompt 'The cat' --ratio nan --out {out}",
+        "ratio must be a positive number",
+    ),
+    row("lab toy-phase --steps 0 --out {out}", "at least one gradient step"),
+    row(
+        "lab critical-periods --steps 10 --out {out}",
+        "--steps does not apply",
+    ),
     // --- run folders ---
     Row {
         line: "heads {gpt2} --n 2 --block 4 --out {out}",

@@ -53,6 +53,12 @@ impl Readout {
     /// The read-out of `direction` through `model`'s final norm and unembedding.
     pub fn new(model: &Model, direction: LogitDirection) -> Result<Readout> {
         let cfg = &model.cfg;
+        if direction.baseline == Some(direction.target) {
+            return Err(Error::Input(format!(
+                "the target and the baseline are both token {}: their logit difference is 0 everywhere",
+                direction.target
+            )));
+        }
         for t in [Some(direction.target), direction.baseline]
             .into_iter()
             .flatten()

@@ -86,6 +86,13 @@ pub fn extremes(model: &Model, prompts: &[Vec<u32>], spec: &ExtremeSpec) -> Resu
     if prompts.is_empty() {
         return Err(Error::Input("no prompts to measure".into()));
     }
+    for (name, v) in [("abs_min", spec.abs_min), ("ratio", spec.ratio)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(Error::Input(format!(
+                "the massive-activation threshold {name} must be a positive number, got {v}"
+            )));
+        }
+    }
     let mut rep = ExtremeReport {
         prompts: prompts.len(),
         sink: vec![vec![0.0; nh]; nl],

@@ -94,13 +94,7 @@ fn estimate(
     metric: Metric,
     reduce: impl Fn(HookPoint, &Tensor) -> Result<Vec<f32>>,
 ) -> Result<Estimate> {
-    if clean.len() != corrupt.len() {
-        return Err(Error::Input(format!(
-            "clean and corrupted prompts must have the same number of tokens ({} vs {})",
-            clean.len(),
-            corrupt.len()
-        )));
-    }
+    crate::causal::patching::check_prompts(model, clean, corrupt, metric)?;
     let dev = model.device();
     let (base_ids, source_ids) = match direction {
         Direction::Denoise => (corrupt, clean),

@@ -249,13 +249,34 @@ pub(crate) fn last_logprobs(logits: &Tensor) -> Result<Tensor> {
 }
 
 /// Checks the two prompts can be patched into each other.
-fn check_prompts(model: &Model, clean: &[u32], corrupt: &[u32], metric: Metric) -> Result<()> {
+/// Checks a clean/corrupted pair and a metric can give a meaningful sweep: equal lengths,
+/// prompts that differ (else every patch changes nothing and the normalised map is 0/0), and a
+/// logit difference between two different tokens (else it is 0 everywhere).
+pub(crate) fn check_prompts(
+    model: &Model,
+    clean: &[u32],
+    corrupt: &[u32],
+    metric: Metric,
+) -> Result<()> {
     if clean.len() != corrupt.len() {
         return Err(Error::Input(format!(
             "clean and corrupted prompts must have the same number of tokens ({} vs {})",
             clean.len(),
             corrupt.len()
         )));
+    }
+    if clean == corrupt {
+        return Err(Error::Input(
+            "the clean and corrupted prompts are the same tokens: no patch can change anything"
+                .into(),
+        ));
+    }
+    if let Metric::LogitDiff { answer, wrong } = metric {
+        if answer == wrong {
+            return Err(Error::Input(format!(
+                "the answer and the wrong token are both id {answer}: their logit difference is 0 everywhere"
+            )));
+        }
     }
     let v = model.cfg.d_vocab as u32;
     let ids: Vec<u32> = match metric {

@@ -136,6 +136,12 @@ pub fn trace(
         return Err(Error::Input("samples and batch must be at least 1".into()));
     }
     let noise = match cfg.noise {
+        // Zero noise is a valid limit (nothing to restore); NaN, infinite or negative never is.
+        Some(v) if !(v.is_finite() && v >= 0.0) => {
+            return Err(Error::Input(format!(
+                "the noise standard deviation must be a finite number ≥ 0, got {v}"
+            )))
+        }
         Some(v) => v,
         None => {
             let w = &model.weights.w_e;

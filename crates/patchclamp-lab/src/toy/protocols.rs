@@ -24,7 +24,12 @@ pub struct ToyPhase {
 }
 
 /// Runs the three-factor toy unclamped, with `c` clamped, and with `b` and `c` clamped.
-pub fn toy_phase(seed: u64, iters: usize) -> ToyPhase {
+pub fn toy_phase(seed: u64, iters: usize) -> crate::Result<ToyPhase> {
+    if iters == 0 {
+        return Err(crate::Error::Input(
+            "the toy needs at least one gradient step".into(),
+        ));
+    }
     let t = phase::ThreeFactor {
         seed,
         iters,
@@ -46,7 +51,7 @@ pub fn toy_phase(seed: u64, iters: usize) -> ToyPhase {
             }
         })
         .collect();
-    ToyPhase { settings: t, runs }
+    Ok(ToyPhase { settings: t, runs })
 }
 
 /// Pathway B's final share without a deficit, with an early and with a late one.
