@@ -38,6 +38,20 @@ pub enum Error {
     },
 
     // --- inputs ---
+    /// A model could not be loaded.
+    #[error("loading {spec}: {source}")]
+    Load {
+        spec: String,
+        source: patchclamp_core::Error,
+    },
+
+    /// A lab checkpoint could not be loaded.
+    #[error("loading the lab checkpoint {spec}: {source}")]
+    LoadCheckpoint {
+        spec: String,
+        source: patchclamp_lab::Error,
+    },
+
     /// A prompt, token or prompt file is unusable.
     #[error("{0}")]
     Input(String),

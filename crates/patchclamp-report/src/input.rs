@@ -62,13 +62,17 @@ impl Subject {
             if processed {
                 bail!("--processed applies to Hugging Face models, not lab checkpoints");
             }
-            let model = patchclamp_lab::train::load_model(p).map_err(|e| {
-                Error::Input(format!("loading the lab checkpoint {}: {e}", p.display()))
-            })?;
+            let model =
+                patchclamp_lab::train::load_model(p).map_err(|source| Error::LoadCheckpoint {
+                    spec: spec.to_string(),
+                    source,
+                })?;
             return Ok(Subject { model, tok: None });
         }
-        let mut m = patchclamp_core::load(spec, dev)
-            .map_err(|e| Error::Input(format!("loading {spec}: {e}")))?;
+        let mut m = patchclamp_core::load(spec, dev).map_err(|source| Error::Load {
+            spec: spec.to_string(),
+            source,
+        })?;
         if processed {
             m.model.process(patchclamp_core::Processing::all())?;
         }
