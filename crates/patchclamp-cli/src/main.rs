@@ -118,8 +118,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line with the whole cause chain, as `error: outer: inner`.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            // One line with the whole cause chain, as `error: outer: inner`; a cause its outer
+            // message already spells out (errors that print their source) is said once.
+            let mut chain: Vec<String> = vec![];
+            for c in e.chain().map(|c| c.to_string()) {
+                if !chain.last().is_some_and(|outer| outer.contains(&c)) {
+                    chain.push(c);
+                }
+            }
             eprintln!("error: {}", chain.join(": "));
             ExitCode::FAILURE
         }

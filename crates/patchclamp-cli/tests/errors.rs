@@ -44,6 +44,13 @@ const fn row(line: &'static str, expect: &'static str) -> Row {
     }
 }
 
+/// Whether a message says some run of its `: `-separated parts twice in a row (a cause printed
+/// by its error and again by the chain).
+fn says_twice(err: &str) -> bool {
+    let parts: Vec<&str> = err.trim().split(": ").collect();
+    (1..=parts.len() / 2).any(|w| parts.windows(2 * w).any(|p| p[..w] == p[w..]))
+}
+
 /// Splits a row's command line at spaces outside single quotes (`''` is an empty argument).
 fn split(line: &str) -> Vec<String> {
     let (mut out, mut cur, mut quoted, mut started) = (vec![], String::new(), false, false);
@@ -83,6 +90,7 @@ const ROWS: &[Row] = &[
         "outside the vocabulary",
     ),
     row("extremes {gpt2} --out {out}", "no prompts"),
+    row("lens /nonexistent --prompt a --out {out}", "model folder not found"),
     // --- settings ---
     row(
         "run {gpt2} --prompt x --cache blocks.0.hook_z",
@@ -153,6 +161,10 @@ const ROWS: &[Row] = &[
         setup: Some(heads_run),
     },
     row(
+        "heads {gpt2} --n 2 --block 4 --out ../../README.md",
+        "README.md is a file; --out names a folder",
+    ),
+    row(
         "train ../../experiments/induction-prev-token.toml --resume --out {out}",
         "holds no patchclamp run to resume",
     ),
@@ -182,6 +194,7 @@ fn bad_inputs_fail_with_one_line_and_exit_1() {
             r.line,
             r.expect
         );
+        assert!(!says_twice(&err), "row {i}: a cause is repeated in {err}");
         if r.setup.is_none() {
             // Everything is validated before the output folder is touched.
             assert!(
@@ -207,4 +220,15 @@ fn usage_errors_exit_2() {
         Some(2),
         "--answer is required"
     );
+}
+
+#[test]
+fn the_repetition_check_catches_a_cause_said_twice() {
+    assert!(says_twice(
+        "error: loading /x: model folder not found: /x: model folder not found: /x"
+    ));
+    assert!(says_twice(
+        "error: writing a: File exists (os error 17): File exists (os error 17)"
+    ));
+    assert!(!says_twice("error: loading /x: model folder not found: /x"));
 }

@@ -15,6 +15,10 @@ pub enum Error {
     #[error("{path} holds files that are not a patchclamp run ({listed}); choose an empty or new folder, or pass --force to write beside them")]
     NotOurs { path: PathBuf, listed: String },
 
+    /// The output path is a file, not a folder.
+    #[error("{path} is a file; --out names a folder")]
+    NotAFolder { path: PathBuf },
+
     /// The folder holds a different command's complete run.
     #[error("{path} holds a complete `{found}` run; choose another --out, or pass --force to replace it")]
     OtherRun { path: PathBuf, found: String },

@@ -213,6 +213,11 @@ fn take_lock(root: &Path) -> Result<File> {
         path: path.to_path_buf(),
         source,
     };
+    if root.exists() && !root.is_dir() {
+        return Err(Error::NotAFolder {
+            path: root.to_path_buf(),
+        });
+    }
     std::fs::create_dir_all(root).map_err(|e| werr(root, e))?;
     let path = root.join(LOCK);
     let file = File::options()
