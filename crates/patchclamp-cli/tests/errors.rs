@@ -27,7 +27,8 @@ fn heads_run(out: &Path) {
     assert!(status.success(), "the setup run failed");
 }
 
-/// One bad input: the command line (`{gpt2}` is the fixture, `{out}` a fresh folder, quotes
+/// One bad input: the command line (`{gpt2}` is the fixture, `{out}` a fresh folder, `{dir}`
+/// the table's folder with two small prompt files, quotes
 /// group words), what is expected in its one-line error, and how its output folder is
 /// prepared.
 struct Row {
@@ -146,6 +147,22 @@ const ROWS: &[Row] = &[
     ),
     row("lab toy-phase --steps 0 --out {out}", "at least one gradient step"),
     row(
+        "localize {gpt2} --stimuli {dir}/stim.txt --control {dir}/ctrl.txt --fraction 0 --out {out}",
+        "fraction of units must be in (0, 1], got 0",
+    ),
+    row(
+        "localize {gpt2} --stimuli {dir}/stim.txt --control {dir}/ctrl.txt --fraction nan --out {out}",
+        "must be in (0, 1], got NaN",
+    ),
+    row(
+        "localize {gpt2} --stimuli {dir}/stim.txt --control {dir}/ctrl.txt --eval {dir}/stim.txt --random-draws 0 --out {out}",
+        "at least one random draw",
+    ),
+    row(
+        "neurons {gpt2} --prompt 'The cat' --lape-top-rate 1.5 --out {out}",
+        "top rate must be in (0, 1], got 1.5",
+    ),
+    row(
         "lab critical-periods --steps 10 --out {out}",
         "--steps does not apply",
     ),
@@ -173,6 +190,17 @@ const ROWS: &[Row] = &[
 #[test]
 fn bad_inputs_fail_with_one_line_and_exit_1() {
     let dir = tmp("error-table");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("stim.txt"),
+        "The cat sat\nThe dog ran\nA cat sat\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("ctrl.txt"),
+        "sat cat The\nran dog The\nsat cat A\n",
+    )
+    .unwrap();
     for (i, r) in ROWS.iter().enumerate() {
         let out = dir.join(format!("row{i}"));
         if let Some(setup) = r.setup {
@@ -185,6 +213,7 @@ fn bad_inputs_fail_with_one_line_and_exit_1() {
                 a.replace("{gpt2}", &gpt2)
                     .replace("{out}", &out.to_string_lossy())
                     .replace("{long}", &long)
+                    .replace("{dir}", &dir.to_string_lossy())
             })
             .collect();
         let err = fails(bin().args(&args).output().unwrap());

@@ -366,6 +366,7 @@ impl Default for LapeSpec {
 /// Language-specific neurons: `[language]` lists of `(layer, neuron)`, from activation
 /// probabilities `probs[language][layer][neuron]`.
 pub fn lape(probs: &[Vec<Vec<f64>>], spec: LapeSpec) -> Result<Vec<Vec<(usize, usize)>>> {
+    unit_fraction("LAPE's top rate", spec.top_rate)?;
     let n_lang = probs.len();
     if n_lang < 2 {
         return Err(Error::Input("LAPE needs at least two languages".into()));
@@ -483,6 +484,7 @@ pub struct Localized {
 /// The Fedorenko-style localizer: per unit a Welch t-test of pooled responses `a > b`; the top
 /// `fraction` of units by t (at least one), units numbered `layer · width + unit`.
 pub fn localize(a: &[Vec<f64>], b: &[Vec<f64>], width: usize, fraction: f64) -> Result<Localized> {
+    unit_fraction("the localizer's fraction of units", fraction)?;
     if a.len() < 2 || b.len() < 2 {
         return Err(Error::Input(
             "the localizer needs at least two stimuli per set".into(),
@@ -665,6 +667,11 @@ pub fn ablate_against_random(
     (draws, seed): (usize, u64),
     mut on_draw: impl FnMut(),
 ) -> Result<UnitAblation> {
+    if draws == 0 {
+        return Err(Error::Input(
+            "comparing with random units needs at least one random draw".into(),
+        ));
+    }
     let base = sequence_loss(model, seqs, &[])?;
     let sel = sequence_loss(model, seqs, &zero_units(selected, point))? - base;
     let mut rng = patchclamp_core::rng::Rng::new(seed);
@@ -755,6 +762,8 @@ pub fn census_study(
     spec: &StudySpec,
     on_tokens: impl FnMut(u64),
 ) -> Result<CensusStudy> {
+    // Checked before the stream, not only when two labels make LAPE run.
+    unit_fraction("LAPE's top rate", spec.lape_top_rate)?;
     let LabelledCensus {
         all,
         by_label,
@@ -828,4 +837,13 @@ pub fn census_study(
         lape: lape_rows,
         experts,
     })
+}
+
+/// Refuses a fraction outside (0, 1] (NaN included), naming what it is.
+fn unit_fraction(what: &str, f: f64) -> Result<()> {
+    if f > 0.0 && f <= 1.0 {
+        Ok(())
+    } else {
+        Err(Error::Input(format!("{what} must be in (0, 1], got {f}")))
+    }
 }
