@@ -41,7 +41,7 @@ pub struct PatchArgs {
     /// Variants per forward (default: about 4096 token rows per forward).
     #[arg(long)]
     batch: Option<usize>,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = crate::default_threads(), value_parser = crate::thread_count)]
     threads: usize,
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
@@ -65,7 +65,7 @@ pub struct TrainArgs {
     steps: u64,
     #[arg(long, default_value_t = 5)]
     warmup: u64,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = crate::default_threads(), value_parser = crate::thread_count)]
     threads: usize,
     /// Train through the hooked forward and candle's backward (the path of steps with an
     /// intervention in force) instead of the fused step.
@@ -94,7 +94,7 @@ pub struct ForwardArgs {
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// CPU threads for the kernels.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = crate::default_threads(), value_parser = crate::thread_count)]
     threads: usize,
     #[arg(long)]
     json: bool,
@@ -173,14 +173,14 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     if a.json {
         crate::print(&serde_json::to_string(&row)?);
     } else {
-        println!(
+        crate::print(&format!(
             "{} ({} params, {path} step): {:.1} steps/s ({:.1} ms/step), {} threads",
             a.shape,
             cfg.n_params(),
             a.steps as f64 / secs,
             1e3 * secs / a.steps as f64,
             a.threads
-        );
+        ));
     }
     Ok(())
 }
@@ -266,15 +266,15 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
         });
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        crate::print(&format!("{}", serde_json::to_string_pretty(&rows)?));
         return Ok(());
     }
-    println!(
+    crate::print(&format!(
         "{:<12} {:<10} {:>10} {:>12} {:>14} {:>12} {:>11}",
         "model", "mode", "median ms", "tokens/s", "peak RSS MiB", "base MiB", "cache MiB"
-    );
+    ));
     for r in rows {
-        println!(
+        crate::print(&format!(
             "{:<12} {:<10} {:>10.1} {:>12.0} {:>14.1} {:>12.1} {:>11.1}",
             r.model,
             r.mode,
@@ -283,7 +283,7 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
             r.peak_rss_mib.unwrap_or(f64::NAN),
             r.base_rss_mib.unwrap_or(f64::NAN),
             r.cache_mib
-        );
+        ));
     }
     Ok(())
 }
@@ -357,13 +357,13 @@ fn patch(a: PatchArgs) -> anyhow::Result<()> {
         });
     }
     if a.json {
-        println!("{}", serde_json::to_string(&rows)?);
+        crate::print(&format!("{}", serde_json::to_string(&rows)?));
     } else {
         for r in rows {
-            println!(
+            crate::print(&format!(
                 "{:<10} {:>4} variants {:>9.3} s",
                 r.site, r.variants, r.median_s
-            );
+            ));
         }
     }
     Ok(())

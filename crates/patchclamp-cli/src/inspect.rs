@@ -30,24 +30,27 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         crate::print(&serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("model      {}", m.files.dir.display());
-    println!("family     {}", cfg.family);
-    println!(
+    crate::print(&format!("model      {}", m.files.dir.display()));
+    crate::print(&format!("family     {}", cfg.family));
+    crate::print(&format!(
         "params     {} ({:.2} M)",
         cfg.n_params(),
         cfg.n_params() as f64 / 1e6
-    );
-    println!(
+    ));
+    crate::print(&format!(
         "shape      {} layers, d_model {}, {} heads ({} kv) × d_head {}, d_mlp {}, vocab {}, context {}",
         cfg.n_layers, cfg.d_model, cfg.attn.n_heads, cfg.attn.n_kv_heads, cfg.attn.d_head, cfg.d_mlp(), cfg.d_vocab, cfg.n_ctx
-    );
-    println!(
+    ));
+    crate::print(&format!(
         "norm       {:?} (eps {:e}), final norm: {}",
         cfg.norm.kind, cfg.norm.eps, cfg.norm.final_norm
-    );
-    println!("positions  {}", serde_json::to_string(&cfg.positions)?);
-    println!("mlp        {}", serde_json::to_string(&cfg.mlp)?);
-    println!(
+    ));
+    crate::print(&format!(
+        "positions  {}",
+        serde_json::to_string(&cfg.positions)?
+    ));
+    crate::print(&format!("mlp        {}", serde_json::to_string(&cfg.mlp)?));
+    crate::print(&format!(
         "attention  scale {:.4}, qkv bias {}, o bias {}, sliding window {}",
         cfg.attn.scale,
         cfg.attn.qkv_bias,
@@ -55,20 +58,23 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         cfg.attn
             .sliding_window
             .map_or("none".into(), |w| w.to_string())
-    );
-    println!(
+    ));
+    crate::print(&format!(
         "embedding  tied: {}, prepend BOS by default: {}",
         cfg.tied_embeddings, cfg.default_prepend_bos
-    );
-    println!("processing {}", serde_json::to_string(&cfg.processing)?);
-    println!(
+    ));
+    crate::print(&format!(
+        "processing {}",
+        serde_json::to_string(&cfg.processing)?
+    ));
+    crate::print(&format!(
         "tokenizer  {}",
         m.files
             .tokenizer
             .as_ref()
             .map_or("none".into(), |p| p.display().to_string())
-    );
-    println!("\n{} hook points:", points.len());
+    ));
+    crate::print(&format!("\n{} hook points:", points.len()));
     let width = points.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for p in points {
         crate::print(&format!("  {:width$}  [{}]", p.name, p.shape.join(", ")));

@@ -8,6 +8,7 @@ use patchclamp_lab::toy::protocols;
 use patchclamp_report::{outcomes, RunDir};
 
 use crate::train::{execute, register, Prepared};
+use patchclamp_lab::train::Resume;
 
 /// The experiments of the lab.
 const EXPERIMENTS: &[(&str, &str)] = &[
@@ -41,9 +42,9 @@ pub struct Args {
 
 pub fn main(a: Args) -> anyhow::Result<()> {
     let Some(name) = a.experiment.clone() else {
-        println!("experiments (patchclamp lab NAME [--seed N] [--steps N] [--out DIR] [--clamp spec.toml]):");
+        crate::print(&format!("experiments (patchclamp lab NAME [--seed N] [--steps N] [--out DIR] [--clamp spec.toml]):"));
         for (n, what) in EXPERIMENTS {
-            println!("  {n:<17} {what}");
+            crate::print(&format!("  {n:<17} {what}"));
         }
         return Ok(());
     };
@@ -88,7 +89,7 @@ fn read_clamp(p: &Path) -> anyhow::Result<Vec<Intervention>> {
     struct Clamp {
         interventions: Vec<Intervention>,
     }
-    let text = patchclamp_report::read_text(p)?;
+    let text = patchclamp_report::read_spec(p)?;
     let c: Clamp = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
             "{}: {}",
@@ -122,15 +123,12 @@ fn run_all(
         .map(|(label, exp)| Prepared::new(&label, exp))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut run = RunDir::create(out, command, force)?;
-    let mut all = String::new();
-    for p in &prepared {
-        all.push_str(&toml::to_string(&p.exp)?);
-    }
+    let all: String = prepared.iter().map(|p| p.exp.identity()).collect();
     run.set_experiment_hash(patchclamp_report::content_hash(all.as_bytes()))?;
     let mut jobs = vec![];
     for p in prepared {
         let sub = p.exp.name.clone();
-        let (opts, dir) = register(&p, &mut run, &sub, false)?;
+        let (opts, dir) = register(&p, &mut run, &sub, Resume::No)?;
         jobs.push((p, opts, dir));
     }
     let mp = indicatif::MultiProgress::new();
@@ -154,13 +152,13 @@ fn run_all(
 }
 
 fn print_table(runs: &[FinishedRun]) {
-    println!(
+    crate::print(&format!(
         "{:<32} {:>7} {:>13} {:>11} {:>11} {:>11}",
         "run", "steps", "phase change", "ctx loss", "max IND", "max PT"
-    );
+    ));
     for r in runs {
         if let Some(s) = &r.summary {
-            println!(
+            crate::print(&format!(
                 "{:<32} {:>7} {:>13} {:>11.3} {:>11.3} {:>11.3}",
                 r.label,
                 s.steps,
@@ -168,7 +166,7 @@ fn print_table(runs: &[FinishedRun]) {
                 s.final_in_context_loss,
                 s.final_max_induction,
                 s.final_max_prev_token
-            );
+            ));
         }
     }
 }
@@ -187,11 +185,11 @@ fn induction(a: &Args, out: &Path, extra: Option<Vec<Intervention>>) -> anyhow::
         patchclamp_report::training::write(&mut run, "patchclamp lab induction", &done, None)?;
     run.finish()?;
     print_table(&done);
-    println!(
+    crate::print(&format!(
         "finished in {:.0} s; report: {}",
         t0.elapsed().as_secs_f64(),
         html.display()
-    );
+    ));
     Ok(())
 }
 
@@ -213,7 +211,7 @@ fn singh(a: &Args, out: &Path, extra: Option<Vec<Intervention>>) -> anyhow::Resu
                 .evals
                 .last()
                 .and_then(|e| e.induction_strength.clone());
-            println!(
+            crate::print(&format!(
                 "{:<32} phase change {:>7} final loss {:.3} accuracy {} strengths {:?}",
                 r.label,
                 s.phase_change_step.map_or("none".into(), |x| x.to_string()),
@@ -224,17 +222,17 @@ fn singh(a: &Args, out: &Path, extra: Option<Vec<Intervention>>) -> anyhow::Resu
                     .iter()
                     .map(|x| (x * 100.0).round() / 100.0)
                     .collect::<Vec<_>>()
-            );
+            ));
         }
     }
     if let Some(base) = done.first() {
         let rows = singh::ablations(&base.model, &base.exp.task)?;
         for line in outcomes::write_ablations(&mut run, &rows)? {
-            println!("{line}");
+            crate::print(&format!("{line}"));
         }
     }
     run.finish()?;
-    println!("report: {}", html.display());
+    crate::print(&format!("report: {}", html.display()));
     Ok(())
 }
 
@@ -244,9 +242,9 @@ fn toy_phase(a: &Args, out: &Path) -> anyhow::Result<()> {
     let lines = outcomes::write_toy_phase(&mut run, &t)?;
     run.finish()?;
     for line in lines {
-        println!("{line}");
+        crate::print(&format!("{line}"));
     }
-    println!("report: {}", out.display());
+    crate::print(&format!("report: {}", out.display()));
     Ok(())
 }
 
@@ -256,8 +254,8 @@ fn critical_periods(a: &Args, out: &Path) -> anyhow::Result<()> {
     let lines = outcomes::write_critical_periods(&mut run, &c)?;
     run.finish()?;
     for line in lines {
-        println!("{line}");
+        crate::print(&format!("{line}"));
     }
-    println!("report: {}", out.display());
+    crate::print(&format!("report: {}", out.display()));
     Ok(())
 }

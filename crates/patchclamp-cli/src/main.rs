@@ -140,10 +140,32 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Parses `--threads`: at least 1 and at most the machine's logical CPUs (more only adds
+/// switching, and a huge count would exhaust the process's threads).
+pub(crate) fn thread_count(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n == 0 || n > cpus {
+        return Err(format!(
+            "must lie in 1..={cpus} (this machine's logical CPUs)"
+        ));
+    }
+    Ok(n)
+}
+
+/// The default `--threads`: two, or one on a single-CPU machine.
+pub(crate) fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
 /// Sets the number of CPU threads candle's kernels use (must run before the first op).

@@ -73,7 +73,18 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
     let site: Site = serde_json::from_value(serde_json::Value::String(a.point.clone())).map_err(|_| {
         anyhow::anyhow!("unknown --point '{}'; use resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v or pattern", a.point)
     })?;
+    if method == Method::Attribution && (a.window != 1 || a.batch.is_some()) {
+        bail!("--window and --batch apply to `patch`; attribution estimates single-layer patches from one backward pass");
+    }
+    if a.wrong.is_some() && a.metric != "logit-diff" {
+        bail!(
+            "--wrong applies to --metric logit-diff; --metric {} reads --answer only",
+            a.metric
+        );
+    }
     let s = Subject::load(&a.model, a.processed, &crate::device())?;
+    patchclamp_lab::causal::patching::check_window(a.window, s.model.cfg.n_layers)
+        .context("--window")?;
     let clean = s.encode(&a.clean).context("--clean")?;
     let corrupt = s.encode(&a.corrupted).context("--corrupted")?;
     let answer = s.token(&a.answer).context("--answer")?;

@@ -6,17 +6,19 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Tensor};
 use patchclamp_core::{Hooks, Selector};
 use patchclamp_lab::analysis::predict::next_tokens;
-use patchclamp_report::outcomes::{CacheWritten, RunOutcome};
-use patchclamp_report::Vocab;
+use patchclamp_report::outcomes::{CacheTarget, RunOutcome};
 
 /// Arguments of `run`.
 #[derive(clap::Args)]
 pub struct Args {
     /// A model folder or a cached repo id.
     model: String,
-    /// The prompt.
-    #[arg(long)]
-    prompt: String,
+    /// The prompt (token ids separated by spaces for a model without a tokenizer).
+    #[arg(long, required_unless_present = "tokens", conflicts_with = "tokens")]
+    prompt: Option<String>,
+    /// The prompt as token ids, comma-separated (no BOS is added).
+    #[arg(long, value_delimiter = ',', value_name = "ID,ID,…")]
+    tokens: Option<Vec<u32>>,
     /// Record hook points matching PATTERN (TransformerLens names, `*` globs; `'*'` = every point).
     #[arg(long, value_name = "PATTERN")]
     cache: Vec<String>,
@@ -47,18 +49,43 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     if !a.cache.is_empty() && a.out.is_none() {
         bail!("--cache needs --out FILE.safetensors to write the activations to");
     }
+    if a.cache.is_empty() && (a.out.is_some() || a.positions.is_some()) {
+        bail!("--out and --positions apply to the activation cache; add --cache PATTERN");
+    }
     if a.top_k == 0 {
         bail!("--top-k must be at least 1");
     }
-    let m = crate::load_model(&a.model, a.processed)?;
-    let tok = m.tokenizer()?;
-    let cfg = &m.model.cfg;
-    let ids = tok.prompt(cfg, &a.prompt, a.prepend_bos)?;
-    let dev = m.model.device().clone();
+    if a.tokens.is_some() && a.prepend_bos.is_some() {
+        bail!("--prepend-bos applies to --prompt; --tokens are used exactly as given");
+    }
+    let subject = patchclamp_report::Subject::load(&a.model, a.processed, &crate::device())?;
+    let target = match &a.out {
+        Some(out) => Some(CacheTarget::check(out, &subject.home)?),
+        None => None,
+    };
+    let ids = match (&a.prompt, &a.tokens) {
+        (_, Some(ids)) => subject.ids(ids)?,
+        (Some(text), None) => subject.encode_with(text, a.prepend_bos)?,
+        (None, None) => unreachable!("clap requires --prompt or --tokens"),
+    };
+    let model = &subject.model;
+    let dev = model.device().clone();
 
     let mut hooks = Hooks::none();
     if let Some(path) = &a.intervene {
-        hooks = hooks.intervene_all(read_interventions(path)?);
+        let list = read_interventions(path)?;
+        for iv in &list {
+            iv.validate(&model.cfg, 1, ids.len(), &Default::default())
+                .with_context(|| path.display().to_string())?;
+        }
+        // Inference runs at step 0: a spec whose windows all start later changes nothing.
+        if !list.is_empty() && list.iter().all(|iv| !iv.when.active(0)) {
+            tracing::warn!(
+                "no intervention in {} is active at step 0 (inference), so none acts; drop their `when` windows to apply them",
+                path.display()
+            );
+        }
+        hooks = hooks.intervene_all(list);
     }
     for pattern in &a.cache {
         hooks =
@@ -67,32 +94,29 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     if let Some(pos) = &a.positions {
         hooks = hooks.at_positions(pos.clone());
     }
-    let top = next_tokens(&m.model, &ids, &mut hooks, a.top_k)?;
+    let top = next_tokens(model, &ids, &mut hooks, a.top_k)?;
     let cache = hooks.take_cache();
-    let written = match &a.out {
-        Some(out) => {
+    let written = match target {
+        Some(t) => {
             let tokens = Tensor::new(ids.as_slice(), &dev)?
                 .to_dtype(DType::I64)?
                 .unsqueeze(0)?;
-            cache
-                .save_safetensors(out, &[("tokens", tokens)])
-                .with_context(|| format!("writing {}", out.display()))?;
-            Some(CacheWritten {
-                path: out.clone(),
-                points: cache.len(),
-                bytes: cache.nbytes(),
-            })
+            Some(t.write(&cache, tokens)?)
         }
         None => None,
     };
-    let outcome = RunOutcome::new(ids, top, &Vocab::new(Some(tok)), written);
+    let outcome = RunOutcome::new(ids, top, &subject.vocab(), written);
     if a.json {
         crate::print(&serde_json::to_string_pretty(&outcome)?);
         return Ok(());
     }
     let ids = &outcome.tokens;
     crate::print(&format!("{} tokens: {:?}", ids.len(), ids));
-    crate::print(&format!("next-token predictions after {:?}:", a.prompt));
+    let prompt = a
+        .prompt
+        .clone()
+        .unwrap_or_else(|| format!("{:?}", outcome.tokens));
+    crate::print(&format!("next-token predictions after {prompt:?}:"));
     crate::print(&format!(
         "  {:>4}  {:>7}  {:>9}  {:>8}  token",
         "rank", "id", "logit", "prob"
@@ -127,8 +151,7 @@ pub fn read_interventions(
     struct File {
         interventions: Vec<patchclamp_core::Intervention>,
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = patchclamp_report::read_spec(path)?;
     let is_json = path.extension().is_some_and(|e| e == "json");
     let list = if is_json {
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?

@@ -30,7 +30,8 @@ pub struct Args {
     /// What is restored: hidden (resid_post), mlp (mlp_out) or attn (attn_out).
     #[arg(long, default_value = "hidden")]
     kind: String,
-    /// Layers restored together (default: 1 for hidden, 10 for mlp and attn, as in ROME).
+    /// Layers restored together (default: 1 for hidden; 10 for mlp and attn, as in ROME, or
+    /// every layer of a smaller model).
     #[arg(long)]
     window: Option<usize>,
     /// Noise samples averaged over.
@@ -98,9 +99,12 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let cfg = TraceConfig {
         subject: subject.clone(),
         kind,
-        window: a
-            .window
-            .unwrap_or(if kind == TraceKind::Hidden { 1 } else { 10 }),
+        // ROME's default of 10 layers, on a model with fewer, is all of them.
+        window: a.window.unwrap_or(if kind == TraceKind::Hidden {
+            1
+        } else {
+            10.min(s.model.cfg.n_layers)
+        }),
         samples: a.samples,
         noise: a.noise,
         seed: a.seed,

@@ -1,11 +1,11 @@
 //! `patchclamp train exp.toml`: one training run from an experiment file, and the run
 //! executor `lab` shares (progress bar, run folder, log, checkpoint, final model).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use patchclamp_lab::experiment::{train_experiment, Experiment, FinishedRun};
-use patchclamp_lab::train::{Event, RunOptions, Trainer};
+use patchclamp_lab::train::{check_resume, Event, Resume, RunOptions, Trainer};
 use patchclamp_report::RunDir;
 
 /// Arguments of `train`.
@@ -16,9 +16,14 @@ pub struct Args {
     /// Output folder (default: runs/NAME).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue from the folder's checkpoint (bit-identical to an uninterrupted run).
+    /// Continue from the folder's checkpoint (bit-identical to an uninterrupted run); refused
+    /// when there is none, or when it was written by another experiment or other overrides.
     #[arg(long)]
     resume: bool,
+    /// Like --resume, but start over when the folder holds no checkpoint yet (job scripts
+    /// that rerun the same command after a preemption).
+    #[arg(long, conflicts_with = "resume")]
+    resume_or_start: bool,
     /// Override the number of steps.
     #[arg(long)]
     steps: Option<u64>,
@@ -61,7 +66,7 @@ pub fn register(
     p: &Prepared,
     run: &mut RunDir,
     sub: &str,
-    resume: bool,
+    resume: Resume,
 ) -> anyhow::Result<(RunOptions, PathBuf)> {
     let rel = |f: &str| {
         if sub.is_empty() {
@@ -120,17 +125,54 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         exp.train.seed = s;
         exp.model.init_seed = s;
     }
+    // The overrides are checked like the file itself (`--steps 0` is refused here).
+    exp.validate()
+        .with_context(|| format!("{} with the overrides", a.experiment.display()))?;
     let out = a
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&exp.name));
-    let source = patchclamp_report::read_text(&a.experiment)?;
+    let resume = match (a.resume, a.resume_or_start) {
+        (true, _) => Resume::Required,
+        (_, true) => Resume::IfPresent,
+        _ => Resume::No,
+    };
+    let source = patchclamp_report::read_spec(&a.experiment)?;
     let prepared = Prepared::new(&exp.name.clone(), exp)?;
-    let mut run = open_run(&out, "train", a.resume, a.force)?;
-    let (opts, dir) = register(&prepared, &mut run, "", a.resume)?;
-    run.set_experiment_hash(patchclamp_report::content_hash(
-        toml::to_string(&prepared.exp)?.as_bytes(),
-    ))?;
+    // Everything about the resume is checked before the folder is touched: a refused one
+    // leaves it exactly as it was.
+    let resumes = match resume {
+        Resume::Required if !out.join(patchclamp_report::run_dir::MANIFEST).is_file() => {
+            Err(patchclamp_report::Error::NothingToResume { path: out.clone() })?
+        }
+        Resume::No => false,
+        _ => check_resume(
+            &prepared.trainer,
+            &RunOptions {
+                log: Some(out.join("log.jsonl")),
+                checkpoint: Some(out.join("checkpoint.safetensors")),
+                resume,
+                stop_after: None,
+            },
+        )?
+        .is_some(),
+    };
+    let mut run = if resumes {
+        RunDir::resume(&out, "train")?
+    } else {
+        RunDir::create(&out, "train", a.force)?
+    };
+    let (opts, dir) = register(
+        &prepared,
+        &mut run,
+        "",
+        if resumes {
+            Resume::Required
+        } else {
+            Resume::No
+        },
+    )?;
+    run.set_experiment_hash(prepared.exp.identity_hash())?;
     let mp = indicatif::MultiProgress::new();
     let done = execute(prepared, &opts, dir, &mp)?;
     let (html, summary) = patchclamp_report::training::write(
@@ -146,13 +188,4 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         crate::print(&format!("report: {}", html.display()));
     }
     Ok(())
-}
-
-/// Opens the run folder: fresh, or to resume the run in it.
-pub fn open_run(out: &Path, command: &str, resume: bool, force: bool) -> anyhow::Result<RunDir> {
-    Ok(if resume {
-        RunDir::resume(out, command)?
-    } else {
-        RunDir::create(out, command, force)?
-    })
 }

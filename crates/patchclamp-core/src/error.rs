@@ -25,6 +25,21 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Writing a file failed at the OS level.
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// A file is larger than patchclamp reads whole (a prompt or spec file, `/dev/zero`).
+    #[error("{path} is larger than {limit}; patchclamp reads {what} whole")]
+    TooLarge {
+        path: PathBuf,
+        limit: String,
+        what: &'static str,
+    },
+
     /// A JSON file (config, index, tokenizer) is malformed or misses a field.
     #[error("{path}: {msg}")]
     Config { path: PathBuf, msg: String },
@@ -102,6 +117,14 @@ impl Error {
     /// An I/O error tied to a path.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A write error tied to a path.
+    pub fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Write {
             path: path.into(),
             source,
         }

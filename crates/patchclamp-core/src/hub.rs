@@ -123,6 +123,12 @@ fn snapshot(entry: &Path, rev: Option<&str>) -> Result<Option<PathBuf>> {
 /// The model files inside `dir`.
 pub fn files_in(dir: &Path) -> Result<ModelFiles> {
     let config = dir.join("config.json");
+    if config.exists() && !config.is_file() {
+        return Err(Error::config(
+            &config,
+            "is not a regular file (a folder, device or pipe); config.json must be a JSON file",
+        ));
+    }
     if !config.is_file() {
         return Err(Error::NotFound {
             what: "config.json",
@@ -159,7 +165,7 @@ pub fn files_in(dir: &Path) -> Result<ModelFiles> {
 
 /// The shard files a `model.safetensors.index.json` names, each once, in order.
 fn shards(index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let text = crate::fsutil::read_text(index, crate::fsutil::SPEC_LIMIT, "index files")?;
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| Error::config(index, format!("invalid JSON: {e}")))?;
     let map = json

@@ -31,6 +31,8 @@ pub fn load(spec: &str, device: &Device) -> Result<Loaded> {
     let files = locate(spec)?;
     let cfg = read_config(&files.config)?;
     let ckpt = Checkpoint::open(&files.weights, device)?;
+    ckpt.check_holds(&cfg)
+        .map_err(|e| Error::config(&files.config, e.to_string()))?;
     let weights = arch::weights_from_hf(&cfg, &ckpt)?;
     ckpt.finish()?;
     let model = Model::new(cfg, weights)?;
@@ -49,7 +51,7 @@ pub fn load(spec: &str, device: &Device) -> Result<Loaded> {
 
 /// Parses `config.json` into the canonical config.
 pub fn read_config(path: &std::path::Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::fsutil::read_text(path, crate::fsutil::SPEC_LIMIT, "config files")?;
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
     arch::config_from_hf(&json, path)

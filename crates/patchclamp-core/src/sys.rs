@@ -21,3 +21,11 @@ pub fn tune_allocator() {
         }
     }
 }
+
+/// The machine's physical memory in bytes, where the OS tells (Linux: `/proc/meminfo`).
+pub fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

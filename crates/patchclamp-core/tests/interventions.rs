@@ -418,7 +418,7 @@ fn every_op() -> Vec<Intervention> {
             "blocks.0.hook_resid_mid",
             Selection::default(),
             Op::ProjectOut {
-                basis: Values::Vector(vec![1.0; 32]),
+                basis: Values::Vector(vec![(1.0f64 / 32.0).sqrt(); 32]),
             },
         ),
         iv(
@@ -427,7 +427,10 @@ fn every_op() -> Vec<Intervention> {
             Op::SubspacePatch {
                 basis: Values::Tensor {
                     shape: vec![2, 32],
-                    data: vec![0.0; 64],
+                    // e0 and e1: orthonormal rows.
+                    data: (0..64)
+                        .map(|i| if i == 0 || i == 33 { 1.0 } else { 0.0 })
+                        .collect(),
                 },
                 source: "clean".into(),
             },
@@ -710,6 +713,63 @@ fn invalid_specs_fail_before_compute_with_a_message() {
         (
             iv("blocks.5.hook_resid_pre", Selection::default(), Op::Zero),
             "layer 5 is out of range",
+        ),
+        // Specs that could never act, or would act wrongly, are refused before any compute.
+        (
+            Intervention {
+                when: Schedule {
+                    from: Some(4),
+                    until: Some(4),
+                },
+                ..iv("blocks.0.hook_resid_pre", Selection::default(), Op::Zero)
+            },
+            "holds no step",
+        ),
+        (
+            iv(
+                "blocks.0.hook_resid_pre",
+                Selection::default(),
+                Op::ProjectOut {
+                    basis: Values::Vector(vec![0.0; 32]),
+                },
+            ),
+            "all zeros",
+        ),
+        (
+            iv(
+                "blocks.0.hook_resid_pre",
+                Selection::default(),
+                Op::ProjectOut {
+                    basis: Values::Tensor {
+                        shape: vec![2, 32],
+                        data: (0..64)
+                            .map(|i| if i % 32 == 0 { 1.0 } else { 0.0 })
+                            .collect(),
+                    },
+                },
+            ),
+            "rows 0 and 1 have dot product 1.000000",
+        ),
+        (
+            iv(
+                "blocks.0.hook_resid_pre",
+                Selection::default(),
+                Op::Add {
+                    vector: Values::Scalar(1.0),
+                    coef: f64::NAN,
+                },
+            ),
+            "steering coefficient at blocks.0.hook_resid_pre must be finite, got NaN",
+        ),
+        (
+            iv(
+                "blocks.0.hook_resid_pre",
+                Selection::default(),
+                Op::Set {
+                    value: Values::Vector(vec![0.0, f64::INFINITY]),
+                },
+            ),
+            "non-finite number (inf at index 1)",
         ),
         (
             iv(

@@ -34,13 +34,6 @@ pub enum Error {
     Numeric(String),
 
     // --- files ---
-    /// Reading or writing a file failed at the OS level.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-
     /// A checkpoint is truncated, corrupt, or not one patchclamp wrote.
     #[error("{path} is not a valid checkpoint: {msg}")]
     Safetensors { path: PathBuf, msg: String },
@@ -61,12 +54,14 @@ impl From<candle_core::Error> for Error {
 }
 
 impl Error {
-    /// An I/O error tied to a path.
+    /// A read error tied to a path (the core's, so every crate words it alike).
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Core(patchclamp_core::Error::io(path, source))
+    }
+
+    /// A write error tied to a path.
+    pub fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Core(patchclamp_core::Error::write(path, source))
     }
 
     /// An experiment-file error tied to its path.

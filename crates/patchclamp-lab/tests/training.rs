@@ -5,9 +5,11 @@ mod common;
 
 use candle_core::Tensor;
 use patchclamp_core::{HookPoint, Hooks, Intervention, Selector};
+use patchclamp_lab::experiment::Experiment;
 use patchclamp_lab::tasks::{RepeatedSegments, Task, TaskSpec};
 use patchclamp_lab::train::{
-    run, LrSchedule, ModelSpec, OptimSpec, RunOptions, TrainSpec, Trainer,
+    check_resume, load_model, run, save_checkpoint, LrSchedule, ModelSpec, OptimSpec, Resume,
+    RunOptions, TrainSpec, Trainer,
 };
 
 fn task() -> RepeatedSegments {
@@ -214,7 +216,7 @@ fn resume_after_kill_continues_bit_identically() {
     let opts = |name: &str, stop| RunOptions {
         log: Some(dir.join(name).join("log.jsonl")),
         checkpoint: Some(dir.join(name).join("ckpt.safetensors")),
-        resume: true,
+        resume: Resume::IfPresent,
         stop_after: stop,
     };
     let mut whole = trainer(40, ivs());
@@ -367,7 +369,7 @@ fn broken_or_foreign_checkpoints_are_refused_with_the_file_named() {
     let resume_error = |ck: std::path::PathBuf| {
         let opts = RunOptions {
             checkpoint: Some(ck),
-            resume: true,
+            resume: Resume::Required,
             ..Default::default()
         };
         run(
@@ -418,5 +420,160 @@ fn broken_or_foreign_checkpoints_are_refused_with_the_file_named() {
     .unwrap();
     let err = resume_error(other);
     assert!(err.contains("different model config"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A small experiment file's text, for identity tests.
+const EXP: &str = r#"
+name = "ident"
+[task]
+kind = "repeated"
+vocab = 16
+seq_len = 16
+min_len = 2
+max_len = 6
+[model]
+n_layers = 1
+d_model = 16
+n_heads = 2
+[train]
+steps = 6
+batch = 2
+seed = 1
+checkpoint_every = 2
+eval_every = 3
+lr = { lr = 1e-3 }
+"#;
+
+fn experiment(text: &str) -> Experiment {
+    Experiment::from_toml(text, std::path::Path::new("ident.toml")).unwrap()
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("pc-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn opts_in(dir: &std::path::Path, resume: Resume, stop_after: Option<u64>) -> RunOptions {
+    RunOptions {
+        log: Some(dir.join("log.jsonl")),
+        checkpoint: Some(dir.join("ckpt.safetensors")),
+        resume,
+        stop_after,
+    }
+}
+
+#[test]
+fn a_resume_is_refused_for_another_experiment_and_says_what_differs() {
+    let dir = temp("ident");
+    let exp = experiment(EXP);
+    let task = exp.task.clone();
+    let mut tr = exp.trainer().unwrap();
+    run(&mut tr, &task, &opts_in(&dir, Resume::No, Some(4)), |_| {}).unwrap();
+    // The same experiment resumes at its checkpoint.
+    let same = experiment(EXP).trainer().unwrap();
+    assert_eq!(
+        check_resume(&same, &opts_in(&dir, Resume::Required, None)).unwrap(),
+        Some(4)
+    );
+    // Another seed, or another step count, is another experiment: refused, naming the field.
+    for (from, to, field) in [
+        (
+            "seed = 1",
+            "seed = 2",
+            "train.seed: 1 in the checkpoint, 2 here",
+        ),
+        (
+            "steps = 6",
+            "steps = 9",
+            "train.steps: 6 in the checkpoint, 9 here",
+        ),
+    ] {
+        let other = experiment(&EXP.replace(from, to)).trainer().unwrap();
+        let e = check_resume(&other, &opts_in(&dir, Resume::Required, None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("different experiment") && e.contains(field),
+            "{e}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_resume_needs_a_checkpoint_and_a_log_that_reaches_it() {
+    let dir = temp("gap");
+    let exp = experiment(EXP);
+    let mut tr = exp.trainer().unwrap();
+    let fresh = exp.trainer().unwrap();
+    let e = check_resume(&fresh, &opts_in(&dir, Resume::Required, None))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no checkpoint to resume"), "{e}");
+    assert_eq!(
+        check_resume(&fresh, &opts_in(&dir, Resume::IfPresent, None)).unwrap(),
+        None,
+        "asked to start fresh"
+    );
+    run(
+        &mut tr,
+        &exp.task,
+        &opts_in(&dir, Resume::No, Some(4)),
+        |_| {},
+    )
+    .unwrap();
+    // Drop the log's last lines: it now ends before the checkpoint's step 4.
+    let log = dir.join("log.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&log, lines[..lines.len() - 2].join("\n")).unwrap();
+    let e = check_resume(&fresh, &opts_in(&dir, Resume::Required, None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gap in the log") && e.contains("last step 3"),
+        "{e}"
+    );
+    // A fresh run removes the old checkpoint first: nothing stale is left to resume.
+    let mut again = exp.trainer().unwrap();
+    run(
+        &mut again,
+        &exp.task,
+        &opts_in(&dir, Resume::No, Some(1)),
+        |_| {},
+    )
+    .unwrap();
+    assert!(!dir.join("ckpt.safetensors").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn damaged_or_non_finite_checkpoints_are_refused_as_such() {
+    let dir = temp("damaged");
+    let exp = experiment(EXP);
+    let ck = dir.join("ckpt.safetensors");
+    let tr = exp.trainer().unwrap();
+    save_checkpoint(&tr, &ck).unwrap();
+    load_model(&ck).unwrap();
+    // One flipped byte in the tensor data.
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&ck, &bytes).unwrap();
+    let e = load_model(&ck).err().unwrap().to_string();
+    assert!(
+        e.contains("checksum") && e.contains("ckpt.safetensors"),
+        "{e}"
+    );
+    // A NaN weight saved as such (a diverged run) is named when read, not trained on.
+    let (name, var) = &tr.params()[0];
+    let nan = Tensor::full(f32::NAN, var.dims(), &candle_core::Device::Cpu).unwrap();
+    var.set(&nan).unwrap();
+    save_checkpoint(&tr, &ck).unwrap();
+    let e = load_model(&ck).err().unwrap().to_string();
+    assert!(e.contains("NaN") && e.contains(name.as_str()), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -32,6 +32,8 @@ pub struct PromptSource {
 pub struct Subject {
     pub model: Model,
     pub tok: Option<Tokenizer>,
+    /// The folder the model was loaded from (nothing is ever written inside it).
+    pub home: PathBuf,
 }
 
 /// One prompt as tokens, with its text and label when known.
@@ -58,7 +60,7 @@ impl Subject {
     /// checkpoint (`….safetensors`, no tokenizer).
     pub fn load(spec: &str, processed: bool, dev: &Device) -> Result<Subject> {
         let p = Path::new(spec);
-        if p.is_file() && p.extension().is_some_and(|e| e == "safetensors") {
+        if p.exists() && p.extension().is_some_and(|e| e == "safetensors") {
             if processed {
                 bail!("--processed applies to Hugging Face models, not lab checkpoints");
             }
@@ -67,7 +69,12 @@ impl Subject {
                     spec: spec.to_string(),
                     source,
                 })?;
-            return Ok(Subject { model, tok: None });
+            let home = p.parent().map(Path::to_path_buf).unwrap_or_default();
+            return Ok(Subject {
+                model,
+                tok: None,
+                home,
+            });
         }
         let mut m = patchclamp_core::load(spec, dev).map_err(|source| Error::Load {
             spec: spec.to_string(),
@@ -79,6 +86,7 @@ impl Subject {
         Ok(Subject {
             model: m.model,
             tok: m.tokenizer,
+            home: m.files.dir,
         })
     }
 
@@ -89,8 +97,13 @@ impl Subject {
 
     /// Tokens of a prompt text: the tokenizer's (with BOS as TransformerLens adds it), or ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, None)
+    }
+
+    /// [`Subject::encode`] with BOS on or off (`None`: the model's default).
+    pub fn encode_with(&self, text: &str, prepend_bos: Option<bool>) -> Result<Vec<u32>> {
         let ids = match &self.tok {
-            Some(t) => t.prompt(&self.model.cfg, text, None)?,
+            Some(t) => t.prompt(&self.model.cfg, text, prepend_bos)?,
             None => text
                 .split_whitespace()
                 .map(|w| w.parse::<u32>())
@@ -101,6 +114,12 @@ impl Subject {
         };
         self.check(&ids, text)?;
         Ok(ids)
+    }
+
+    /// Token ids given directly, checked against the model's vocabulary and context.
+    pub fn ids(&self, ids: &[u32]) -> Result<Vec<u32>> {
+        self.check(ids, &format!("{ids:?}"))?;
+        Ok(ids.to_vec())
     }
 
     fn check(&self, ids: &[u32], what: &str) -> Result<()> {

@@ -13,6 +13,8 @@
 //! and hand it here: a face adds no numbers.
 
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod html;
 pub mod input;
 pub mod outcomes;
@@ -31,27 +33,21 @@ pub use output::{write_outcome, Figure, Outcome, Page, Written};
 pub use run_dir::{content_hash, Manifest, RunDir};
 pub use vocab::Vocab;
 
-/// Largest text file read as prompts or a spec (a guard against `/dev/zero` and mistakes).
-pub const MAX_TEXT_FILE: u64 = 1 << 30;
+/// Reads a spec file (experiment, interventions, clamp), refusing one larger than the core's
+/// `SPEC_LIMIT`.
+pub fn read_spec(path: &Path) -> Result<String> {
+    Ok(patchclamp_core::fsutil::read_text(
+        path,
+        patchclamp_core::fsutil::SPEC_LIMIT,
+        "spec files",
+    )?)
+}
 
-/// Reads a text file, refusing one larger than [`MAX_TEXT_FILE`].
+/// Reads a prompt or corpus file, refusing one larger than the core's `TEXT_LIMIT`.
 pub fn read_text(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let read_err = |source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = std::fs::File::open(path).map_err(read_err)?;
-    let mut text = String::new();
-    f.take(MAX_TEXT_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(read_err)?;
-    if text.len() as u64 > MAX_TEXT_FILE {
-        return Err(Error::Input(format!(
-            "{} is larger than {} GiB; patchclamp reads prompt and spec files whole",
-            path.display(),
-            MAX_TEXT_FILE >> 30
-        )));
-    }
-    Ok(text)
+    Ok(patchclamp_core::fsutil::read_text(
+        path,
+        patchclamp_core::fsutil::TEXT_LIMIT,
+        "prompt and spec files",
+    )?)
 }

@@ -51,6 +51,9 @@ pub struct Manifest {
 pub struct RunDir {
     root: PathBuf,
     manifest: Manifest,
+    /// Whether the manifest on disk is this run's (a resumed folder keeps the old one
+    /// until the first file is written).
+    saved: bool,
     // Held for the folder's lifetime: the OS lock is released when this closes.
     _lock: File,
 }
@@ -58,30 +61,14 @@ pub struct RunDir {
 impl RunDir {
     /// Opens `root` for a fresh run of `command` (see the module doc for what is refused).
     pub fn create(root: &Path, command: &str, force: bool) -> Result<RunDir> {
-        let lock = take_lock(root)?;
-        let old = read_manifest(root);
-        let ours: BTreeSet<String> = old
-            .as_ref()
-            .map(|m| m.files.iter().cloned().collect())
-            .unwrap_or_default();
-        let foreign = foreign_entries(root, &ours)?;
-        if !foreign.is_empty() && !force {
-            let mut listed: Vec<String> = foreign.iter().take(4).cloned().collect();
-            if foreign.len() > 4 {
-                listed.push(format!("and {} more", foreign.len() - 4));
-            }
-            return Err(Error::NotOurs {
-                path: root.to_path_buf(),
-                listed: listed.join(", "),
-            });
+        // Looked at before the lock file is made, so a refused folder is left untouched; and
+        // again under the lock, in case another process wrote it in between.
+        if root.is_dir() {
+            check_ours(root, command, force)?;
         }
+        let lock = take_lock(root)?;
+        let old = check_ours(root, command, force)?;
         if let Some(m) = &old {
-            if m.complete && m.command != command && !force {
-                return Err(Error::OtherRun {
-                    path: root.to_path_buf(),
-                    found: m.command.clone(),
-                });
-            }
             for f in &m.files {
                 remove_quietly(&root.join(f));
             }
@@ -98,6 +85,7 @@ impl RunDir {
                 files: vec![],
                 complete: false,
             },
+            saved: false,
             _lock: lock,
         };
         dir.save_manifest()?;
@@ -122,13 +110,14 @@ impl RunDir {
         manifest.command = command.to_string();
         manifest.complete = false;
         manifest.git_revision = crate::revision::git_revision();
-        let mut dir = RunDir {
+        // Nothing is written until the run writes its first file, so a resume that fails
+        // before then leaves the folder as it was.
+        Ok(RunDir {
             root: root.to_path_buf(),
             manifest,
+            saved: false,
             _lock: lock,
-        };
-        dir.save_manifest()?;
-        Ok(dir)
+        })
     }
 
     /// The folder.
@@ -152,6 +141,8 @@ impl RunDir {
         if !self.manifest.files.iter().any(|f| f == rel) {
             self.manifest.files.push(rel.to_string());
             self.save_manifest()?;
+        } else if !self.saved {
+            self.save_manifest()?;
         }
         Ok(self.root.join(rel))
     }
@@ -173,7 +164,9 @@ impl RunDir {
     fn save_manifest(&mut self) -> Result<()> {
         let path = self.root.join(MANIFEST);
         let text = serde_json::to_string_pretty(&self.manifest)?;
-        write_atomic(&path, text.as_bytes()).map_err(|e| write_error(&path, e))
+        write_atomic(&path, text.as_bytes()).map_err(|e| write_error(&path, e))?;
+        self.saved = true;
+        Ok(())
     }
 }
 
@@ -186,20 +179,43 @@ impl Drop for RunDir {
     }
 }
 
-/// A stable 64-bit FNV-1a hash of `bytes`, as 16 hex digits (for experiment identities).
-pub fn content_hash(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+pub use patchclamp_core::fsutil::content_hash;
+
+/// Reads `root`'s manifest and refuses the folder if it holds files patchclamp did not write or
+/// another command's complete run (unless `force`); returns the earlier run's manifest.
+fn check_ours(root: &Path, command: &str, force: bool) -> Result<Option<Manifest>> {
+    let old = read_manifest(root);
+    let ours: BTreeSet<String> = old
+        .as_ref()
+        .map(|m| m.files.iter().cloned().collect())
+        .unwrap_or_default();
+    let foreign = foreign_entries(root, &ours)?;
+    if !foreign.is_empty() && !force {
+        let mut listed: Vec<String> = foreign.iter().take(4).cloned().collect();
+        if foreign.len() > 4 {
+            listed.push(format!("and {} more", foreign.len() - 4));
+        }
+        return Err(Error::NotOurs {
+            path: root.to_path_buf(),
+            listed: listed.join(", "),
+        });
     }
-    format!("{h:016x}")
+    if let Some(m) = &old {
+        if m.complete && m.command != command && !force {
+            return Err(Error::OtherRun {
+                path: root.to_path_buf(),
+                found: m.command.clone(),
+            });
+        }
+    }
+    Ok(old)
 }
 
 /// A core I/O error as the report floor's write error (the path named once).
 fn write_error(path: &Path, e: patchclamp_core::Error) -> Error {
     match e {
-        patchclamp_core::Error::Io { source, .. } => Error::Write {
+        patchclamp_core::Error::Io { source, .. }
+        | patchclamp_core::Error::Write { source, .. } => Error::Write {
             path: path.to_path_buf(),
             source,
         },

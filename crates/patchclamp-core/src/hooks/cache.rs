@@ -9,6 +9,37 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::hooks::HookPoint;
 
+/// The `format` entry of a saved cache's metadata: how patchclamp knows a file is its own.
+pub const CACHE_FORMAT: &str = "patchclamp-cache-1";
+
+/// Whether `path` is an activation cache patchclamp wrote (and so may be replaced).
+pub fn is_cache_file(path: &Path) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    use std::io::Read;
+    let mut len = [0u8; 8];
+    if f.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        return false;
+    }
+    let mut head = vec![0u8; n as usize];
+    if f.read_exact(&mut head).is_err() {
+        return false;
+    }
+    serde_json::from_slice::<serde_json::Value>(&head)
+        .ok()
+        .and_then(|v| {
+            v["__metadata__"]["format"]
+                .as_str()
+                .map(|f| f == CACHE_FORMAT)
+        })
+        .unwrap_or(false)
+}
+
 /// Recorded activations, in forward order: exactly the points a run's [`Hooks`](crate::Hooks)
 /// asked for, each the tensor the forward computed (shared, not copied).
 ///
@@ -107,7 +138,9 @@ impl ActivationCache {
         for (k, t) in extra {
             named.push((k.to_string(), t.clone()));
         }
-        let bytes = safetensors::serialize(named.iter().map(|(k, t)| (k.as_str(), t)), None)
+        let meta =
+            std::collections::HashMap::from([("format".to_string(), CACHE_FORMAT.to_string())]);
+        let bytes = safetensors::serialize(named.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
             .map_err(|e| Error::Safetensors {
                 path: path.into(),
                 msg: e.to_string(),

@@ -79,6 +79,23 @@ impl Schedule {
     pub fn active(&self, t: u64) -> bool {
         self.from.is_none_or(|a| t >= a) && self.until.is_none_or(|b| t < b)
     }
+
+    /// Fails for a window that holds no step (`from >= until`): such a spec can never act.
+    pub fn validate(&self) -> Result<()> {
+        if let (Some(a), Some(b)) = (self.from, self.until) {
+            if a >= b {
+                return Err(Error::Input(format!(
+                    "the window from = {a}, until = {b} holds no step (until is exclusive, so it must exceed from)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the window holds any of the steps `0..steps` (a training run's updates).
+    pub fn overlaps(&self, steps: u64) -> bool {
+        self.from.unwrap_or(0) < steps.min(self.until.unwrap_or(u64::MAX))
+    }
 }
 
 /// Numbers in a spec: a scalar, a vector over the last dimension, or a tensor of any shape
@@ -92,6 +109,26 @@ pub enum Values {
 }
 
 impl Values {
+    /// The numbers, flat.
+    fn numbers(&self) -> &[f64] {
+        match self {
+            Values::Scalar(x) => std::slice::from_ref(x),
+            Values::Vector(v) => v,
+            Values::Tensor { data, .. } => data,
+        }
+    }
+
+    /// Fails when a number is NaN or infinite (it would spread through every later activation).
+    fn check_finite(&self, what: &str, at: HookPoint) -> Result<()> {
+        match self.numbers().iter().position(|x| !x.is_finite()) {
+            Some(i) => Err(Error::Input(format!(
+                "{what} at {at} holds a non-finite number ({} at index {i})",
+                self.numbers()[i]
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// As an f32 tensor on `dev`.
     pub fn tensor(&self, dev: &Device) -> Result<Tensor> {
         let t = match self {
@@ -186,6 +223,9 @@ impl Intervention {
     ) -> Result<()> {
         let p = self.at;
         HookPoint::parse_for(&p.to_string(), cfg)?;
+        self.when
+            .validate()
+            .map_err(|e| Error::Input(format!("intervention at {p}: {e}")))?;
         let shape = p.shape(cfg, batch, seq);
         let range = |what: &'static str, idx: &[usize], n: usize| -> Result<()> {
             match idx.iter().find(|&&i| i >= n) {
@@ -234,7 +274,17 @@ impl Intervention {
         if let Some(units) = &s.units {
             range("unit", units, *shape.last().unwrap_or(&0))?;
         }
+        let finite = |x: f64, what: &str| -> Result<()> {
+            if x.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::Input(format!(
+                    "{what} at {p} must be finite, got {x}"
+                )))
+            }
+        };
         let check_values = |v: &Values, what: &str| -> Result<()> {
+            v.check_finite(what, p)?;
             let vs = v.shape();
             if !broadcastable(&vs, &shape) {
                 return Err(Error::Input(format!(
@@ -271,13 +321,18 @@ impl Intervention {
                     "basis of shape {bs:?} must be [{last}] or [k, {last}] at {p}"
                 )));
             }
-            Ok(())
+            b.check_finite("basis", p)?;
+            check_orthonormal(b.numbers(), last, p)
         };
         match &self.op {
-            Op::Record | Op::Zero | Op::Scale { .. } => Ok(()),
+            Op::Record | Op::Zero => Ok(()),
+            Op::Scale { factor } => finite(*factor, "scale factor"),
             Op::Mean { mean } => check_values(mean, "mean"),
             Op::Set { value } => check_values(value, "value"),
-            Op::Add { vector, .. } => check_values(vector, "vector"),
+            Op::Add { vector, coef } => {
+                finite(*coef, "steering coefficient")?;
+                check_values(vector, "vector")
+            }
             Op::Patch { source, rows } => {
                 check_source(source)?;
                 if let Some(rows) = rows {
@@ -602,6 +657,39 @@ fn broadcastable(a: &[usize], b: &[usize]) -> bool {
 }
 
 /// A basis as a `[k, n]` matrix (a single direction becomes `[1, n]`).
+/// How far `U Uᵀ` may stray from the identity: the rows of a basis written out as text from
+/// float32 (six or seven digits) are orthonormal to about 1e-6.
+const ORTHONORMAL_TOLERANCE: f64 = 1e-4;
+
+/// Fails unless the rows of `data` (`k × n`, row-major) are orthonormal: a projection onto a
+/// basis that is not would silently remove the wrong amount (or add some back).
+fn check_orthonormal(data: &[f64], n: usize, p: HookPoint) -> Result<()> {
+    let rows: Vec<&[f64]> = data.chunks_exact(n.max(1)).collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    if rows.iter().all(|r| r.iter().all(|&x| x == 0.0)) {
+        return Err(Error::Input(format!(
+            "the basis at {p} is all zeros: it spans nothing, so the op would change nothing"
+        )));
+    }
+    for (i, a) in rows.iter().enumerate() {
+        for (j, b) in rows.iter().enumerate().skip(i) {
+            let want = if i == j { 1.0 } else { 0.0 };
+            let got = dot(a, b);
+            if (got - want).abs() > ORTHONORMAL_TOLERANCE {
+                let what = if i == j {
+                    format!("row {i} has norm {:.6}", got.sqrt())
+                } else {
+                    format!("rows {i} and {j} have dot product {got:.6}")
+                };
+                return Err(Error::Input(format!(
+                    "the basis at {p} is not orthonormal ({what}); orthonormalise it first (e.g. a QR decomposition)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn basis_rows(b: &Values, dev: &Device) -> Result<Tensor> {
     let t = b.tensor(dev)?.to_dtype(DType::F32)?;
     Ok(if t.rank() == 1 { t.unsqueeze(0)? } else { t })

@@ -79,7 +79,7 @@ mod intervene;
 mod point;
 mod select;
 
-pub use cache::ActivationCache;
+pub use cache::{is_cache_file, ActivationCache, CACHE_FORMAT};
 pub use intervene::{Intervention, Op, Positions, Schedule, Selection, Values};
 pub use point::{HookPoint, NormSite};
 pub use select::Selector;

@@ -265,53 +265,99 @@ impl Config {
                 ));
             }
         }
-        if self.attn.scale.is_nan() || self.attn.scale <= 0.0 {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(self.attn.scale) {
             return bad(format!(
                 "attn_scale must be positive, got {}",
                 self.attn.scale
             ));
         }
+        if self.has_norm() && !positive(self.norm.eps) {
+            return bad(format!(
+                "the norm epsilon must be positive, got {}",
+                self.norm.eps
+            ));
+        }
+        if self.attn.sliding_window == Some(0) {
+            return bad("sliding_window must be positive (or absent)".into());
+        }
+        if let Some(r) = self.rotary() {
+            if !positive(r.theta) {
+                return bad(format!("rope_theta must be positive, got {}", r.theta));
+            }
+            let factors = match r.scaling {
+                None => vec![],
+                Some(RopeScaling::Linear { factor }) => vec![factor],
+                Some(RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    ..
+                }) => vec![factor, low_freq_factor, high_freq_factor],
+            };
+            if let Some(x) = factors.iter().find(|&&x| !positive(x)) {
+                return bad(format!("rope scaling factors must be positive, got {x}"));
+            }
+        }
+        if self.n_params() == usize::MAX {
+            return bad(
+                "the sizes overflow: the model would have more than 2^64 parameters".into(),
+            );
+        }
         Ok(())
     }
 
-    /// Number of parameters the weights of this config hold.
+    /// Number of parameters the weights of this config hold (`usize::MAX` when that overflows,
+    /// so a config declaring absurd sizes is caught before anything is allocated).
     pub fn n_params(&self) -> usize {
+        self.checked_n_params().unwrap_or(usize::MAX)
+    }
+
+    fn checked_n_params(&self) -> Option<usize> {
         let (d, a, m) = (self.d_model, &self.attn, self.d_mlp());
-        let qkv = (a.n_heads + 2 * a.n_kv_heads) * a.d_head;
-        let mut block = d * qkv + a.n_heads * a.d_head * d;
+        let mul = |x: usize, y: usize| x.checked_mul(y);
+        let qkv = mul(a.n_heads.checked_add(mul(2, a.n_kv_heads)?)?, a.d_head)?;
+        let mut block = mul(d, qkv)?.checked_add(mul(mul(a.n_heads, a.d_head)?, d)?)?;
         if a.qkv_bias {
-            block += qkv;
+            block = block.checked_add(qkv)?;
         }
         if a.o_bias {
-            block += d;
+            block = block.checked_add(d)?;
         }
         let mats = match self.mlp {
             Mlp::None => 0,
-            Mlp::Dense { bias, .. } => 2 * d * m + if bias { m + d } else { 0 },
-            Mlp::Gated { bias, .. } => 3 * d * m + if bias { 2 * m + d } else { 0 },
+            Mlp::Dense { bias, .. } => {
+                mul(mul(2, d)?, m)?.checked_add(if bias { m.checked_add(d)? } else { 0 })?
+            }
+            Mlp::Gated { bias, .. } => mul(mul(3, d)?, m)?.checked_add(if bias {
+                mul(2, m)?.checked_add(d)?
+            } else {
+                0
+            })?,
         };
-        block += mats;
+        block = block.checked_add(mats)?;
         let norm_params = match self.norm.kind {
-            NormKind::LayerNorm => 2 * d,
+            NormKind::LayerNorm => mul(2, d)?,
             NormKind::RmsNorm => d,
             _ => 0,
         };
         let n_norms_per_block = if self.has_mlp() { 2 } else { 1 };
-        block += n_norms_per_block * norm_params;
-        let mut total = self.n_layers * block + self.d_vocab * d;
+        block = block.checked_add(mul(n_norms_per_block, norm_params)?)?;
+        let embed = mul(self.d_vocab, d)?;
+        let mut total = mul(self.n_layers, block)?.checked_add(embed)?;
         if !self.tied_embeddings {
-            total += self.d_vocab * d;
+            total = total.checked_add(embed)?;
         }
         if self.unembed_bias {
-            total += self.d_vocab;
+            total = total.checked_add(self.d_vocab)?;
         }
         if self.positions == Positions::Learned {
-            total += self.n_ctx * d;
+            total = total.checked_add(mul(self.n_ctx, d)?)?;
         }
         if self.norm.final_norm {
-            total += norm_params;
+            total = total.checked_add(norm_params)?;
         }
-        total
+        Some(total)
     }
 }
 

@@ -186,6 +186,8 @@ impl Weights {
 pub struct Checkpoint {
     st: MmapedSafetensors,
     names: BTreeSet<String>,
+    /// Values stored, over every tensor (saturating).
+    n_values: usize,
     device: Device,
     /// Names read so far, so a load can tell which tensors nothing asked for.
     read: std::sync::Mutex<BTreeSet<String>>,
@@ -214,10 +216,15 @@ impl Checkpoint {
             path: files.first().cloned().unwrap_or_default(),
             msg: short_candle_msg(&e),
         })?;
-        let names = st.tensors().into_iter().map(|(n, _)| n).collect();
+        let tensors = st.tensors();
+        let n_values = tensors.iter().fold(0usize, |n, (_, v)| {
+            n.saturating_add(v.shape().iter().fold(1usize, |a, &b| a.saturating_mul(b)))
+        });
+        let names = tensors.into_iter().map(|(n, _)| n).collect();
         Ok(Self {
             st,
             names,
+            n_values,
             device: device.clone(),
             read: Default::default(),
         })
@@ -226,6 +233,23 @@ impl Checkpoint {
     /// Whether the checkpoint holds `name`.
     pub fn has(&self, name: &str) -> bool {
         self.names.contains(name)
+    }
+
+    /// Fails when `cfg` declares far more parameters than the files store, before anything
+    /// is allocated for them (a `n_layer` of 10^9 would otherwise ask for 144 GB first). A
+    /// small shortfall is left to the tensor-by-tensor checks, which name the missing weight.
+    pub fn check_holds(&self, cfg: &crate::model::Config) -> Result<()> {
+        let declared = cfg.n_params();
+        if declared > self.n_values.saturating_mul(2).saturating_add(1 << 20) {
+            return Err(Error::Input(format!(
+                "the config declares {} parameters ({} layers, d_model {}) but the weights hold {} values; config.json does not describe these weights",
+                if declared == usize::MAX { "more than 2^64".to_string() } else { declared.to_string() },
+                cfg.n_layers,
+                cfg.d_model,
+                self.n_values
+            )));
+        }
+        Ok(())
     }
 
     /// All tensor names.

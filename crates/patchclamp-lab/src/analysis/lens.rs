@@ -75,9 +75,14 @@ pub fn logit_lens(model: &Model, tokens: &[u32], k: usize, tracked: &[u32]) -> R
             limit: format!("a vocabulary of {v} tokens"),
         });
     }
+    if k == 0 {
+        return Err(Error::Input(
+            "the lens shows the top tokens per layer: --top-k must be at least 1".into(),
+        ));
+    }
     let input = Input::single(tokens, model.device())?;
     let probs = layer_probs(model, &input)?;
-    let k = k.clamp(1, v);
+    let k = k.min(v);
     let mut out = LogitLens {
         layers: layer_labels(model.cfg.n_layers),
         tokens: tokens.to_vec(),

@@ -487,8 +487,27 @@ pub fn tcav_of_labels(
             .map(|p| p.0.clone())
             .collect()
     };
+    if sets.concept == sets.random
+        || sets
+            .inputs
+            .is_some_and(|i| i == sets.concept || i == sets.random)
+    {
+        return Err(Error::Input(format!(
+            "TCAV needs three different labels: concept {:?}, random {:?}{}",
+            sets.concept,
+            sets.random,
+            sets.inputs
+                .map_or(String::new(), |i| format!(", inputs {i:?}"))
+        )));
+    }
     let cx = pick(&|l| l == Some(sets.concept));
     let rx = pick(&|l| l == Some(sets.random));
+    if rx.is_empty() {
+        return Err(Error::Input(format!(
+            "TCAV: no prompts labelled {:?} (the random set)",
+            sets.random
+        )));
+    }
     let ix = match sets.inputs {
         Some(lab) => pick(&|l| l == Some(lab)),
         None => pick(&|l| l != Some(sets.concept) && l != Some(sets.random)),

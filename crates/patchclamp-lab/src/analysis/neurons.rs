@@ -490,6 +490,11 @@ pub fn localize(a: &[Vec<f64>], b: &[Vec<f64>], width: usize, fraction: f64) -> 
             "the localizer needs at least two stimuli per set".into(),
         ));
     }
+    if a == b {
+        return Err(Error::Input(
+            "the stimuli and control sets give the same activations (the same prompts?): no unit can be selective for one over the other".into(),
+        ));
+    }
     let units = a[0].len();
     if width == 0 || !units.is_multiple_of(width) || b[0].len() != units {
         return Err(Error::Input(format!(
@@ -764,6 +769,11 @@ pub fn census_study(
 ) -> Result<CensusStudy> {
     // Checked before the stream, not only when two labels make LAPE run.
     unit_fraction("LAPE's top rate", spec.lape_top_rate)?;
+    if spec.top == 0 {
+        return Err(Error::Input(
+            "the census lists the top units per detector: --top must be at least 1".into(),
+        ));
+    }
     let LabelledCensus {
         all,
         by_label,

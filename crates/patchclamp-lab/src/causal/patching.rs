@@ -306,6 +306,7 @@ pub fn sweep(
     if cfg.batch == 0 {
         return Err(Error::Input("batch must be at least 1".into()));
     }
+    check_window(cfg.window, model.cfg.n_layers)?;
     let n_layers = model.cfg.n_layers;
     let seq = clean.len();
     let (base_ids, source_ids) = match cfg.direction {
@@ -421,6 +422,17 @@ pub fn sweep(
         corrupt_metric,
         unchanged,
     })
+}
+
+/// Fails for a window the sweep could not use as given (0, or wider than the model), so the
+/// window recorded in a result is always the one used.
+pub fn check_window(w: usize, n_layers: usize) -> Result<()> {
+    if w == 0 || w > n_layers {
+        return Err(Error::Input(format!(
+            "the layer window {w} must lie in 1..={n_layers} (the model's layers)"
+        )));
+    }
+    Ok(())
 }
 
 /// The layers patched for layer `l`: `w` consecutive layers centred on it, clipped to the model

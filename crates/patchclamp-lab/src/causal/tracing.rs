@@ -135,6 +135,7 @@ pub fn trace(
     if cfg.samples == 0 || cfg.batch == 0 {
         return Err(Error::Input("samples and batch must be at least 1".into()));
     }
+    super::patching::check_window(cfg.window, n_layers)?;
     let noise = match cfg.noise {
         // Zero noise is a valid limit (nothing to restore); NaN, infinite or negative never is.
         Some(v) if !(v.is_finite() && v >= 0.0) => {

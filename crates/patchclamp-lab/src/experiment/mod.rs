@@ -82,15 +82,17 @@ impl Experiment {
 
     /// Reads an experiment file.
     pub fn load(path: &Path) -> Result<Experiment> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = patchclamp_core::fsutil::read_text(
+            path,
+            patchclamp_core::fsutil::SPEC_LIMIT,
+            "experiment files",
+        )?;
         Self::from_toml(&text, path)
     }
 
     /// Checks everything that can be checked without building the model.
     pub fn validate(&self) -> crate::Result<()> {
-        if self.name.trim().is_empty() {
-            return Err(crate::Error::Spec("'name' must not be empty".into()));
-        }
+        check_name(&self.name)?;
         self.task.validate()?;
         self.train.validate()?;
         self.config()?;
@@ -117,8 +119,35 @@ impl Experiment {
             let model = load_model(&s.checkpoint)?;
             tr = tr.with_source(&s.name, model);
         }
+        tr.identity = Some(self.identity());
         tr.with_interventions(self.interventions.clone())
     }
+
+    /// The run's identity: the full resolved experiment (overrides and seeds included) as JSON.
+    /// A checkpoint carries it, and a resume is refused when it differs.
+    pub fn identity(&self) -> String {
+        serde_json::to_string(self).expect("an experiment serialises")
+    }
+
+    /// A short hash of [`Experiment::identity`] (for manifests).
+    pub fn identity_hash(&self) -> String {
+        patchclamp_core::fsutil::content_hash(self.identity().as_bytes())
+    }
+}
+
+/// Fails unless `name` can name a folder under the output root and nothing else: letters,
+/// digits, `-`, `_`, `.` and `+`, not starting with a dot (`"../../x"` would escape the root).
+fn check_name(name: &str) -> crate::Result<()> {
+    if name.is_empty() {
+        return Err(crate::Error::Spec("'name' must not be empty".into()));
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-_.+".contains(c);
+    if name.starts_with('.') || !name.chars().all(ok) || name.len() > 200 {
+        return Err(crate::Error::Spec(format!(
+            "'name' {name:?} must be a plain folder name: letters, digits, '-', '_', '.', '+', not starting with '.', at most 200 characters (it names runs/NAME)"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

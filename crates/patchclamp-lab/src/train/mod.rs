@@ -15,11 +15,11 @@ mod optim;
 mod run;
 mod summary;
 
-pub use checkpoint::{load_checkpoint, load_model, save_checkpoint};
+pub use checkpoint::{check_checkpoint, load_checkpoint, load_model, save_checkpoint};
 pub use evaluate::{EvalRecord, FreeEval, HeadScores};
 pub use model_spec::ModelSpec;
 pub use optim::{Decay, LrSchedule, Moments, OptimSpec};
-pub use run::{run, Event, RunOptions, RunResult, StepRecord};
+pub use run::{check_resume, run, Event, Resume, RunOptions, RunResult, StepRecord};
 pub use summary::Summary;
 
 use std::collections::{BTreeSet, HashMap};
@@ -126,6 +126,9 @@ pub struct Trainer {
     /// Updates done.
     pub step: u64,
     rng: Rng,
+    /// The resolved experiment this trainer runs (JSON), stored in its checkpoints so a resume
+    /// can tell its own run from another one; `None` for trainers built in code.
+    pub identity: Option<String>,
     /// The tape-free step for models of its family (`None` outside it).
     fused: Option<fused_step::FusedStep>,
     /// Whether steps with no intervention in force take the fused step.
@@ -166,6 +169,7 @@ impl Trainer {
             sources: vec![],
             step: 0,
             rng,
+            identity: None,
             fused,
             use_fused: true,
         })
@@ -230,6 +234,14 @@ impl Trainer {
             .collect();
         for iv in &ivs {
             iv.validate(&self.model.cfg, 1, s, &dummy)?;
+            if !iv.when.overlaps(self.spec.steps) {
+                tracing::warn!(
+                    "the intervention at {} never acts: its window {} lies outside the run's {} steps",
+                    iv.at,
+                    window_text(&iv.when),
+                    self.spec.steps
+                );
+            }
         }
         self.interventions = ivs;
         Ok(self)
@@ -452,4 +464,16 @@ impl Trainer {
     pub fn rng_state(&self) -> u64 {
         self.rng.state()
     }
+}
+
+/// `from = 10, until = 20` as written in the file.
+fn window_text(w: &patchclamp_core::hooks::Schedule) -> String {
+    let mut parts = vec![];
+    if let Some(a) = w.from {
+        parts.push(format!("from = {a}"));
+    }
+    if let Some(b) = w.until {
+        parts.push(format!("until = {b}"));
+    }
+    parts.join(", ")
 }

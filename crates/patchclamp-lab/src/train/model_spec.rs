@@ -115,6 +115,19 @@ impl ModelSpec {
         };
         cfg.validate()
             .map_err(|e| crate::Error::Spec(e.to_string()))?;
+        // Weights, gradients and two optimiser moments: refuse what cannot fit, before
+        // anything is allocated (an `n_layers` of 10^9 would abort the process instead).
+        let need = (cfg.n_params() as u64).saturating_mul(16);
+        if let Some(have) = patchclamp_core::sys::total_memory() {
+            if need > have {
+                return Err(crate::Error::Spec(format!(
+                    "the model would have {} parameters, needing {:.1} GiB to train (weights, gradients, optimiser state), more than this machine's {:.1} GiB",
+                    cfg.n_params(),
+                    need as f64 / (1u64 << 30) as f64,
+                    have as f64 / (1u64 << 30) as f64
+                )));
+            }
+        }
         Ok(cfg)
     }
 }

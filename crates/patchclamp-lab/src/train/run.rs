@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::{eval_set, evaluate, EvalRecord};
-use super::{load_checkpoint, save_checkpoint, Trainer};
+use super::{check_checkpoint, load_checkpoint, save_checkpoint, Trainer};
 use crate::error::{Error, Result};
 use crate::tasks::TaskSpec;
 
@@ -18,10 +18,23 @@ pub struct RunOptions {
     pub log: Option<PathBuf>,
     /// The checkpoint file (written every `checkpoint_every` steps and at the end).
     pub checkpoint: Option<PathBuf>,
-    /// Continue from `checkpoint` if it exists.
-    pub resume: bool,
+    /// Whether to continue from `checkpoint`.
+    pub resume: Resume,
     /// Stop after this many updates without a final checkpoint (simulates a kill in tests).
     pub stop_after: Option<u64>,
+}
+
+/// Whether a run continues from its checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Resume {
+    /// Start over: an earlier checkpoint at the path is removed first, so no later resume
+    /// can pick up a stale one.
+    #[default]
+    No,
+    /// Continue from the checkpoint, which must exist (and be this experiment's).
+    Required,
+    /// Continue from the checkpoint if there is one, else start over.
+    IfPresent,
 }
 
 /// One update.
@@ -64,12 +77,17 @@ pub fn run(
 ) -> Result<RunResult> {
     let mut result = RunResult::default();
     let mut kept = vec![];
-    if opts.resume {
-        if let Some(ck) = opts.checkpoint.as_ref().filter(|p| p.is_file()) {
-            load_checkpoint(tr, ck)?;
-            (result, kept) = read_log(opts.log.as_ref(), tr.step)?;
-            on_event(Event::Resumed(tr.step));
-        }
+    if let Some(step) = check_resume(tr, opts)? {
+        let ck = opts
+            .checkpoint
+            .as_ref()
+            .expect("a resumable run has a checkpoint");
+        load_checkpoint(tr, ck)?;
+        debug_assert_eq!(tr.step, step);
+        (result, kept) = read_log(opts.log.as_ref(), tr.step)?;
+        on_event(Event::Resumed(tr.step));
+    } else if let Some(ck) = opts.checkpoint.as_ref().filter(|p| p.exists()) {
+        std::fs::remove_file(ck).map_err(|e| Error::write(ck, e))?;
     }
     let mut log = match &opts.log {
         Some(p) => Some(open_log(p, &kept)?),
@@ -79,7 +97,7 @@ pub fn run(
     let mut write = |line: &Line| -> Result<()> {
         if let (Some(f), Some(p)) = (log.as_mut(), opts.log.as_ref()) {
             let s = serde_json::to_string(line).expect("plain data");
-            writeln!(f, "{s}").map_err(|e| Error::io(p, e))?;
+            writeln!(f, "{s}").map_err(|e| Error::write(p, e))?;
         }
         Ok(())
     };
@@ -124,6 +142,42 @@ pub fn run(
     Ok(result)
 }
 
+/// Whether `opts` resume `tr` and from which step: checks the checkpoint (identity, bytes,
+/// model) and that the log reaches its step, reading only. `None` starts over.
+pub fn check_resume(tr: &Trainer, opts: &RunOptions) -> Result<Option<u64>> {
+    let ck = opts.checkpoint.as_ref().filter(|p| p.exists());
+    let ck = match (opts.resume, ck) {
+        (Resume::No, _) | (Resume::IfPresent, None) => return Ok(None),
+        (Resume::Required, None) => {
+            let at = opts
+                .checkpoint
+                .as_ref()
+                .map_or("(no checkpoint path)".into(), |p| p.display().to_string());
+            return Err(Error::Input(format!(
+                "there is no checkpoint to resume at {at} (the run stopped before its first one, written every {} steps); run without --resume to start over",
+                tr.spec.checkpoint_every
+            )));
+        }
+        (_, Some(ck)) => ck,
+    };
+    let step = check_checkpoint(tr, ck)?;
+    let (logged, _) = read_log(opts.log.as_ref(), step)?;
+    let last = logged.steps.last().map_or(0, |s| s.step);
+    let contiguous = logged
+        .steps
+        .iter()
+        .enumerate()
+        .all(|(i, s)| s.step == i as u64 + 1);
+    if let Some(log) = opts.log.as_ref().filter(|_| last != step || !contiguous) {
+        let log = log.display();
+        return Err(Error::Input(format!(
+            "{log} records {} of the {step} steps the checkpoint holds (last step {last}): resuming would leave a gap in the log; run without --resume to start over",
+            logged.steps.len()
+        )));
+    }
+    Ok(Some(step))
+}
+
 /// Records already in the log up to `step`, and their lines verbatim (a resumed run keeps
 /// them and drops the rest).
 fn read_log(path: Option<&PathBuf>, step: u64) -> Result<(RunResult, Vec<String>)> {
@@ -158,5 +212,5 @@ fn open_log(path: &PathBuf, kept: &[String]) -> Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .append(true)
         .open(path)
-        .map_err(|e| Error::io(path, e))
+        .map_err(|e| Error::write(path, e))
 }

@@ -1,12 +1,77 @@
 //! What `run` and `inspect` print: a prompt's predictions, and a model's hook points.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use patchclamp_core::{Config, HookPoint};
+use candle_core::Tensor;
+use patchclamp_core::{ActivationCache, Config, HookPoint};
 use patchclamp_lab::analysis::predict::Prediction;
 use serde::Serialize;
 
+use crate::error::{Error, Result};
 use crate::vocab::Vocab;
+
+/// The file `run --cache` writes, checked before the forward pass: never a folder, never inside
+/// the model's own folder, and never a file patchclamp did not write (such as the model's
+/// `model.safetensors` copied elsewhere).
+pub struct CacheTarget {
+    path: PathBuf,
+}
+
+impl CacheTarget {
+    /// Checks that `path` may receive a cache of a model loaded from `model_home`.
+    pub fn check(path: &Path, model_home: &Path) -> Result<CacheTarget> {
+        if path.is_dir() {
+            return Err(Error::Input(format!(
+                "--out {} is a folder; run writes one .safetensors file",
+                path.display()
+            )));
+        }
+        // The nearest folder that exists decides where the file would land.
+        let mut anchor = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        while !anchor.as_os_str().is_empty() && !anchor.exists() {
+            anchor = anchor.parent().map(Path::to_path_buf).unwrap_or_default();
+        }
+        if anchor.as_os_str().is_empty() {
+            anchor = PathBuf::from(".");
+        }
+        if let (Ok(a), Ok(home)) = (anchor.canonicalize(), model_home.canonicalize()) {
+            if a.starts_with(&home) {
+                return Err(Error::Input(format!(
+                    "--out {} is inside the model's folder {}; patchclamp never writes there",
+                    path.display(),
+                    model_home.display()
+                )));
+            }
+        }
+        if path.exists() && !patchclamp_core::hooks::is_cache_file(path) {
+            return Err(Error::Input(format!(
+                "--out {} exists and is not an activation cache patchclamp wrote; remove it or choose another path",
+                path.display()
+            )));
+        }
+        Ok(CacheTarget {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes `cache` and the prompt's `tokens` (atomically).
+    pub fn write(self, cache: &ActivationCache, tokens: Tensor) -> Result<CacheWritten> {
+        cache
+            .save_safetensors(&self.path, &[("tokens", tokens)])
+            .map_err(|e| match e {
+                patchclamp_core::Error::Write { source, .. } => Error::Write {
+                    path: self.path.clone(),
+                    source,
+                },
+                e => Error::Core(e),
+            })?;
+        Ok(CacheWritten {
+            path: self.path,
+            points: cache.len(),
+            bytes: cache.nbytes(),
+        })
+    }
+}
 
 /// A predicted token with its text.
 #[derive(Serialize)]

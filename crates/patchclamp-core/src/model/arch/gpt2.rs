@@ -52,7 +52,7 @@ pub(super) fn config(f: &Fields) -> Result<Config> {
         },
         norm: Norm {
             kind: NormKind::LayerNorm,
-            eps: f.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
+            eps: f.opt_positive_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
             final_norm: true,
         },
         positions: Positions::Learned,

@@ -51,7 +51,7 @@ pub(super) fn config(f: &Fields, family: Family) -> Result<Config> {
         },
         norm: Norm {
             kind: NormKind::RmsNorm,
-            eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            eps: f.opt_positive_f64("rms_norm_eps")?.unwrap_or(1e-6),
             final_norm: true,
         },
         positions: Positions::Rotary(rope(f, ((d_head as f64) * partial) as usize)?),
@@ -69,11 +69,22 @@ pub(super) fn config(f: &Fields, family: Family) -> Result<Config> {
 fn rope(f: &Fields, rotary_dim: usize) -> Result<Rope> {
     let params = f.v.get("rope_parameters").filter(|v| v.is_object());
     let scaling = params.or_else(|| f.v.get("rope_scaling").filter(|v| v.is_object()));
-    let theta = params
-        .and_then(|p| p.get("rope_theta"))
-        .and_then(Value::as_f64)
-        .or(f.opt_f64("rope_theta")?)
-        .unwrap_or(10000.0);
+    let theta = match params.and_then(|p| p.get("rope_theta")) {
+        Some(v) => Some(v.as_f64().ok_or_else(|| {
+            Error::config(
+                f.path,
+                format!("field 'rope_parameters.rope_theta' should be a number, found {v}"),
+            )
+        })?),
+        None => f.opt_f64("rope_theta")?,
+    }
+    .unwrap_or(10000.0);
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(Error::config(
+            f.path,
+            format!("field 'rope_theta' should be a positive number, found {theta}"),
+        ));
+    }
     let scaling = match scaling {
         None => None,
         Some(s) => {
@@ -83,12 +94,15 @@ fn rope(f: &Fields, rotary_dim: usize) -> Result<Rope> {
                 .and_then(Value::as_str)
                 .unwrap_or("default");
             let num = |k: &str| -> Result<f64> {
-                s.get(k).and_then(Value::as_f64).ok_or_else(|| {
-                    Error::config(
-                        f.path,
-                        format!("rope scaling '{kind}' needs a numeric '{k}'"),
-                    )
-                })
+                s.get(k)
+                    .and_then(Value::as_f64)
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .ok_or_else(|| {
+                        Error::config(
+                            f.path,
+                            format!("rope scaling '{kind}' needs a positive number '{k}'"),
+                        )
+                    })
             };
             match kind {
                 "default" => None,

@@ -6,6 +6,6 @@ use crate::model::config::{Config, Family};
 
 pub(super) fn config(f: &Fields) -> Result<Config> {
     let mut cfg = llama::config(f, Family::Mistral)?;
-    cfg.attn.sliding_window = f.opt_usize("sliding_window")?;
+    cfg.attn.sliding_window = f.opt_positive_usize("sliding_window")?;
     Ok(cfg)
 }

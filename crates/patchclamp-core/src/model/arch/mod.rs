@@ -129,6 +129,22 @@ impl Fields<'_> {
         }
     }
 
+    /// An optional number that must be finite and positive when present (epsilons, bases).
+    pub fn opt_positive_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.opt_f64(key)? {
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(self.wrong(key, "a positive number")),
+            x => Ok(x),
+        }
+    }
+
+    /// An optional integer that must be positive when present (`sliding_window`).
+    pub fn opt_positive_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.opt_usize(key)? {
+            Some(0) => Err(self.wrong(key, "a positive integer")),
+            x => Ok(x),
+        }
+    }
+
     /// An optional boolean with a default.
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.v.get(key) {
