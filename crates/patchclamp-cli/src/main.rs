@@ -17,10 +17,11 @@ const EXAMPLES: &str = "\
 Examples:
   patchclamp lab induction                       # the flagship experiment (embedded, no files)
   patchclamp train experiments/induction-prev-token.toml --out runs/pt   # train under a clamp
-  patchclamp train experiments/induction-prev-token.toml --out runs/pt --resume
+  patchclamp train experiments/induction-prev-token.toml --out runs/pt --resume   # same experiment only
   patchclamp inspect tests/fixtures/models/gpt2  # config, parameters, every hook point
   patchclamp inspect openai-community/gpt2       # a model in the Hugging Face cache
   patchclamp run tests/fixtures/models/llama --prompt 'The cat sat' --top-k 5
+  patchclamp run tests/fixtures/models/llama --tokens 1,45,67 --top-k 5   # token ids
   patchclamp run MODEL --prompt 'Hello' --cache 'blocks.*.attn.hook_pattern' --out acts.safetensors
   patchclamp patch MODEL --clean 'When Mary and John went to the store, John gave a drink to' \
       --corrupted 'When Mary and John went to the store, Mary gave a drink to' \
@@ -121,7 +122,19 @@ fn main() -> ExitCode {
             // One line with the whole cause chain, as `error: outer: inner`; a cause its outer
             // message already spells out (errors that print their source) is said once.
             let mut chain: Vec<String> = vec![];
-            for c in e.chain().map(|c| c.to_string()) {
+            // Only a cause's first line: a tensor library's error may carry a backtrace below.
+            for c in e
+                .chain()
+                .map(|c| {
+                    c.to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                })
+                .filter(|c| !c.is_empty())
+            {
                 if !chain.last().is_some_and(|outer| outer.contains(&c)) {
                     chain.push(c);
                 }

@@ -1577,6 +1577,50 @@ fn table(dir: &Path) -> Table {
         manifest_complete,
     );
 
+    t.err(NoPanic, format!("extremes {g} --task {}/../../experiments/bigram-backcopy.toml --n 1000000000000 --out {{out}}", env!("CARGO_MANIFEST_DIR")), "more than half this machine's memory");
+    t.err(
+        Degenerate,
+        "bench forward --shape tiny --iters 0",
+        "must be positive",
+    );
+    t.err(
+        Degenerate,
+        "bench forward --shape tiny --seq 100000",
+        "the model's context is",
+    );
+    t.err(
+        Degenerate,
+        "bench train --steps 0",
+        "--steps must be positive",
+    );
+    t.err(
+        Degenerate,
+        "bench forward --shape nope",
+        "unknown --shape 'nope'",
+    );
+
+    // Writes that fail say "writing" and name the path, once.
+    t.err(
+        Files,
+        "heads {gpt2} --n 2 --block 4 --out /proc/patchclamp-nowhere",
+        "writing /proc/patchclamp-nowhere",
+    );
+    t.err(
+        Files,
+        "heads {gpt2} --n 2 --block 4 --out /dev/null/x",
+        "writing /dev/null/x: Not a directory",
+    );
+    t.err(
+        Files,
+        format!("run {g} --prompt 'The cat' --cache '*' --out /proc/pc/x.safetensors"),
+        "writing /proc/pc/x.safetensors",
+    );
+    t.err(
+        Files,
+        format!("train {small} --out /proc/pc-train"),
+        "writing /proc/pc-train",
+    );
+
     // Usage errors: clap's exit 2.
     t.usage("run", "required");
     t.usage(format!("run {g}"), "--prompt");

@@ -187,6 +187,19 @@ impl Subject {
         }
         if let Some((spec, n, seed)) = &a.task {
             let task = spec.task();
+            // The drawn prompts are held in memory: refuse a draw that cannot fit.
+            let bytes = (*n as u64)
+                .saturating_mul(task.seq_len() as u64)
+                .saturating_mul(8);
+            if let Some(have) = patchclamp_core::sys::total_memory() {
+                if bytes > have / 2 {
+                    bail!(
+                        "--n {n} prompts of {} tokens would need {:.1} GiB, more than half this machine's memory",
+                        task.seq_len(),
+                        bytes as f64 / (1u64 << 30) as f64
+                    );
+                }
+            }
             let batch = task.batch(&mut patchclamp_core::rng::Rng::new(*seed), *n);
             for t in batch.tokens {
                 self.check(&t, "drawn from --task")

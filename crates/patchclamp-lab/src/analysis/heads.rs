@@ -53,22 +53,30 @@ impl HeadProbe {
     /// The sequences: `[prefix] r r …`, `r` uniform over the vocabulary (the prefix excluded).
     pub fn sequences(&self, vocab: usize) -> Vec<Vec<u32>> {
         let mut rng = Rng::new(self.seed);
-        (0..self.n)
-            .map(|_| {
-                let r: Vec<u32> = (0..self.block)
-                    .map(|_| loop {
-                        let t = rng.below(vocab as u64) as u32;
-                        if Some(t) != self.prefix {
-                            break t;
-                        }
-                    })
-                    .collect();
-                self.prefix
-                    .into_iter()
-                    .chain(std::iter::repeat_n(r, self.repeats).flatten())
-                    .collect()
+        (0..self.n).map(|_| self.draw(&mut rng, vocab)).collect()
+    }
+
+    /// The next sequence of the seeded stream [`HeadProbe::sequences`] lists.
+    fn draw(&self, rng: &mut Rng, vocab: usize) -> Vec<u32> {
+        let r: Vec<u32> = (0..self.block)
+            .map(|_| loop {
+                let t = rng.below(vocab as u64) as u32;
+                if Some(t) != self.prefix {
+                    break t;
+                }
             })
+            .collect();
+        self.prefix
+            .into_iter()
+            .chain(std::iter::repeat_n(r, self.repeats).flatten())
             .collect()
+    }
+
+    /// Tokens per sequence (saturating: an absurd probe is refused by the context check).
+    fn len(&self) -> usize {
+        self.block
+            .saturating_mul(self.repeats)
+            .saturating_add(self.prefix.is_some() as usize)
     }
 }
 
@@ -96,8 +104,7 @@ pub fn attention_scores(model: &Model, probe: &HeadProbe) -> Result<AttentionSco
                 .into(),
         ));
     }
-    let seqs = probe.sequences(cfg.d_vocab);
-    let s = seqs[0].len();
+    let s = probe.len();
     if s > cfg.n_ctx {
         return Err(Error::Input(format!(
             "probe sequences have {s} tokens but the context is {}",
@@ -116,7 +123,15 @@ pub fn attention_scores(model: &Model, probe: &HeadProbe) -> Result<AttentionSco
         sink: zeros(),
     };
     let repeat_ts: Vec<usize> = (off + l_blk..s).collect();
-    for chunk in seqs.chunks(probe.chunk.max(1)) {
+    // Drawn chunk by chunk from one stream: the same sequences as `sequences()`, without
+    // holding all of them (a probe of 10^9 sequences is slow, not an allocation failure).
+    let mut rng = Rng::new(probe.seed);
+    let per = probe.chunk.max(1);
+    for start in (0..probe.n).step_by(per) {
+        let chunk: Vec<Vec<u32>> = (start..probe.n.min(start + per))
+            .map(|_| probe.draw(&mut rng, cfg.d_vocab))
+            .collect();
+        let chunk = chunk.as_slice();
         let input = Input::batch(chunk, Padding::Right, 0, model.device())?;
         let mut hooks = Hooks::none().capture(Selector::parse("blocks.*.attn.hook_pattern")?);
         model.forward(&input, &mut hooks)?;
@@ -127,7 +142,7 @@ pub fn attention_scores(model: &Model, probe: &HeadProbe) -> Result<AttentionSco
                 .collect::<candle_core::Result<_>>()?;
             for (b, seq) in chunk.iter().enumerate() {
                 for (h, a) in pat[b].iter().enumerate() {
-                    let w = 1.0 / (seqs.len() as f64);
+                    let w = 1.0 / (probe.n as f64);
                     let mean =
                         |ts: &mut dyn Iterator<Item = f64>, n: usize| ts.sum::<f64>() / n as f64;
                     out.prev_token[l][h] +=
