@@ -227,19 +227,24 @@ const ROTARY_EDITS: &[ConfigEdit] = &[
     ),
 ];
 
+/// Makes `dst` a folder of links to every file of `src` but `except`.
+fn linked_copy(src: &Path, dst: &Path, except: &str) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        let f = p.file_name().unwrap();
+        if f != except {
+            std::os::unix::fs::symlink(&p, dst.join(f)).unwrap();
+        }
+    }
+}
+
 /// Writes `{dir}/models/FAMILY-EDIT`: the fixture with its config.json merged with `edit`
 /// (weights and tokenizer linked, not copied).
 fn edited_model(dir: &Path, family: &str, name: &str, edit: &str) -> PathBuf {
     let src = PathBuf::from(fixture(family));
     let dst = dir.join("models").join(format!("{family}-{name}"));
-    std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        let f = p.file_name().unwrap();
-        if f != "config.json" {
-            std::os::unix::fs::symlink(&p, dst.join(f)).unwrap();
-        }
-    }
+    linked_copy(&src, &dst, "config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     let f = fields(family);
@@ -260,14 +265,7 @@ fn edited_model(dir: &Path, family: &str, name: &str, edit: &str) -> PathBuf {
 fn replaced_file(dir: &Path, name: &str, file: &str, bytes: Option<&[u8]>) -> PathBuf {
     let src = PathBuf::from(fixture("gpt2"));
     let dst = dir.join("models").join(format!("gpt2-{name}"));
-    std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        let f = p.file_name().unwrap();
-        if f != file {
-            std::os::unix::fs::symlink(&p, dst.join(f)).unwrap();
-        }
-    }
+    linked_copy(&src, &dst, file);
     match bytes {
         Some(b) => std::fs::write(dst.join(file), b).unwrap(),
         None => std::os::unix::fs::symlink("/dev/zero", dst.join(file)).unwrap(),
