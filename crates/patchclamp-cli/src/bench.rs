@@ -266,7 +266,7 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
         });
     }
     if a.json {
-        crate::print(&format!("{}", serde_json::to_string_pretty(&rows)?));
+        crate::print(&serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     crate::print(&format!(
@@ -357,7 +357,7 @@ fn patch(a: PatchArgs) -> anyhow::Result<()> {
         });
     }
     if a.json {
-        crate::print(&format!("{}", serde_json::to_string(&rows)?));
+        crate::print(&serde_json::to_string(&rows)?);
     } else {
         for r in rows {
             crate::print(&format!(

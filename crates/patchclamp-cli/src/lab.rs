@@ -42,7 +42,7 @@ pub struct Args {
 
 pub fn main(a: Args) -> anyhow::Result<()> {
     let Some(name) = a.experiment.clone() else {
-        crate::print(&format!("experiments (patchclamp lab NAME [--seed N] [--steps N] [--out DIR] [--clamp spec.toml]):"));
+        crate::print("experiments (patchclamp lab NAME [--seed N] [--steps N] [--out DIR] [--clamp spec.toml]):");
         for (n, what) in EXPERIMENTS {
             crate::print(&format!("  {n:<17} {what}"));
         }
@@ -228,7 +228,7 @@ fn singh(a: &Args, out: &Path, extra: Option<Vec<Intervention>>) -> anyhow::Resu
     if let Some(base) = done.first() {
         let rows = singh::ablations(&base.model, &base.exp.task)?;
         for line in outcomes::write_ablations(&mut run, &rows)? {
-            crate::print(&format!("{line}"));
+            crate::print(&line);
         }
     }
     run.finish()?;
@@ -242,7 +242,7 @@ fn toy_phase(a: &Args, out: &Path) -> anyhow::Result<()> {
     let lines = outcomes::write_toy_phase(&mut run, &t)?;
     run.finish()?;
     for line in lines {
-        crate::print(&format!("{line}"));
+        crate::print(&line);
     }
     crate::print(&format!("report: {}", out.display()));
     Ok(())
@@ -254,7 +254,7 @@ fn critical_periods(a: &Args, out: &Path) -> anyhow::Result<()> {
     let lines = outcomes::write_critical_periods(&mut run, &c)?;
     run.finish()?;
     for line in lines {
-        crate::print(&format!("{line}"));
+        crate::print(&line);
     }
     crate::print(&format!("report: {}", out.display()));
     Ok(())

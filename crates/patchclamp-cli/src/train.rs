@@ -77,8 +77,8 @@ pub fn register(
     };
     run.write(&rel("experiment.toml"), toml::to_string(&p.exp)?.as_bytes())?;
     let opts = RunOptions {
-        log: Some(run.file(&rel("log.jsonl"))?),
-        checkpoint: Some(run.file(&rel("checkpoint.safetensors"))?),
+        log: Some(run.file(&rel(LOG))?),
+        checkpoint: Some(run.file(&rel(CHECKPOINT))?),
         resume,
         stop_after: None,
     };
@@ -88,6 +88,32 @@ pub fn register(
         run.root().join(sub)
     };
     Ok((opts, dir))
+}
+
+/// The run log's name in a run folder.
+const LOG: &str = "log.jsonl";
+/// The checkpoint's name in a run folder.
+const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// Whether the run in `out` is resumed: `resume` applied to what the folder holds, with the
+/// checkpoint's identity, bytes and log checked before anything is touched (a refused resume
+/// leaves the folder exactly as it was).
+fn resumes(p: &Prepared, out: &std::path::Path, resume: Resume) -> anyhow::Result<bool> {
+    if resume == Resume::No {
+        return Ok(false);
+    }
+    if resume == Resume::Required && !out.join(patchclamp_report::run_dir::MANIFEST).is_file() {
+        Err(patchclamp_report::Error::NothingToResume {
+            path: out.to_path_buf(),
+        })?
+    }
+    let opts = RunOptions {
+        log: Some(out.join(LOG)),
+        checkpoint: Some(out.join(CHECKPOINT)),
+        resume,
+        stop_after: None,
+    };
+    Ok(check_resume(&p.trainer, &opts)?.is_some())
 }
 
 /// Trains a prepared run with a progress bar in `mp`.
@@ -139,24 +165,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     };
     let source = patchclamp_report::read_spec(&a.experiment)?;
     let prepared = Prepared::new(&exp.name.clone(), exp)?;
-    // Everything about the resume is checked before the folder is touched: a refused one
-    // leaves it exactly as it was.
-    let resumes = match resume {
-        Resume::Required if !out.join(patchclamp_report::run_dir::MANIFEST).is_file() => {
-            Err(patchclamp_report::Error::NothingToResume { path: out.clone() })?
-        }
-        Resume::No => false,
-        _ => check_resume(
-            &prepared.trainer,
-            &RunOptions {
-                log: Some(out.join("log.jsonl")),
-                checkpoint: Some(out.join("checkpoint.safetensors")),
-                resume,
-                stop_after: None,
-            },
-        )?
-        .is_some(),
-    };
+    let resumes = resumes(&prepared, &out, resume)?;
     let mut run = if resumes {
         RunDir::resume(&out, "train")?
     } else {
