@@ -519,6 +519,14 @@ fn prepare(dir: &Path) {
         &experiment_text("s", 16, "").replace("batch = 4", "batch = 0"),
     );
     w(
+        "batch-huge.toml",
+        &experiment_text("s", 16, "").replace("batch = 4", "batch = 100000000000"),
+    );
+    w(
+        "eval-huge.toml",
+        &experiment_text("s", 16, "").replace("eval_batch = 4", "eval_batch = 100000000000"),
+    );
+    w(
         "lr-nan.toml",
         &experiment_text("s", 16, "").replace("lr = 1e-3", "lr = nan"),
     );
@@ -888,6 +896,17 @@ fn table(dir: &Path) -> Table {
         ValidateFirst,
         format!("train {d}/batch-zero.toml --out {{out}}"),
         "batch",
+    );
+    t.err_in(
+        ValidateFirst,
+        trained,
+        format!("train {d}/batch-huge.toml --out {{out}}"),
+        "GiB of activations per step",
+    );
+    t.err(
+        ValidateFirst,
+        format!("train {d}/eval-huge.toml --out {{out}}"),
+        "lower batch or eval_batch",
     );
     t.err(
         ValidateFirst,

@@ -95,8 +95,8 @@ impl Experiment {
         check_name(&self.name)?;
         self.task.validate()?;
         self.train.validate()?;
-        self.config()?;
-        Ok(())
+        let cfg = self.config()?;
+        check_fits(&cfg, &self.train, self.task.task().seq_len())
     }
 
     /// The model config for this task.
@@ -133,6 +133,35 @@ impl Experiment {
     pub fn identity_hash(&self) -> String {
         patchclamp_core::fsutil::content_hash(self.identity().as_bytes())
     }
+}
+
+/// Fails when a training step's activations (batch × sequence × width per layer, attention
+/// maps and logits; the saved ones kept for the backward pass) cannot fit in this machine's
+/// memory: an absurd batch is refused here instead of aborting the process mid-allocation.
+/// A lower estimate (the weights' own share is checked by `ModelSpec::config`).
+fn check_fits(cfg: &patchclamp_core::Config, train: &TrainSpec, seq: usize) -> crate::Result<()> {
+    let Some(have) = patchclamp_core::sys::total_memory() else {
+        return Ok(());
+    };
+    let batch = train.batch.max(train.eval_batch) as u64;
+    let (s, d, h) = (seq as u64, cfg.d_model as u64, cfg.attn.n_heads as u64);
+    let per_layer = s
+        .saturating_mul(d.saturating_mul(8).saturating_add(2 * cfg.d_mlp() as u64))
+        .saturating_add(h.saturating_mul(s).saturating_mul(s).saturating_mul(2));
+    let floats = batch.saturating_mul(
+        per_layer
+            .saturating_mul(cfg.n_layers as u64)
+            .saturating_add(s.saturating_mul(cfg.d_vocab as u64).saturating_mul(2)),
+    );
+    let need = floats.saturating_mul(4);
+    if need > have {
+        return Err(crate::Error::Spec(format!(
+            "a batch of {batch} sequences of {seq} tokens needs at least {:.1} GiB of activations per step, more than this machine's {:.1} GiB; lower batch or eval_batch",
+            need as f64 / (1u64 << 30) as f64,
+            have as f64 / (1u64 << 30) as f64
+        )));
+    }
+    Ok(())
 }
 
 /// Fails unless `name` can name a folder under the output root and nothing else: letters,
