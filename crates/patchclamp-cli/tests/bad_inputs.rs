@@ -391,6 +391,14 @@ fn prepare(dir: &Path) {
         "long.jsonl",
         &format!("{{\"tokens\": [{}]}}\n", vec!["1"; 80].join(", ")),
     );
+    w(
+        "latent-empty-set.jsonl",
+        "{\"text\": \"The cat\", \"sets\": {\"en\": []}}\n",
+    );
+    w(
+        "latent-no-sets.jsonl",
+        "{\"text\": \"The cat\", \"sets\": {}}\n",
+    );
     w("latent-mismatch.jsonl", "{\"text\": \"The cat\", \"sets\": {\"en\": [\" the\"]}}\n{\"text\": \"The dog\", \"sets\": {\"fr\": [\" a\"]}}\n");
     std::fs::write(dir.join("binary.txt"), [0x66, 0xff, 0xfe, 0x0a]).unwrap();
     std::fs::create_dir_all(dir.join("a-folder")).unwrap();
@@ -1281,6 +1289,22 @@ fn table(dir: &Path) -> Table {
     );
     t.err(Degenerate, "lab nonsense", "unknown experiment 'nonsense'");
 
+    t.err(
+        Degenerate,
+        format!("hydra {g} --prompt 'The cat' --source 'The cat' --answer . --out {{out}}"),
+        "resampling from it ablates nothing",
+    );
+    t.err(Degenerate, format!("hydra {g} --prompt 'The cat' --prompt 'The dog' --source 'The cow' --answer . --out {{out}}"), "one source prompt per clean prompt");
+    t.err(
+        Degenerate,
+        format!("lens {g} --latent {d}/latent-empty-set.jsonl --out {{out}}"),
+        "token set 'en' is empty",
+    );
+    t.err(
+        Degenerate,
+        format!("lens {g} --latent {d}/latent-no-sets.jsonl --out {{out}}"),
+        "at least one token set",
+    );
     // Tokens: id:N everywhere a token is asked for, checked against the vocabulary.
     for cmd in [
         format!("dla {g} --prompt 'The cat' --answer id:999999 --out {{out}}"),

@@ -40,6 +40,11 @@ pub fn hydra(
             "hydra needs one source prompt per clean prompt, of the same length".into(),
         ));
     }
+    if let Some(i) = clean.iter().zip(source).position(|(a, b)| a == b) {
+        return Err(Error::Input(format!(
+            "clean prompt {i} and its source are the same tokens: resampling from it ablates nothing, so every effect would be 0"
+        )));
+    }
     let mut points = vec![];
     for l in 0..cfg.n_layers {
         points.push(HookPoint::AttnOut(l));

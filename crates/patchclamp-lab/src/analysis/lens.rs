@@ -158,6 +158,11 @@ pub fn latent_language(
             "latent-language analysis needs prompts".into(),
         ));
     }
+    if names.is_empty() {
+        return Err(Error::Input(
+            "latent-language analysis needs at least one token set per prompt (\"sets\": {\"en\": [\" cat\"]})".into(),
+        ));
+    }
     let mut per: Vec<Vec<Vec<f64>>> = vec![vec![vec![]; n_layers]; names.len()];
     for (i, p) in prompts.iter().enumerate() {
         if p.sets.len() != names.len() {
@@ -166,6 +171,12 @@ pub fn latent_language(
                 p.sets.len(),
                 names.len(),
                 names.join(", ")
+            )));
+        }
+        if let Some(k) = p.sets.iter().position(|s| s.is_empty()) {
+            return Err(Error::Input(format!(
+                "prompt {i}'s token set '{}' is empty: its probability would be 0 at every layer",
+                names[k]
             )));
         }
         let v = model.cfg.d_vocab;
