@@ -273,6 +273,14 @@ fn replaced_file(dir: &Path, name: &str, file: &str, bytes: Option<&[u8]>) -> Pa
     dst
 }
 
+/// Like [`replaced_file`], for another family's fixture.
+fn replaced_file_of(dir: &Path, family: &str, name: &str, file: &str, bytes: &[u8]) {
+    let src = PathBuf::from(fixture(family));
+    let dst = dir.join("models").join(format!("{family}-{name}"));
+    linked_copy(&src, &dst, file);
+    std::fs::write(dst.join(file), bytes).unwrap();
+}
+
 /// The fixture's weights with the first value of tensor `name` set to `value`.
 fn weights_with(name: &str, value: f32) -> Vec<u8> {
     let mut bytes = std::fs::read(Path::new(&fixture("gpt2")).join("model.safetensors")).unwrap();
@@ -471,6 +479,39 @@ fn prepare(dir: &Path) {
         "tokenizer-broken",
         "tokenizer.json",
         Some(b"{\"model\": 3}"),
+    );
+
+    // Sharded weights whose index is wrong (the llama fixture is sharded).
+    let index = |name: &str, map: &str| {
+        let src = PathBuf::from(fixture("llama"));
+        let dst = dir.join("models").join(format!("llama-{name}"));
+        linked_copy(&src, &dst, "model.safetensors.index.json");
+        std::fs::write(
+            dst.join("model.safetensors.index.json"),
+            format!("{{\"metadata\": {{}}, \"weight_map\": {map}}}"),
+        )
+        .unwrap();
+    };
+    index("index-empty", "{}");
+    index(
+        "index-escape",
+        r#"{"model.embed_tokens.weight": "../gpt2/model.safetensors"}"#,
+    );
+    index("index-number", r#"{"model.embed_tokens.weight": 3}"#);
+    index(
+        "index-missing-shard",
+        r#"{"model.embed_tokens.weight": "model-00009-of-00009.safetensors"}"#,
+    );
+    index(
+        "index-partial",
+        r#"{"model.embed_tokens.weight": "model-00001-of-00004.safetensors"}"#,
+    );
+    replaced_file_of(
+        dir,
+        "llama",
+        "index-broken",
+        "model.safetensors.index.json",
+        b"{\"weight_map\": ",
     );
 
     // Interventions files.
@@ -1449,6 +1490,36 @@ fn table(dir: &Path) -> Table {
         trained_damaged,
         "heads {out}/checkpoint.safetensors --out {out}/heads",
         "checksum",
+    );
+    t.err(
+        Loader,
+        format!("inspect {d}/models/llama-index-empty"),
+        "names no shard files",
+    );
+    t.err(
+        Loader,
+        format!("inspect {d}/models/llama-index-escape"),
+        "should name a shard file beside the index",
+    );
+    t.err(
+        Loader,
+        format!("inspect {d}/models/llama-index-number"),
+        "should name a shard file beside the index, found 3",
+    );
+    t.err(
+        Loader,
+        format!("inspect {d}/models/llama-index-missing-shard"),
+        "model-00009-of-00009.safetensors",
+    );
+    t.err(
+        Loader,
+        format!("inspect {d}/models/llama-index-partial"),
+        "does not use|is missing",
+    );
+    t.err(
+        Loader,
+        format!("inspect {d}/models/llama-index-broken"),
+        "invalid JSON",
     );
     t.err(Loader, "inspect /nonexistent/model", "not found");
     t.err(Loader, "inspect not-a-repo/anywhere", "is not on disk");

@@ -172,11 +172,24 @@ fn shards(index: &Path) -> Result<Vec<PathBuf>> {
         .get("weight_map")
         .and_then(Value::as_object)
         .ok_or_else(|| Error::config(index, "missing object 'weight_map'"))?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(Value::as_str)
-        .map(String::from)
-        .collect();
+    let mut files = vec![];
+    for (tensor, file) in map {
+        // A shard is a file beside the index: a path could read outside the model's folder.
+        match file.as_str() {
+            Some(f) if !f.is_empty() && !f.contains(['/', '\\']) && f != ".." && f != "." => {
+                files.push(f.to_string())
+            }
+            _ => {
+                return Err(Error::config(
+                    index,
+                    format!("weight_map entry '{tensor}' should name a shard file beside the index, found {file}"),
+                ))
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::config(index, "'weight_map' names no shard files"));
+    }
     files.sort();
     files.dedup();
     let dir = index.parent().unwrap_or(Path::new("."));
