@@ -2,6 +2,7 @@
 
 mod analysis;
 mod bench;
+mod generate;
 mod inspect;
 mod lab;
 mod patch;
@@ -22,6 +23,8 @@ Examples:
   patchclamp inspect openai-community/gpt2       # a model in the Hugging Face cache
   patchclamp run tests/fixtures/models/llama --prompt 'The cat sat' --top-k 5
   patchclamp run tests/fixtures/models/llama --tokens 1,45,67 --top-k 5   # token ids
+  patchclamp generate tests/fixtures/models/gpt2 --prompt 'The cat' --max-new-tokens 16 --json
+  patchclamp generate MODEL --prompt 'Once' --temperature 0.8 --top-p 0.9 --seed 1 --stop '.'
   patchclamp run MODEL --prompt 'Hello' --cache 'blocks.*.attn.hook_pattern' --out acts.safetensors
   patchclamp patch MODEL --clean 'When Mary and John went to the store, John gave a drink to' \
       --corrupted 'When Mary and John went to the store, Mary gave a drink to' \
@@ -60,6 +63,8 @@ enum Cmd {
     Inspect(inspect::Args),
     /// Run a prompt: next-token predictions, optionally caching activations to safetensors.
     Run(run::Args),
+    /// Generate text after prompts (greedy or sampled) with a key-value cache.
+    Generate(generate::Args),
     /// Activation patching over (layer, position) or (layer, head), with heatmaps.
     Patch(patch::Args),
     /// Attribution patching: the first-order estimate of `patch`, from one backward pass.
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Run(a) => run::main(a),
+        Cmd::Generate(a) => generate::main(a),
         Cmd::Patch(a) => patch::main(a, patch::Method::Exact),
         Cmd::Attribute(a) => patch::main(a, patch::Method::Attribution),
         Cmd::Trace(a) => trace::main(a),

@@ -716,6 +716,13 @@ fn warns_inactive(o: &Output, _: &Path) -> Result<(), String> {
         .ok_or(format!("no step-0 warning in {e:?}"))
 }
 
+fn warns_context(o: &Output, _: &Path) -> Result<(), String> {
+    let e = stderr(o);
+    (e.contains("WARN") && e.contains("context of 64 positions is full"))
+        .then_some(())
+        .ok_or(format!("no context warning in {e:?}"))
+}
+
 fn has_checkpoint(_: &Output, out: &Path) -> Result<(), String> {
     out.join("checkpoint.safetensors")
         .is_file()
@@ -1345,6 +1352,70 @@ fn table(dir: &Path) -> Table {
         Degenerate,
         format!("lens {g} --latent {d}/latent-no-sets.jsonl --out {{out}}"),
         "at least one token set",
+    );
+    // Generation settings that cannot sample.
+    let gen = |extra: &str| format!("generate {g} --prompt 'The cat' {extra}");
+    for (extra, want) in [
+        ("--max-new-tokens 0", "max_new_tokens must be at least 1"),
+        ("--temperature 0", "for the argmax, use greedy decoding"),
+        ("--temperature nan", "must be a positive number, got NaN"),
+        ("--temperature=-1", "must be a positive number"),
+        ("--temperature inf", "must be a positive number, got inf"),
+        ("--temperature 1 --top-k 0", "top_k must be at least 1"),
+        ("--temperature 1 --top-p 0", "top_p must be in (0, 1]"),
+        ("--temperature 1 --top-p 1.5", "top_p must be in (0, 1]"),
+        ("--temperature 1 --top-p nan", "top_p must be in (0, 1]"),
+        ("--top-k 5", "give a temperature too"),
+        ("--top-p 0.9", "give a temperature too"),
+        (
+            "--repetition-penalty 0",
+            "repetition penalty must be a positive number",
+        ),
+        (
+            "--repetition-penalty nan",
+            "repetition penalty must be a positive number",
+        ),
+        (
+            "--frequency-penalty inf",
+            "frequency penalty must be finite",
+        ),
+        ("--stop ''", "would stop before the first token"),
+        ("--stop-token 'Mary and John'", "exactly one"),
+        ("--stop-token id:99999", "outside the vocabulary"),
+    ] {
+        t.err(Degenerate, gen(extra), want);
+    }
+    t.err(
+        Degenerate,
+        format!("generate {g}"),
+        "give at least one --prompt",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --tokens 1,x"),
+        "expected comma-separated token ids",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --tokens 1,99999"),
+        "outside the vocabulary",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --prompt '{{long}}'"),
+        "context is 64",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --prompt ''"),
+        "the prompt is empty",
+    );
+    t.ok(
+        NoPanic,
+        None,
+        format!("generate {g} --prompt 'The cat' --max-new-tokens 1000"),
+        "a generation that fills the context stops there with a warning",
+        warns_context,
     );
     // Tokens: id:N everywhere a token is asked for, checked against the vocabulary.
     for cmd in [

@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod fsutil;
+pub mod generate;
 pub mod hooks;
 pub mod hub;
 pub mod input;

@@ -10,7 +10,8 @@ mod toy;
 pub use analyses::{DlaOutcome, ExtremesOutcome, HeadsOutcome, HydraOutcome};
 pub use causal::{PatchOutcome, TraceOutcome};
 pub use model::{
-    hook_point_shapes, CacheTarget, CacheWritten, InspectOutcome, PointShape, RunOutcome,
+    hook_point_shapes, CacheTarget, CacheWritten, GenerateOutcome, InspectOutcome, PointShape,
+    RunOutcome, ShownGeneration,
 };
 pub use studies::{LensOutcome, LocalizeOutcome, NeuronsOutcome, ProbeOutcome, MAX_LENS_FIGURES};
 pub use toy::{write_ablations, write_critical_periods, write_toy_phase};

@@ -162,3 +162,24 @@ pub fn hook_point_shapes(cfg: &Config) -> Vec<PointShape> {
         })
         .collect()
 }
+
+/// One prompt's generation as `generate --json` prints it.
+#[derive(Serialize)]
+pub struct ShownGeneration {
+    /// The prompt as given (text, or the ids written out).
+    pub prompt: String,
+    /// The prompt's ids, BOS included when one was added.
+    pub prompt_tokens: Vec<u32>,
+    /// The generated ids only.
+    pub tokens: Vec<u32>,
+    /// The generated tokens as text.
+    pub text: String,
+    /// Why it ended.
+    pub stop: patchclamp_core::generate::Stop,
+}
+
+/// What `generate` prints: one generation per prompt, in order.
+#[derive(Serialize)]
+pub struct GenerateOutcome {
+    pub generations: Vec<ShownGeneration>,
+}

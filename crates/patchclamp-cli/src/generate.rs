@@ -1,0 +1,136 @@
+//! `patchclamp generate MODEL --prompt TEXT`: text generation with a key-value cache.
+
+use anyhow::{bail, Context};
+use patchclamp_core::generate::{generate, GenerateSpec, Sampling};
+use patchclamp_report::outcomes::{GenerateOutcome, ShownGeneration};
+use patchclamp_report::Subject;
+
+/// Arguments of `generate`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model folder, a cached repo id, or a lab checkpoint (prompts as token ids).
+    model: String,
+    /// A prompt (repeatable; each is generated as if alone).
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// A prompt as token ids, comma-separated (repeatable; no BOS is added).
+    #[arg(long, value_name = "ID,ID,…")]
+    tokens: Vec<String>,
+    /// The most tokens to generate after each prompt.
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Sample at this temperature (default: greedy decoding).
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Sample from the K likeliest tokens only (needs --temperature).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample from the likeliest tokens whose probability reaches P (needs --temperature).
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Hugging Face's repetition penalty (1 is off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    /// Subtracted from a token's logit per time it was generated (0 is off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f64,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also stop after this token (its text, exactly one token, or id:N; repeatable).
+    #[arg(long)]
+    stop_token: Vec<String>,
+    /// Stop once the generated text contains this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Do not stop at the model's end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Prepend the BOS token to text prompts (default: the model's TransformerLens default).
+    #[arg(long)]
+    prepend_bos: Option<bool>,
+    /// Print JSON: {"generations": [{"prompt", "prompt_tokens", "tokens", "text", "stop"}]}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    if a.prompt.is_empty() && a.tokens.is_empty() {
+        bail!("give at least one --prompt TEXT or --tokens ID,ID,…");
+    }
+    if a.stop.iter().any(|s| s.is_empty()) {
+        bail!("--stop '' would stop before the first token; give a non-empty string");
+    }
+    let s = Subject::load(&a.model, false, &crate::device())?;
+    let mut prompts = vec![];
+    for text in &a.prompt {
+        let ids = s.encode_with(text, a.prepend_bos).context("--prompt")?;
+        prompts.push((text.clone(), ids));
+    }
+    for list in &a.tokens {
+        let ids: Vec<u32> = list
+            .split(',')
+            .map(|t| t.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                anyhow::anyhow!("--tokens {list:?}: expected comma-separated token ids")
+            })?;
+        prompts.push((format!("{ids:?}"), s.ids(&ids).context("--tokens")?));
+    }
+    let mut stop_tokens: Vec<u32> = a
+        .stop_token
+        .iter()
+        .map(|t| s.token(t).context("--stop-token"))
+        .collect::<anyhow::Result<_>>()?;
+    if !a.ignore_eos {
+        stop_tokens.extend(s.model.cfg.eos_token_id);
+    }
+    let spec = GenerateSpec {
+        max_new_tokens: a.max_new_tokens,
+        sampling: Sampling {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            repetition_penalty: a.repetition_penalty,
+            frequency_penalty: a.frequency_penalty,
+            seed: a.seed,
+        },
+        stop_tokens,
+    };
+    spec.validate(&s.model.cfg)?;
+    let text = |ids: &[u32]| -> String {
+        match &s.tok {
+            Some(t) => t.decode(ids).unwrap_or_else(|_| format!("{ids:?}")),
+            None => ids
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    };
+    let mut generations = vec![];
+    for (prompt, ids) in prompts {
+        let mut sofar = vec![];
+        let g = generate(&s.model, &ids, &spec, |t| {
+            sofar.push(t);
+            let so_far = text(&sofar);
+            !a.stop.iter().any(|stop| so_far.contains(stop))
+        })?;
+        generations.push(ShownGeneration {
+            prompt,
+            prompt_tokens: ids,
+            text: text(&g.tokens),
+            tokens: g.tokens,
+            stop: g.stop,
+        });
+    }
+    let outcome = GenerateOutcome { generations };
+    if a.json {
+        crate::print(&serde_json::to_string_pretty(&outcome)?);
+        return Ok(());
+    }
+    for g in &outcome.generations {
+        crate::print(&format!("{:?} → {:?} ({:?})", g.prompt, g.text, g.stop));
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `patchclamp generate`: the JSON it prints, the same tokens from text or ids, and the same
+//! tokens for the same seed.
+
+mod common;
+
+use common::{bin, fixture, ok};
+
+fn generations(args: &[&str]) -> Vec<serde_json::Value> {
+    let model = fixture("gpt2");
+    let mut all = vec!["generate", &model];
+    all.extend(args);
+    all.push("--json");
+    let text = ok(bin().args(&all).output().unwrap());
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["generations"].as_array().unwrap().clone()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn generate_prints_prompt_tokens_and_only_the_generated_ids() {
+    let g = generations(&[
+        "--prompt",
+        "The cat",
+        "--prompt",
+        "A dog",
+        "--max-new-tokens",
+        "6",
+    ]);
+    assert_eq!(g.len(), 2);
+    for x in &g {
+        let prompt = ids(&x["prompt_tokens"]);
+        assert_eq!(
+            prompt[0], 0,
+            "GPT-2 prepends BOS (id 0) as TransformerLens does"
+        );
+        assert_eq!(ids(&x["tokens"]).len(), 6);
+        assert_eq!(x["stop"], "max_new_tokens");
+    }
+    // The same ids given as --tokens generate the same tokens.
+    let p = ids(&g[0]["prompt_tokens"]);
+    let list = p
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let again = generations(&["--tokens", &list, "--max-new-tokens", "6"]);
+    assert_eq!(ids(&again[0]["tokens"]), ids(&g[0]["tokens"]));
+}
+
+#[test]
+fn sampling_is_deterministic_per_seed_and_stops_where_asked() {
+    let run = |seed: &str| {
+        generations(&[
+            "--prompt",
+            "The cat",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "5",
+            "--seed",
+            seed,
+        ])[0]["tokens"]
+            .clone()
+    };
+    assert_eq!(run("3"), run("3"));
+    assert_ne!(run("3"), run("4"));
+    // A stop token ends the generation after it.
+    let plain = ids(&generations(&["--prompt", "The cat", "--max-new-tokens", "6"])[0]["tokens"]);
+    let stop = format!("id:{}", plain[1]);
+    let g = generations(&[
+        "--prompt",
+        "The cat",
+        "--max-new-tokens",
+        "6",
+        "--stop-token",
+        &stop,
+    ]);
+    let first = plain.iter().position(|&t| t == plain[1]).unwrap();
+    assert_eq!(ids(&g[0]["tokens"]), plain[..=first].to_vec());
+    assert_eq!(g[0]["stop"], "stop_token");
+}

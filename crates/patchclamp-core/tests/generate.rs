@@ -1,0 +1,223 @@
+//! Generation: the cached decode loop equals recomputing the whole sequence every step, the
+//! same seed gives the same tokens, and the stops and refusals behave as documented.
+
+mod common;
+
+use candle_core::Device;
+use common::fixture;
+use patchclamp_core::generate::{generate, GenerateSpec, Sampling, Stop};
+use patchclamp_core::{load, Hooks, Input, Model};
+
+const FAMILIES: [&str; 4] = ["gpt2", "llama", "mistral", "qwen2"];
+const PROMPT: [u32; 5] = [3, 7, 8, 9, 10];
+
+fn greedy(n: usize) -> GenerateSpec {
+    GenerateSpec {
+        max_new_tokens: n,
+        sampling: Sampling::default(),
+        stop_tokens: vec![],
+    }
+}
+
+fn sampled(n: usize, seed: u64) -> GenerateSpec {
+    GenerateSpec {
+        max_new_tokens: n,
+        sampling: Sampling {
+            // The fixture's logits are peaked: a high temperature makes draws differ.
+            temperature: Some(5.0),
+            seed,
+            ..Sampling::default()
+        },
+        stop_tokens: vec![],
+    }
+}
+
+/// Greedy decoding the slow way: the whole sequence through the model at every step.
+fn recomputed(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut seq = prompt.to_vec();
+    for _ in 0..n {
+        let logits = m
+            .forward(
+                &Input::single(&seq, &Device::Cpu).unwrap(),
+                &mut Hooks::none(),
+            )
+            .unwrap();
+        let last: Vec<f32> = logits
+            .get(0)
+            .unwrap()
+            .get(seq.len() - 1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let best = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+        seq.push(best as u32);
+    }
+    seq[prompt.len()..].to_vec()
+}
+
+#[test]
+fn cached_greedy_decoding_equals_recomputing_every_step() {
+    // Mistral's sliding window (4) is shorter than the sequences: the cache must mask too.
+    for name in FAMILIES {
+        let m = load(&fixture(name), &Device::Cpu).unwrap().model;
+        let g = generate(&m, &PROMPT, &greedy(12), |_| true).unwrap();
+        assert_eq!(g.stop, Stop::MaxNewTokens);
+        assert_eq!(g.tokens, recomputed(&m, &PROMPT, 12), "{name}");
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_tokens() {
+    let m = load(&fixture("gpt2"), &Device::Cpu).unwrap().model;
+    let a = generate(&m, &PROMPT, &sampled(24, 1), |_| true).unwrap();
+    let b = generate(&m, &PROMPT, &sampled(24, 1), |_| true).unwrap();
+    let c = generate(&m, &PROMPT, &sampled(24, 2), |_| true).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a.tokens, c.tokens, "another seed draws other tokens");
+    // top-k = 1 keeps only the argmax: sampling equals greedy decoding.
+    let mut k1 = sampled(12, 5);
+    k1.sampling.top_k = Some(1);
+    assert_eq!(
+        generate(&m, &PROMPT, &k1, |_| true).unwrap().tokens,
+        generate(&m, &PROMPT, &greedy(12), |_| true).unwrap().tokens
+    );
+    // A tiny top-p keeps only the most likely token too.
+    let mut p = sampled(12, 5);
+    p.sampling.top_p = Some(1e-9);
+    assert_eq!(
+        generate(&m, &PROMPT, &p, |_| true).unwrap().tokens,
+        generate(&m, &PROMPT, &greedy(12), |_| true).unwrap().tokens
+    );
+}
+
+#[test]
+fn penalties_change_what_repeats() {
+    // Greedy decoding of a random model falls into loops; a strong repetition penalty never
+    // picks a token already in the sequence while fresh ones remain.
+    let m = load(&fixture("gpt2"), &Device::Cpu).unwrap().model;
+    let plain = generate(&m, &PROMPT, &greedy(20), |_| true).unwrap().tokens;
+    let mut seen: Vec<u32> = PROMPT.to_vec();
+    let repeats = |toks: &[u32], seen: &mut Vec<u32>| {
+        toks.iter()
+            .filter(|t| {
+                let r = seen.contains(t);
+                seen.push(**t);
+                r
+            })
+            .count()
+    };
+    assert!(
+        repeats(&plain, &mut seen.clone()) > 0,
+        "the plain run repeats: {plain:?}"
+    );
+    let mut spec = greedy(20);
+    spec.sampling.repetition_penalty = 1e6;
+    let penalised = generate(&m, &PROMPT, &spec, |_| true).unwrap().tokens;
+    assert_eq!(repeats(&penalised, &mut seen), 0, "{penalised:?}");
+}
+
+#[test]
+fn generation_stops_at_stop_tokens_the_callback_and_the_context() {
+    let m = load(&fixture("gpt2"), &Device::Cpu).unwrap().model;
+    let plain = generate(&m, &PROMPT, &greedy(8), |_| true).unwrap().tokens;
+    // A stop token ends the generation and is kept.
+    let mut spec = greedy(8);
+    spec.stop_tokens = vec![plain[2]];
+    let first = plain.iter().position(|&t| t == plain[2]).unwrap();
+    let g = generate(&m, &PROMPT, &spec, |_| true).unwrap();
+    assert_eq!(
+        (g.tokens.as_slice(), g.stop),
+        (&plain[..=first], Stop::StopToken)
+    );
+    // The callback sees every token and may stop.
+    let mut seen = vec![];
+    let g = generate(&m, &PROMPT, &greedy(8), |t| {
+        seen.push(t);
+        seen.len() < 3
+    })
+    .unwrap();
+    assert_eq!(
+        (g.tokens.clone(), g.stop),
+        (plain[..3].to_vec(), Stop::Callback)
+    );
+    assert_eq!(seen, g.tokens);
+    // A full context ends it with what fits, never a panic.
+    let n_ctx = m.cfg.n_ctx;
+    let long: Vec<u32> = (0..n_ctx - 2).map(|i| (i % 50) as u32 + 1).collect();
+    let g = generate(&m, &long, &greedy(10), |_| true).unwrap();
+    assert_eq!((g.tokens.len(), g.stop), (2, Stop::Context));
+}
+
+#[test]
+fn settings_that_cannot_sample_are_refused() {
+    let m = load(&fixture("gpt2"), &Device::Cpu).unwrap().model;
+    let err = |f: fn(&mut GenerateSpec)| {
+        let mut s = sampled(4, 0);
+        f(&mut s);
+        generate(&m, &PROMPT, &s, |_| true).unwrap_err().to_string()
+    };
+    assert!(err(|s| s.max_new_tokens = 0).contains("at least 1"));
+    assert!(err(|s| s.sampling.temperature = Some(0.0)).contains("greedy"));
+    assert!(err(|s| s.sampling.temperature = Some(f64::NAN)).contains("positive"));
+    assert!(err(|s| s.sampling.top_k = Some(0)).contains("top_k"));
+    assert!(err(|s| s.sampling.top_p = Some(1.5)).contains("(0, 1]"));
+    assert!(err(|s| s.sampling.top_p = Some(0.0)).contains("(0, 1]"));
+    assert!(err(|s| s.sampling.repetition_penalty = 0.0).contains("repetition penalty"));
+    assert!(err(|s| s.sampling.frequency_penalty = f64::INFINITY).contains("frequency"));
+    assert!(err(|s| s.stop_tokens = vec![100_000]).contains("outside the vocabulary"));
+    assert!(err(|s| {
+        s.sampling.temperature = None;
+        s.sampling.top_k = Some(3)
+    })
+    .contains("give a temperature"));
+    let e = generate(&m, &[1, 99_999], &greedy(2), |_| true).unwrap_err();
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+    let e = generate(&m, &[], &greedy(2), |_| true).unwrap_err();
+    assert!(e.to_string().contains("no tokens"), "{e}");
+}
+
+#[test]
+fn draws_follow_the_tempered_softmax() {
+    // 2000 one-token generations, one seed each: the frequency of each of the three likeliest
+    // tokens matches softmax(logits / T) within 4 standard errors.
+    let m = load(&fixture("gpt2"), &Device::Cpu).unwrap().model;
+    let t = 5.0;
+    let logits = m
+        .forward(
+            &Input::single(&PROMPT, &Device::Cpu).unwrap(),
+            &mut Hooks::none(),
+        )
+        .unwrap();
+    let last: Vec<f64> = logits
+        .get(0)
+        .unwrap()
+        .get(PROMPT.len() - 1)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let top = last.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = last.iter().map(|x| ((x - top) / t).exp()).collect();
+    let z: f64 = w.iter().sum();
+    let mut order: Vec<usize> = (0..w.len()).collect();
+    order.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
+    let n = 2000;
+    let mut counts = vec![0usize; w.len()];
+    for seed in 0..n {
+        let mut spec = sampled(1, seed);
+        spec.sampling.temperature = Some(t);
+        let g = generate(&m, &PROMPT, &spec, |_| true).unwrap();
+        counts[g.tokens[0] as usize] += 1;
+    }
+    for &i in &order[..3] {
+        let p = w[i] / z;
+        let f = counts[i] as f64 / n as f64;
+        let se = (p * (1.0 - p) / n as f64).sqrt();
+        assert!(
+            (f - p).abs() < 4.0 * se,
+            "token {i}: drawn {f:.4}, softmax {p:.4}"
+        );
+    }
+}
