@@ -76,17 +76,30 @@ fn analysis_commands_write_results_plots_and_pages() {
 
     let v = analysis(
         &[
-            "hydra", &m, "--prompt", prompt, "--source", prompt, "--target", "id:17",
+            "hydra",
+            &m,
+            "--prompt",
+            prompt,
+            "--source",
+            "When John and Mary went to the store, John gave a drink to",
+            "--target",
+            "id:17",
         ],
         &d.join("hydra"),
         &["effects", "compensation"],
     );
-    // Patching a prompt's own outputs into itself changes nothing.
-    assert!(v["hydra"]["total"]
+    // Resampling from the swapped-name prompt moves the logit somewhere (its own outputs
+    // would change nothing, so that source is refused).
+    let total: Vec<f64> = v["hydra"]["total"]
         .as_array()
         .unwrap()
         .iter()
-        .all(|x| x.as_f64().unwrap().abs() < 1e-5));
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(
+        total.iter().all(|x| x.is_finite()) && total.iter().any(|x| x.abs() > 1e-5),
+        "{total:?}"
+    );
     // Bad input: a token that is several tokens, an unknown hook point, no prompts.
     let err = fails(
         bin()
