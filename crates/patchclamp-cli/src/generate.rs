@@ -1,7 +1,7 @@
 //! `patchclamp generate MODEL --prompt TEXT`: text generation with a key-value cache.
 
 use anyhow::{bail, Context};
-use patchclamp_core::generate::{generate, GenerateSpec, Sampling};
+use patchclamp_core::generate::{generate_with, GenerateSpec, Sampling};
 use patchclamp_report::outcomes::{GenerateOutcome, ShownGeneration};
 use patchclamp_report::Subject;
 
@@ -46,6 +46,10 @@ pub struct Args {
     /// Do not stop at the model's end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
+    /// Hold the interventions in FILE at every step (TOML `[[interventions]]` or a JSON list;
+    /// positions are absolute in prompt + generated, negative ones count from the prompt's end).
+    #[arg(long, value_name = "FILE")]
+    intervene: Option<std::path::PathBuf>,
     /// Prepend the BOS token to text prompts (default: the model's TransformerLens default).
     #[arg(long)]
     prepend_bos: Option<bool>,
@@ -61,6 +65,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     if a.stop.iter().any(|s| s.is_empty()) {
         bail!("--stop '' would stop before the first token; give a non-empty string");
     }
+    let interventions = match &a.intervene {
+        Some(path) => crate::run::read_interventions(path)?,
+        None => vec![],
+    };
     let s = Subject::load(&a.model, false, &crate::device())?;
     let mut prompts = vec![];
     for text in &a.prompt {
@@ -111,7 +119,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let mut generations = vec![];
     for (prompt, ids) in prompts {
         let mut sofar = vec![];
-        let g = generate(&s.model, &ids, &spec, |t| {
+        let (g, _) = generate_with(&s.model, &ids, &spec, &interventions, &[], |t| {
             sofar.push(t);
             let so_far = text(&sofar);
             !a.stop.iter().any(|stop| so_far.contains(stop))

@@ -1391,6 +1391,21 @@ fn table(dir: &Path) -> Table {
         "give at least one --prompt",
     );
     t.err(
+        NeverActs,
+        format!("generate {g} --prompt 'The cat' --intervene {d}/iv-coef-nan.toml"),
+        "must be finite, got NaN",
+    );
+    t.err(
+        NeverActs,
+        format!("generate {g} --prompt 'The cat' --intervene {d}/iv-head-out-of-range.toml"),
+        "head 4 is out of range",
+    );
+    t.err(
+        NeverActs,
+        format!("generate {g} --prompt 'The cat' --intervene {d}/iv-strength-high.toml"),
+        "must lie in [0, 1]|not supported during generation",
+    );
+    t.err(
         Degenerate,
         format!("generate {g} --tokens 1,x"),
         "expected comma-separated token ids",

@@ -86,3 +86,31 @@ fn sampling_is_deterministic_per_seed_and_stops_where_asked() {
     assert_eq!(ids(&g[0]["tokens"]), plain[..=first].to_vec());
     assert_eq!(g[0]["stop"], "stop_token");
 }
+
+#[test]
+fn an_intervention_file_steers_the_generation() {
+    let dir = common::tmp("generate-steer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("steer.toml");
+    // Alternating signs: a constant vector would vanish in the next LayerNorm's centring.
+    let v = (0..32)
+        .map(|i| if i % 2 == 0 { "1.0" } else { "-1.0" })
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &f,
+        format!("[[interventions]]\nat = 'blocks.0.hook_resid_post'\nop = {{ kind = 'add', vector = [{v}], coef = 30.0 }}\n"),
+    )
+    .unwrap();
+    let plain = generations(&["--prompt", "The cat", "--max-new-tokens", "8"]);
+    let steered = generations(&[
+        "--prompt",
+        "The cat",
+        "--max-new-tokens",
+        "8",
+        "--intervene",
+        f.to_str().unwrap(),
+    ]);
+    assert_ne!(plain[0]["tokens"], steered[0]["tokens"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

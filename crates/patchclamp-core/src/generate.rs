@@ -3,15 +3,24 @@
 //!
 //! The sampling order is Hugging Face's: repetition penalty → frequency penalty → temperature
 //! → top-k → top-p → draw. Greedy decoding takes the argmax of the (penalised) logits.
+//!
+//! Interventions act at every step, on that step's positions only, but their positions are
+//! absolute positions in the sequence (prompt and generated): `positions = { range = { start =
+//! 5, end = 1000 } }` selects the same positions with the cache as it would in a full forward
+//! over the sequence. Negative positions and `last` count from the end of the prompt (`-1` is
+//! its last token), so a selection names the same positions at every step. Recorded activations
+//! come back joined along positions, as one forward over the sequence would have recorded
+//! them (attention maps padded with what the causal mask leaves there).
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::hooks::Hooks;
+use crate::hooks::{ActivationCache, HookPoint, Hooks, Op};
 use crate::input::Input;
 use crate::model::{KvCache, Model, Span};
 use crate::rng::Rng;
+use crate::Intervention;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,10 +156,38 @@ pub fn generate(
     model: &Model,
     prompt: &[u32],
     spec: &GenerateSpec,
-    mut on_token: impl FnMut(u32) -> bool,
+    on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
+    Ok(generate_with(model, prompt, spec, &[], &[], on_token)?.0)
+}
+
+/// [`generate`] with `interventions` held at every step (positions absolute, see the module
+/// doc) and the activations at `record` returned, joined over the steps.
+pub fn generate_with(
+    model: &Model,
+    prompt: &[u32],
+    spec: &GenerateSpec,
+    interventions: &[Intervention],
+    record: &[HookPoint],
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<(Generation, ActivationCache)> {
     let cfg = &model.cfg;
     spec.validate(cfg)?;
+    if let Some(iv) = interventions.iter().find(|iv| {
+        matches!(
+            iv.op,
+            Op::PrevToken { .. }
+                | Op::Induction { .. }
+                | Op::Patch { .. }
+                | Op::SubspacePatch { .. }
+        )
+    }) {
+        return Err(Error::Input(format!(
+            "the {} intervention at {} is not supported during generation: pattern clamps and patches read whole sequences",
+            op_name(&iv.op),
+            iv.at
+        )));
+    }
     if prompt.is_empty() {
         return Err(Error::Input("the prompt has no tokens".into()));
     }
@@ -168,16 +205,25 @@ pub fn generate(
         )));
     }
     let dev = model.device();
-    let record = || {
-        KvCache::points(cfg)
+    // The hooks of a forward over positions offset..offset + len.
+    let hooks = |offset: usize, len: usize| {
+        let mut h = KvCache::points(cfg)
             .into_iter()
-            .fold(Hooks::none(), |h, p| h.capture(p))
+            .chain(record.iter().copied())
+            .fold(Hooks::none(), |h, p| h.capture(p));
+        for iv in interventions {
+            if let Some(iv) = iv.for_window(offset, len, prompt.len()) {
+                h = h.intervene(iv);
+            }
+        }
+        h
     };
+    let mut steps: Vec<ActivationCache> = vec![];
     let mut rng = Rng::new(spec.sampling.seed);
     let mut seq = prompt.to_vec();
     let mut out = vec![];
     // The prefill: the whole prompt once, keeping its keys and values.
-    let mut rec = record();
+    let mut rec = hooks(0, prompt.len());
     let logits = model.forward_span(
         &Input::single(prompt, dev)?,
         &mut rec,
@@ -187,19 +233,20 @@ pub fn generate(
         },
     )?;
     let mut cache = KvCache::from_cache(cfg, rec.cache(), prompt.len())?;
+    steps.push(rec.take_cache());
     let mut last = last_logits(&logits)?;
-    loop {
+    let stop = loop {
         let next = choose(&last, &seq, &out, &spec.sampling, &mut rng)?;
         out.push(next);
         seq.push(next);
         if spec.stop_tokens.contains(&next) {
-            return Ok(done(out, Stop::StopToken));
+            break Stop::StopToken;
         }
         if !on_token(next) {
-            return Ok(done(out, Stop::Callback));
+            break Stop::Callback;
         }
         if out.len() == spec.max_new_tokens {
-            return Ok(done(out, Stop::MaxNewTokens));
+            break Stop::MaxNewTokens;
         }
         if seq.len() >= cfg.n_ctx {
             tracing::warn!(
@@ -207,10 +254,10 @@ pub fn generate(
                 out.len(),
                 cfg.n_ctx
             );
-            return Ok(done(out, Stop::Context));
+            break Stop::Context;
         }
         // One step: the new token against the cache, whose keys and values grow by one.
-        let mut rec = record();
+        let mut rec = hooks(cache.len(), 1);
         let logits = model.forward_span(
             &Input::continuing(&[next], cache.len(), dev)?,
             &mut rec,
@@ -220,12 +267,65 @@ pub fn generate(
             },
         )?;
         cache.append(cfg, rec.cache())?;
+        steps.push(rec.take_cache());
         last = last_logits(&logits)?;
-    }
+    };
+    let joined = join_steps(&steps, record, cache.len())?;
+    Ok((Generation { tokens: out, stop }, joined))
 }
 
-fn done(tokens: Vec<u32>, stop: Stop) -> Generation {
-    Generation { tokens, stop }
+/// The recorded points of every step joined along positions: what one forward over the
+/// `total` positions run would have recorded (attention maps padded to every key with the
+/// causal mask's values: 0 in patterns, −∞ in scores).
+fn join_steps(
+    steps: &[ActivationCache],
+    record: &[HookPoint],
+    total: usize,
+) -> Result<ActivationCache> {
+    let mut out = ActivationCache::default();
+    for &p in record {
+        let mut parts = vec![];
+        for step in steps {
+            let Some(t) = step.get(p) else {
+                continue;
+            };
+            let t = match p {
+                HookPoint::Pattern(_) | HookPoint::AttnScores(_) => {
+                    let keys = t.dim(3)?;
+                    if keys < total {
+                        let fill = if matches!(p, HookPoint::Pattern(_)) {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                        let mut shape = t.dims().to_vec();
+                        shape[3] = total - keys;
+                        let pad = Tensor::full(fill, shape.as_slice(), t.device())?
+                            .to_dtype(t.dtype())?;
+                        Tensor::cat(&[t, &pad], 3)?
+                    } else {
+                        t.clone()
+                    }
+                }
+                _ => t.clone(),
+            };
+            parts.push(t);
+        }
+        if !parts.is_empty() {
+            out.insert(p, Tensor::cat(&parts, p.pos_dim())?);
+        }
+    }
+    Ok(out)
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::PrevToken { .. } => "prev_token",
+        Op::Induction { .. } => "induction",
+        Op::Patch { .. } => "patch",
+        Op::SubspacePatch { .. } => "subspace_patch",
+        _ => "this",
+    }
 }
 
 /// The last position's logits of row 0, as f32.

@@ -221,3 +221,136 @@ fn draws_follow_the_tempered_softmax() {
         );
     }
 }
+
+/// Interventions by absolute position: a steering vector from position 2 on, the prompt's last
+/// token scaled at the first block (so later positions read it through attention), a silenced
+/// head everywhere.
+fn steering(cfg: &patchclamp_core::Config) -> Vec<patchclamp_core::Intervention> {
+    let d = cfg.d_model;
+    let text = format!(
+        r#"
+        [[interventions]]
+        at = "blocks.0.hook_resid_post"
+        select = {{ positions = {{ range = {{ start = 2, end = 1000 }} }} }}
+        op = {{ kind = "add", vector = [{}], coef = 4.0 }}
+        [[interventions]]
+        at = "blocks.0.hook_mlp_out"
+        select = {{ positions = {{ indices = [-1] }} }}
+        op = {{ kind = "scale", factor = 3.0 }}
+        [[interventions]]
+        at = "blocks.1.attn.hook_z"
+        select = {{ heads = [1] }}
+        op = {{ kind = "zero" }}
+        "#,
+        (0..d)
+            .map(|i| format!("{}", ((i * 7) % 5) as f64 - 2.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    #[derive(serde::Deserialize)]
+    struct F {
+        interventions: Vec<patchclamp_core::Intervention>,
+    }
+    toml::from_str::<F>(&text).unwrap().interventions
+}
+
+#[test]
+fn steering_with_the_cache_equals_steering_a_full_recompute() {
+    use patchclamp_core::generate::generate_with;
+    use patchclamp_core::HookPoint;
+    let n = 10;
+    for name in FAMILIES {
+        let m = load(&fixture(name), &Device::Cpu).unwrap().model;
+        let ivs = steering(&m.cfg);
+        let record = [
+            HookPoint::ResidPost(1),
+            HookPoint::Pattern(1),
+            HookPoint::AttnScores(0),
+        ];
+        let (g, rec) = generate_with(&m, &PROMPT, &greedy(n), &ivs, &record, |_| true).unwrap();
+        // The slow way: the whole sequence each step, the same interventions over it.
+        let hooks = |len: usize| {
+            ivs.iter()
+                .filter_map(|iv| iv.for_window(0, len, PROMPT.len()))
+                .fold(Hooks::none(), |h, iv| h.intervene(iv))
+        };
+        let mut seq = PROMPT.to_vec();
+        for _ in 0..n {
+            let logits = m
+                .forward(
+                    &Input::single(&seq, &Device::Cpu).unwrap(),
+                    &mut hooks(seq.len()),
+                )
+                .unwrap();
+            let last: Vec<f32> = logits
+                .get(0)
+                .unwrap()
+                .get(seq.len() - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            seq.push((0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b }) as u32);
+        }
+        assert_eq!(
+            g.tokens,
+            seq[PROMPT.len()..].to_vec(),
+            "{name}: token for token"
+        );
+        let unsteered = generate(&m, &PROMPT, &greedy(n), |_| true).unwrap().tokens;
+        assert_ne!(g.tokens, unsteered, "{name}: the steering changes the text");
+        // Activation for activation: one forward over every position the generation ran.
+        let ran = &seq[..seq.len() - 1];
+        let mut full = record.iter().fold(hooks(ran.len()), |h, &p| h.capture(p));
+        m.forward(&Input::single(ran, &Device::Cpu).unwrap(), &mut full)
+            .unwrap();
+        for p in record {
+            let (a, b) = (rec.get(p).unwrap(), full.cache().get(p).unwrap().clone());
+            assert_eq!(a.dims(), b.dims(), "{name} {p}");
+            if matches!(p, HookPoint::AttnScores(_)) {
+                // Masked scores are −∞ on both sides: compare where they are finite.
+                let (x, y): (Vec<f32>, Vec<f32>) = (
+                    a.flatten_all().unwrap().to_vec1().unwrap(),
+                    b.flatten_all().unwrap().to_vec1().unwrap(),
+                );
+                for (u, v) in x.iter().zip(&y) {
+                    assert!(u == v || (u - v).abs() < 1e-4, "{name} {p}: {u} vs {v}");
+                }
+            } else {
+                let d = common::max_diff(a, &b);
+                assert!(d < 1e-4, "{name} {p}: recorded activations differ by {d:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn clamps_that_read_whole_sequences_are_refused_in_generation() {
+    use patchclamp_core::generate::generate_with;
+    let m = load(&fixture("gpt2"), &Device::Cpu).unwrap().model;
+    let iv: patchclamp_core::Intervention =
+        toml::from_str("at = 'blocks.0.attn.hook_pattern'\nop = { kind = 'prev_token' }").unwrap();
+    let e = generate_with(&m, &PROMPT, &greedy(2), &[iv], &[], |_| true).unwrap_err();
+    assert!(
+        e.to_string().contains("not supported during generation"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_absolute_position_window_acts_exactly_where_it_says() {
+    // Steering from absolute position P + 3 on: the tokens read from positions before it
+    // (the first four generated) are the unsteered ones; later ones change.
+    use patchclamp_core::generate::generate_with;
+    let m = load(&fixture("llama"), &Device::Cpu).unwrap().model;
+    let p = PROMPT.len();
+    let text = format!(
+        "at = 'blocks.0.hook_resid_post'\nselect = {{ positions = {{ range = {{ start = {}, end = 1000 }} }} }}\nop = {{ kind = 'add', vector = [{}], coef = 20.0 }}",
+        p + 3,
+        vec!["1.0"; m.cfg.d_model].join(", ")
+    );
+    let iv: patchclamp_core::Intervention = toml::from_str(&text).unwrap();
+    let plain = generate(&m, &PROMPT, &greedy(10), |_| true).unwrap().tokens;
+    let (g, _) = generate_with(&m, &PROMPT, &greedy(10), &[iv], &[], |_| true).unwrap();
+    assert_eq!(g.tokens[..4], plain[..4], "{:?} vs {plain:?}", g.tokens);
+    assert_ne!(g.tokens[4..], plain[4..], "the window acts from its start");
+}

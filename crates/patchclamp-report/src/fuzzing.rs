@@ -92,7 +92,7 @@ pub fn config_json(data: &[u8]) {
 }
 
 /// `data` as an interventions file (TOML and JSON), checked against the fixture and, when
-/// valid, applied in a forward pass.
+/// valid, applied in a generation (three tokens, with the cache) and a forward pass.
 pub fn interventions(data: &[u8]) {
     #[derive(serde::Deserialize)]
     struct File {
@@ -110,7 +110,14 @@ pub fn interventions(data: &[u8]) {
     }
     let m = &subject().model;
     let ids = [1u32, 2, 3, 4];
+    let spec = patchclamp_core::generate::GenerateSpec {
+        max_new_tokens: 3,
+        sampling: Default::default(),
+        stop_tokens: vec![],
+    };
     for list in lists {
+        // Generation first: it reads the positions as absolute ones at every step.
+        let _ = patchclamp_core::generate::generate_with(m, &ids, &spec, &list, &[], |_| true);
         let mut hooks = Hooks::none().intervene_all(list);
         if let Ok(input) = Input::single(&ids, &Device::Cpu) {
             let _ = m.forward(&input, &mut hooks);

@@ -369,6 +369,63 @@ impl Intervention {
         }
     }
 
+    /// This intervention for a forward over positions `offset..offset + len` of a sequence (a
+    /// generation step), its positions read as absolute positions: negative ones (and `last`)
+    /// count back from position `anchor` (the prompt's end), so every selection names the same
+    /// fixed positions at every step, with a cache or without. `None` when it selects none of
+    /// the window's positions.
+    pub fn for_window(&self, offset: usize, len: usize, anchor: usize) -> Option<Intervention> {
+        let total = (offset + len) as i64;
+        let abs = |i: i64| if i < 0 { anchor as i64 + i } else { i };
+        let window = |list: &[i64]| -> Vec<i64> {
+            list.iter()
+                .map(|&i| abs(i))
+                .filter(|&a| a >= offset as i64 && a < total)
+                .map(|a| a - offset as i64)
+                .collect()
+        };
+        let positions = match &self.select.positions {
+            None => return Some(self.clone()),
+            Some(Positions::Last) => {
+                let kept = window(&[-1]);
+                if kept.is_empty() {
+                    return None;
+                }
+                Positions::Indices(kept)
+            }
+            Some(Positions::Indices(v)) => {
+                let kept = window(v);
+                if kept.is_empty() {
+                    return None;
+                }
+                Positions::Indices(kept)
+            }
+            Some(Positions::Range { start, end }) => {
+                let (a, b) = (
+                    abs(*start).clamp(offset as i64, total),
+                    abs(*end).clamp(offset as i64, total),
+                );
+                if a >= b {
+                    return None;
+                }
+                Positions::Range {
+                    start: a - offset as i64,
+                    end: b - offset as i64,
+                }
+            }
+            Some(Positions::PerRow(rows)) => {
+                let kept: Vec<Vec<i64>> = rows.iter().map(|r| window(r)).collect();
+                if kept.iter().all(|r| r.is_empty()) {
+                    return None;
+                }
+                Positions::PerRow(kept)
+            }
+        };
+        let mut iv = self.clone();
+        iv.select.positions = Some(positions);
+        Some(iv)
+    }
+
     /// Whether the op reads the input tokens (`Hooks` hands them over only then).
     pub fn needs_tokens(&self) -> bool {
         matches!(self.op, Op::Induction { .. })
