@@ -62,6 +62,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     if a.prompt.is_empty() && a.tokens.is_empty() {
         bail!("give at least one --prompt TEXT or --tokens ID,ID,…");
     }
+    if a.prompt.is_empty() && a.prepend_bos.is_some() {
+        bail!("--prepend-bos applies to --prompt; --tokens are used exactly as given");
+    }
     if a.stop.iter().any(|s| s.is_empty()) {
         bail!("--stop '' would stop before the first token; give a non-empty string");
     }

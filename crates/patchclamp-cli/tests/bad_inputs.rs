@@ -1391,6 +1391,22 @@ fn table(dir: &Path) -> Table {
         "give at least one --prompt",
     );
     t.err(
+        Degenerate,
+        format!("generate {g} --tokens 1,2 --prepend-bos true"),
+        "--prepend-bos applies to --prompt",
+    );
+    t.err(
+        Files,
+        format!("heads {g} --n 2 --block 4 --out {g}/heads"),
+        "inside the model's folder",
+    );
+    t.err(
+        Files,
+        format!("dla {g} --prompt 'The cat' --answer . --out {g}"),
+        "inside the model's folder",
+    );
+    t.err(Files, format!("patch {g} --clean 'The cat sat the' --corrupted 'The cat sat a' --answer . --wrong , --out {g}/../gpt2/p"), "inside the model's folder");
+    t.err(
         NeverActs,
         format!("generate {g} --prompt 'The cat' --intervene {d}/iv-coef-nan.toml"),
         "must be finite, got NaN",

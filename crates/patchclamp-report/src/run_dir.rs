@@ -181,6 +181,29 @@ impl Drop for RunDir {
 
 pub use patchclamp_core::fsutil::content_hash;
 
+/// Fails when `out` lies inside `model_home`, the folder a model was loaded from: patchclamp
+/// writes nothing there (a model's folder is another tool's, and its files are not ours).
+pub fn outside_model(out: &Path, model_home: &Path) -> Result<()> {
+    // The nearest folder that exists decides where the output would land.
+    let mut anchor = out.to_path_buf();
+    while !anchor.as_os_str().is_empty() && !anchor.exists() {
+        anchor = anchor.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    if anchor.as_os_str().is_empty() {
+        anchor = PathBuf::from(".");
+    }
+    if let (Ok(a), Ok(home)) = (anchor.canonicalize(), model_home.canonicalize()) {
+        if a.starts_with(&home) {
+            return Err(Error::Input(format!(
+                "--out {} is inside the model's folder {}; patchclamp never writes there",
+                out.display(),
+                model_home.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads `root`'s manifest and refuses the folder if it holds files patchclamp did not write or
 /// another command's complete run (unless `force`); returns the earlier run's manifest.
 fn check_ours(root: &Path, command: &str, force: bool) -> Result<Option<Manifest>> {

@@ -95,6 +95,7 @@ pub fn report(
     s: &Subject,
     outcome: &impl Outcome,
 ) -> anyhow::Result<()> {
+    patchclamp_report::run_dir::outside_model(&c.out, &s.home)?;
     let mut run = RunDir::create(&c.out, command, c.force)?;
     let w = patchclamp_report::write_outcome(&mut run, outcome, &s.vocab(), &c.model)?;
     run.finish()?;

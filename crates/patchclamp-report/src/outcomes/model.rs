@@ -26,23 +26,7 @@ impl CacheTarget {
                 path.display()
             )));
         }
-        // The nearest folder that exists decides where the file would land.
-        let mut anchor = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        while !anchor.as_os_str().is_empty() && !anchor.exists() {
-            anchor = anchor.parent().map(Path::to_path_buf).unwrap_or_default();
-        }
-        if anchor.as_os_str().is_empty() {
-            anchor = PathBuf::from(".");
-        }
-        if let (Ok(a), Ok(home)) = (anchor.canonicalize(), model_home.canonicalize()) {
-            if a.starts_with(&home) {
-                return Err(Error::Input(format!(
-                    "--out {} is inside the model's folder {}; patchclamp never writes there",
-                    path.display(),
-                    model_home.display()
-                )));
-            }
-        }
+        crate::run_dir::outside_model(path, model_home)?;
         if path.exists() && !patchclamp_core::hooks::is_cache_file(path) {
             return Err(Error::Input(format!(
                 "--out {} exists and is not an activation cache patchclamp wrote; remove it or choose another path",
