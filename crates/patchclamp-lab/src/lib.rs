@@ -8,6 +8,7 @@
 //! 3. [`causal`]: activation patching, attribution patching, causal tracing, dataset means.
 //! 4. [`analysis`]: logit lens, DLA, Hydra, head detectors, extremes, neurons, linear probes.
 //! 5. [`toy`]: analytic toy models of learning dynamics.
+//! 6. [`steering`]: steering vectors from contrastive pairs, and the interventions that add them.
 //!
 //! [`util`] holds the statistics and linear algebra they share; every fallible function
 //! returns the lab's [`Error`].
@@ -16,6 +17,7 @@ pub mod analysis;
 pub mod causal;
 pub mod error;
 pub mod experiment;
+pub mod steering;
 pub mod tasks;
 pub mod toy;
 pub mod train;

@@ -1,0 +1,6 @@
+//! Steering: vectors extracted from contrastive prompt pairs and the interventions that add
+//! them to a model's residual stream.
+
+pub mod extract;
+
+pub use extract::{extract, steering_interventions, Method, Pair, SteeringVectors};

@@ -1,0 +1,219 @@
+//! Steering vectors: each method computes what it says on the model's own block outputs, PCA
+//! vectors are the top eigenvector with repeng's sign, and a zero coefficient changes nothing.
+
+mod common;
+
+use candle_core::Device;
+use patchclamp_core::generate::{generate, generate_with, GenerateSpec, Sampling};
+use patchclamp_core::{load, HookPoint, Hooks, Input, Model};
+use patchclamp_lab::steering::{extract, steering_interventions, Method, Pair};
+
+fn model() -> Model {
+    load(&common::fixture("gpt2"), &Device::Cpu).unwrap().model
+}
+
+/// Pairs that differ in their last two tokens, over varied contexts.
+fn pairs() -> Vec<Pair> {
+    (0..8u32)
+        .map(|i| {
+            let ctx: Vec<u32> = (0..4).map(|j| 20 + (i * 7 + j * 3) % 60).collect();
+            let with = |a: u32, b: u32| ctx.iter().copied().chain([a, b]).collect();
+            Pair {
+                positive: with(100 + i, 5),
+                negative: with(150 + i, 9),
+            }
+        })
+        .collect()
+}
+
+/// Block `l`'s output at the last token, computed here independently.
+fn out(m: &Model, tokens: &[u32], l: usize) -> Vec<f64> {
+    let mut h = Hooks::none().capture(HookPoint::ResidPost(l));
+    m.forward(&Input::single(tokens, &Device::Cpu).unwrap(), &mut h)
+        .unwrap();
+    let t = h.cache().get(HookPoint::ResidPost(l)).unwrap().clone();
+    t.get(0)
+        .unwrap()
+        .get(tokens.len() - 1)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as f64)
+        .collect()
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `Σ r rᵀ v` for rows `r`.
+fn gram_times(rows: &[Vec<f64>], v: &[f64]) -> Vec<f64> {
+    let mut o = vec![0.0; v.len()];
+    for r in rows {
+        let c = dot(r, v);
+        for (a, x) in o.iter_mut().zip(r) {
+            *a += c * x;
+        }
+    }
+    o
+}
+
+fn centred(rows: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let n = rows.len() as f64;
+    let m: Vec<f64> = (0..rows[0].len())
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n)
+        .collect();
+    rows.iter()
+        .map(|r| r.iter().zip(&m).map(|(x, c)| x - c).collect())
+        .collect()
+}
+
+/// `v` is a unit top eigenvector of `Σ r rᵀ`: the eigen-equation holds and no row direction
+/// has a larger Rayleigh quotient.
+fn assert_top_eigenvector(rows: &[Vec<f64>], v: &[f64], what: &str) {
+    assert!((dot(v, v) - 1.0).abs() < 1e-6, "{what}: unit norm");
+    let cv = gram_times(rows, v);
+    let lambda = dot(v, &cv);
+    let resid = cv
+        .iter()
+        .zip(v)
+        .map(|(a, b)| (a - lambda * b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        resid < 1e-4 * lambda,
+        "{what}: |Cv − λv| = {resid:e} for λ = {lambda}"
+    );
+    for r in rows {
+        let n = dot(r, r).sqrt();
+        let u: Vec<f64> = r.iter().map(|x| x / n).collect();
+        assert!(
+            dot(&u, &gram_times(rows, &u)) <= lambda * (1.0 + 1e-9),
+            "{what}: not the top"
+        );
+    }
+}
+
+#[test]
+fn each_method_computes_its_vector_from_the_block_outputs() {
+    let m = model();
+    let ps = pairs();
+    let layers = [0, 1];
+    for &l in &layers {
+        let pos: Vec<Vec<f64>> = ps.iter().map(|p| out(&m, &p.positive, l)).collect();
+        let neg: Vec<Vec<f64>> = ps.iter().map(|p| out(&m, &p.negative, l)).collect();
+        let diffs: Vec<Vec<f64>> = pos
+            .iter()
+            .zip(&neg)
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).collect())
+            .collect();
+        let n = ps.len() as f64;
+        let mean: Vec<f64> = (0..diffs[0].len())
+            .map(|j| diffs.iter().map(|d| d[j]).sum::<f64>() / n)
+            .collect();
+        let got = |method| {
+            let v = extract(&m, &ps, &layers, method).unwrap();
+            assert_eq!(v.layers, layers);
+            v.vectors[l].iter().map(|&x| x as f64).collect::<Vec<f64>>()
+        };
+        // CAA: the mean difference, unnormalised; llama.cpp's mean: the same, unit-norm.
+        let caa = got(Method::Mean);
+        let err = caa
+            .iter()
+            .zip(&mean)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-5, "layer {l}: mean differs by {err:e}");
+        let norm = dot(&mean, &mean).sqrt();
+        let lm = got(Method::LlamaMean);
+        assert!(lm
+            .iter()
+            .zip(&mean)
+            .all(|(a, b)| (a - b / norm).abs() < 1e-6));
+        // The PCA methods: the top eigenvector of their data, sign by majority vote.
+        let signed = |v: &[f64]| {
+            let above = pos
+                .iter()
+                .zip(&neg)
+                .filter(|(a, b)| dot(a, v) > dot(b, v))
+                .count();
+            assert!(
+                2 * above >= ps.len(),
+                "layer {l}: the sign fix holds ({above} of {})",
+                ps.len()
+            );
+        };
+        let v = got(Method::PcaDiff);
+        assert_top_eigenvector(&centred(&diffs), &v, "pca_diff");
+        signed(&v);
+        let v = got(Method::LlamaPca);
+        assert_top_eigenvector(&diffs, &v, "llama_pca");
+        signed(&v);
+        let halves: Vec<Vec<f64>> = pos
+            .iter()
+            .zip(&neg)
+            .flat_map(|(a, b)| {
+                let mid: Vec<f64> = a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect();
+                [a, b].map(|h| h.iter().zip(&mid).map(|(x, c)| x - c).collect::<Vec<f64>>())
+            })
+            .collect();
+        let v = got(Method::PcaCenter);
+        assert_top_eigenvector(&centred(&halves), &v, "pca_center");
+        signed(&v);
+    }
+}
+
+#[test]
+fn steering_with_a_zero_coefficient_is_the_identity_and_a_large_one_steers() {
+    let m = model();
+    let v = extract(&m, &pairs(), &[0], Method::PcaDiff).unwrap();
+    let spec = GenerateSpec {
+        max_new_tokens: 10,
+        sampling: Sampling::default(),
+        stop_tokens: vec![],
+    };
+    let prompt = [3, 7, 8, 9];
+    let plain = generate(&m, &prompt, &spec, |_| true).unwrap();
+    let (zero, _) = generate_with(
+        &m,
+        &prompt,
+        &spec,
+        &steering_interventions(&v, 0.0),
+        &[],
+        |_| true,
+    )
+    .unwrap();
+    assert_eq!(zero, plain, "coef 0 changes nothing");
+    let (big, _) = generate_with(
+        &m,
+        &prompt,
+        &spec,
+        &steering_interventions(&v, 40.0),
+        &[],
+        |_| true,
+    )
+    .unwrap();
+    assert_ne!(big.tokens, plain.tokens, "a large coefficient steers");
+}
+
+#[test]
+fn pairs_that_cannot_give_a_direction_are_refused() {
+    let m = model();
+    let ps = pairs();
+    let err = |ps: &[Pair], layers: &[usize], method| {
+        extract(&m, ps, layers, method).unwrap_err().to_string()
+    };
+    assert!(err(&ps[..1], &[0], Method::PcaDiff).contains("at least two pairs"));
+    assert!(err(&[], &[0], Method::Mean).contains("at least one pair"));
+    assert!(err(&ps, &[], Method::Mean).contains("at least one layer"));
+    assert!(err(&ps, &[5], Method::Mean).contains("layer 5 is out of range"));
+    let same = vec![
+        Pair {
+            positive: vec![1, 2],
+            negative: vec![1, 2]
+        };
+        2
+    ];
+    assert!(err(&same, &[0], Method::Mean).contains("same tokens"));
+}
