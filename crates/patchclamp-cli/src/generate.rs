@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context};
 use patchclamp_core::generate::{generate_with, GenerateSpec, Sampling};
+use patchclamp_report::control_vector::ControlVector;
 use patchclamp_report::outcomes::{GenerateOutcome, ShownGeneration};
 use patchclamp_report::Subject;
 
@@ -50,6 +51,13 @@ pub struct Args {
     /// positions are absolute in prompt + generated, negative ones count from the prompt's end).
     #[arg(long, value_name = "FILE")]
     intervene: Option<std::path::PathBuf>,
+    /// Add a llama.cpp control vector (GGUF) at every position, times SCALE (default 1;
+    /// repeatable: the files are summed).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    control_vector: Vec<String>,
+    /// Apply control vectors to blocks A-B only (inclusive; default: 1 to the last).
+    #[arg(long, value_name = "A-B")]
+    layer_range: Option<String>,
     /// Prepend the BOS token to text prompts (default: the model's TransformerLens default).
     #[arg(long)]
     prepend_bos: Option<bool>,
@@ -72,7 +80,27 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         Some(path) => crate::run::read_interventions(path)?,
         None => vec![],
     };
+    if a.layer_range.is_some() && a.control_vector.is_empty() {
+        bail!("--layer-range applies to --control-vector");
+    }
+    let range = match &a.layer_range {
+        Some(r) => Some(layer_range(r).context("--layer-range")?),
+        None => None,
+    };
     let s = Subject::load(&a.model, false, &crate::device())?;
+    let mut interventions = interventions;
+    for spec in &a.control_vector {
+        let (file, scale) = match spec.rsplit_once(':') {
+            Some((f, sc)) if sc.parse::<f64>().is_ok() => (f, sc.parse::<f64>()?),
+            _ => (spec.as_str(), 1.0),
+        };
+        if !scale.is_finite() {
+            bail!("--control-vector {spec}: the scale must be finite");
+        }
+        let cv = ControlVector::read(std::path::Path::new(file))?;
+        let cfg = &s.model.cfg;
+        interventions.extend(cv.interventions(scale, range, cfg.n_layers, cfg.d_model)?);
+    }
     let mut prompts = vec![];
     for text in &a.prompt {
         let ids = s.encode_with(text, a.prepend_bos).context("--prompt")?;
@@ -144,4 +172,21 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         crate::print(&format!("{:?} → {:?} ({:?})", g.prompt, g.text, g.stop));
     }
     Ok(())
+}
+
+/// `A-B` (inclusive, A ≤ B) or a single block `A`.
+pub fn layer_range(text: &str) -> anyhow::Result<(usize, usize)> {
+    let parse = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| anyhow::anyhow!("{text:?}: expected A-B with block numbers A ≤ B"))
+    };
+    let (a, b) = match text.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => (parse(text)?, parse(text)?),
+    };
+    if a > b {
+        bail!("{text:?}: the range is empty (A must not exceed B)");
+    }
+    Ok((a, b))
 }

@@ -7,6 +7,7 @@ mod inspect;
 mod lab;
 mod patch;
 mod run;
+mod steer;
 mod trace;
 mod train;
 
@@ -25,6 +26,8 @@ Examples:
   patchclamp run tests/fixtures/models/llama --tokens 1,45,67 --top-k 5   # token ids
   patchclamp generate tests/fixtures/models/gpt2 --prompt 'The cat' --max-new-tokens 16 --json
   patchclamp generate MODEL --prompt 'Once' --temperature 0.8 --top-p 0.9 --seed 1 --stop '.'
+  patchclamp steer extract MODEL --pairs pairs.jsonl --method pca-diff --layers 1-1 --out v.gguf
+  patchclamp generate MODEL --prompt 'Hello' --control-vector v.gguf:2.0
   patchclamp run MODEL --prompt 'Hello' --cache 'blocks.*.attn.hook_pattern' --out acts.safetensors
   patchclamp patch MODEL --clean 'When Mary and John went to the store, John gave a drink to' \
       --corrupted 'When Mary and John went to the store, Mary gave a drink to' \
@@ -65,6 +68,9 @@ enum Cmd {
     Run(run::Args),
     /// Generate text after prompts (greedy or sampled) with a key-value cache.
     Generate(generate::Args),
+    /// Steering vectors: extract them from contrastive pairs.
+    #[command(subcommand)]
+    Steer(steer::Cmd),
     /// Activation patching over (layer, position) or (layer, head), with heatmaps.
     Patch(patch::Args),
     /// Attribution patching: the first-order estimate of `patch`, from one backward pass.
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Run(a) => run::main(a),
         Cmd::Generate(a) => generate::main(a),
+        Cmd::Steer(c) => steer::main(c),
         Cmd::Patch(a) => patch::main(a, patch::Method::Exact),
         Cmd::Attribute(a) => patch::main(a, patch::Method::Attribution),
         Cmd::Trace(a) => trace::main(a),

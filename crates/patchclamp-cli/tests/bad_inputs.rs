@@ -384,6 +384,17 @@ fn prepare(dir: &Path) {
     w("stim.txt", "The cat sat\nThe dog ran\nA cat sat\n");
     w("ctrl.txt", "sat cat The\nran dog The\nsat cat A\n");
     w("empty.txt", "");
+    w("pairs.jsonl", "{\"positive\": \"The cat sat the\", \"negative\": \"The cat sat a\"}\n{\"positive\": \"A dog the\", \"negative\": \"A dog a\"}\n");
+    w(
+        "pairs-same.jsonl",
+        "{\"positive\": \"The cat\", \"negative\": \"The cat\"}\n",
+    );
+    w(
+        "pairs-one.jsonl",
+        "{\"positive\": \"The cat the\", \"negative\": \"The cat a\"}\n",
+    );
+    w("junk.gguf", "GGUF not really");
+    w("README.md.gguf", "a user's file");
     w("README.md", "a user's file\n");
     w("blank.txt", "\n\n  \n");
     w("labels.jsonl", "{\"text\": \"The cat\", \"label\": \"a\"}\n{\"text\": \"The dog\", \"label\": \"b\"}\n{\"text\": \"A cat\", \"label\": \"a\"}\n{\"text\": \"A dog\", \"label\": \"b\"}\n");
@@ -1448,6 +1459,85 @@ fn table(dir: &Path) -> Table {
         "a generation that fills the context stops there with a warning",
         warns_context,
     );
+    // Steering vectors and control vectors.
+    let cv = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/control-vectors/gpt2-fixture.gguf"
+    );
+    let extract = |extra: &str| {
+        format!("steer extract {g} --pairs {d}/pairs.jsonl --out {{out}}/v.gguf {extra}")
+    };
+    for (extra, want) in [
+        ("--layers 1-1 --method median", "unknown --method 'median'"),
+        ("--layers 2-1", "the range is empty"),
+        ("--layers x", "expected A-B"),
+        ("--layers 0-1", "no slot for block 0"),
+        ("--layers 1-5", "is out of range: the model has 2 blocks"),
+    ] {
+        t.err(Degenerate, extract(extra), want);
+    }
+    t.err(
+        Degenerate,
+        format!("steer extract {g} --pairs {d}/pairs-same.jsonl --layers 1-1 --method mean --out {{out}}/v.gguf"),
+        "the same tokens",
+    );
+    t.err(Degenerate, format!("steer extract {g} --pairs {d}/pairs-one.jsonl --layers 1-1 --method pca-diff --out {{out}}/v.gguf"), "at least two pairs");
+    t.err(
+        NoPanic,
+        format!("steer extract {g} --pairs {d}/empty.txt --layers 1-1 --out {{out}}/v.gguf"),
+        "holds no pairs",
+    );
+    t.err(
+        NoPanic,
+        format!("steer extract {g} --pairs {d}/broken.jsonl --layers 1-1 --out {{out}}/v.gguf"),
+        "broken.jsonl:1",
+    );
+    t.err(
+        Files,
+        format!("steer extract {g} --pairs {d}/pairs.jsonl --layers 1-1 --out {{out}}/v.bin"),
+        "should end in .gguf",
+    );
+    t.err(
+        Files,
+        format!("steer extract {g} --pairs {d}/pairs.jsonl --layers 1-1 --out {d}/README.md.gguf"),
+        "exists; pass --force",
+    );
+    t.err(
+        Files,
+        format!("steer extract {g} --pairs {d}/pairs.jsonl --layers 1-1 --out {g}/v.gguf"),
+        "inside the model's folder",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --prompt 'The cat' --layer-range 1-1"),
+        "--layer-range applies to --control-vector",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --prompt 'The cat' --control-vector {cv}:nan"),
+        "must be finite",
+    );
+    t.err(
+        Loader,
+        format!("generate {g} --prompt 'The cat' --control-vector {d}/junk.gguf"),
+        "junk.gguf",
+    );
+    t.err(
+        Loader,
+        format!("generate {g} --prompt 'The cat' --control-vector {d}/missing.gguf"),
+        "missing.gguf",
+    );
+    t.err(
+        Loader,
+        format!("generate {g} --prompt 'The cat' --control-vector {g}/model.safetensors"),
+        "model.safetensors",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --prompt 'The cat' --control-vector {cv} --layer-range 3-2"),
+        "the range is empty",
+    );
+
     // Tokens: id:N everywhere a token is asked for, checked against the vocabulary.
     for cmd in [
         format!("dla {g} --prompt 'The cat' --answer id:999999 --out {{out}}"),

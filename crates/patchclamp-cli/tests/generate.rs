@@ -114,3 +114,66 @@ fn an_intervention_file_steers_the_generation() {
     assert_ne!(plain[0]["tokens"], steered[0]["tokens"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn steer_extract_writes_a_control_vector_that_generate_applies() {
+    let dir = common::tmp("steer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pairs = dir.join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        "{\"positive\": \"The cat sat the\", \"negative\": \"The cat sat a\"}\n\
+         {\"positive\": \"A dog ran the\", \"negative\": \"A dog ran a\"}\n\
+         {\"positive\": \"The mat the\", \"negative\": \"The mat a\"}\n",
+    )
+    .unwrap();
+    let out = dir.join("v.gguf");
+    ok(bin()
+        .args(["steer", "extract", &fixture("gpt2"), "--pairs"])
+        .arg(&pairs)
+        .args(["--method", "mean", "--layers", "1-1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert!(out.is_file() && dir.join("v.safetensors").is_file());
+    let cv = patchclamp_report::control_vector::ControlVector::read(&out).unwrap();
+    assert_eq!(cv.model_hint, "gpt2");
+    assert_eq!(cv.directions[&1].len(), 32);
+    let plain = generations(&["--prompt", "The cat", "--max-new-tokens", "8"]);
+    let zero = format!("{}:0", out.display());
+    let scaled = format!("{}:30", out.display());
+    let at_zero = generations(&[
+        "--prompt",
+        "The cat",
+        "--max-new-tokens",
+        "8",
+        "--control-vector",
+        &zero,
+    ]);
+    let steered = generations(&[
+        "--prompt",
+        "The cat",
+        "--max-new-tokens",
+        "8",
+        "--control-vector",
+        &scaled,
+    ]);
+    assert_eq!(
+        plain[0]["tokens"], at_zero[0]["tokens"],
+        "scale 0 is the identity"
+    );
+    assert_ne!(plain[0]["tokens"], steered[0]["tokens"]);
+    // Outside the layer range it does nothing.
+    let outside = generations(&[
+        "--prompt",
+        "The cat",
+        "--max-new-tokens",
+        "8",
+        "--control-vector",
+        &scaled,
+        "--layer-range",
+        "0-0",
+    ]);
+    assert_eq!(plain[0]["tokens"], outside[0]["tokens"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -266,6 +266,42 @@ impl Subject {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct PairLine {
+    positive: String,
+    negative: String,
+}
+
+impl Subject {
+    /// Contrastive pairs from JSONL: `{"positive": TEXT, "negative": TEXT}` per line.
+    pub fn read_pairs(&self, path: &Path) -> Result<Vec<patchclamp_lab::steering::Pair>> {
+        let text = crate::read_text(path)?;
+        let mut out = vec![];
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let at = format!("{}:{}", path.display(), i + 1);
+            let p: PairLine =
+                serde_json::from_str(line).map_err(|e| Error::Input(format!("{at}: {e}")))?;
+            let enc = |t: &str| {
+                self.encode(t)
+                    .map_err(|e| Error::Input(format!("{at}: {e}")))
+            };
+            out.push(patchclamp_lab::steering::Pair {
+                positive: enc(&p.positive)?,
+                negative: enc(&p.negative)?,
+            });
+        }
+        if out.is_empty() {
+            bail!("{} holds no pairs", path.display());
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LatentLine {
     #[serde(default)]
     text: Option<String>,

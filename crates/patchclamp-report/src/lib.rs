@@ -12,6 +12,7 @@
 //! The CLI, the Python package and a server call the same lab function, get the same struct,
 //! and hand it here: a face adds no numbers.
 
+pub mod control_vector;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
