@@ -217,3 +217,54 @@ fn pairs_that_cannot_give_a_direction_are_refused() {
     ];
     assert!(err(&same, &[0], Method::Mean).contains("same tokens"));
 }
+
+#[test]
+fn directional_ablation_leaves_no_component_along_the_direction_anywhere() {
+    use patchclamp_lab::steering::directional_ablation;
+    for name in ["gpt2", "llama"] {
+        let m = load(&common::fixture(name), &Device::Cpu).unwrap().model;
+        let v = extract(&m, &pairs(), &[1], Method::PcaDiff)
+            .unwrap()
+            .vectors[0]
+            .clone();
+        let r: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+        let mut h = directional_ablation(&m.cfg, &v)
+            .unwrap()
+            .into_iter()
+            .fold(Hooks::none(), |h, iv| h.intervene(iv));
+        for l in 0..m.cfg.n_layers {
+            h = h
+                .capture(HookPoint::ResidPost(l))
+                .capture(HookPoint::ResidPre(l));
+        }
+        let tokens = &pairs()[0].positive;
+        m.forward(&Input::single(tokens, &Device::Cpu).unwrap(), &mut h)
+            .unwrap();
+        let mut plain = Hooks::none().capture(HookPoint::ResidPost(1));
+        m.forward(&Input::single(tokens, &Device::Cpu).unwrap(), &mut plain)
+            .unwrap();
+        let along = |t: &candle_core::Tensor| -> f64 {
+            let rows: Vec<Vec<f32>> = t.get(0).unwrap().to_vec2().unwrap();
+            rows.iter()
+                .map(|row| dot(&row.iter().map(|&x| x as f64).collect::<Vec<_>>(), &r).abs())
+                .fold(0.0, f64::max)
+        };
+        let before = along(plain.cache().get(HookPoint::ResidPost(1)).unwrap());
+        assert!(
+            before > 1e-2,
+            "{name}: the direction is present without ablation ({before})"
+        );
+        for l in 0..m.cfg.n_layers {
+            for p in [HookPoint::ResidPre(l), HookPoint::ResidPost(l)] {
+                let a = along(h.cache().get(p).unwrap());
+                assert!(
+                    a < 1e-4 * before.max(1.0),
+                    "{name} {p}: {a:e} left along the direction"
+                );
+            }
+        }
+    }
+    let m = model();
+    assert!(directional_ablation(&m.cfg, &[1.0; 5]).is_err());
+    assert!(directional_ablation(&m.cfg, &[0.0; 32]).is_err());
+}
