@@ -331,6 +331,9 @@ const INTERVENTIONS: &[(&str, &str, &str)] = &[
     ("value-shape", "at = 'blocks.0.hook_resid_pre'\nop = { kind = 'set', value = [1.0, 2.0, 3.0] }", "does not broadcast"),
     ("tensor-count", "at = 'blocks.0.hook_resid_pre'\nop = { kind = 'set', value = { shape = [2, 2], data = [1.0] } }", "does not broadcast"),
     ("source-missing", "at = 'blocks.0.hook_resid_pre'\nop = { kind = 'patch', source = 'clean' }", "patch source 'clean' is not registered"),
+    ("transport-band", "at = 'blocks.0.hook_resid_pre'\nop = { kind = 'transport', scale = 1.0, shift = 0.0, low = 2.0, high = 1.0 }", "band at blocks.0.hook_resid_pre is empty"),
+    ("transport-nan", "at = 'blocks.0.hook_resid_pre'\nop = { kind = 'transport', scale = 1.0, shift = 0.0, low = 0.0, high = 1.0, strength = nan }", "transport strength at blocks.0.hook_resid_pre must be finite"),
+    ("transport-shift-inf", "at = 'blocks.0.hook_resid_pre'\nop = { kind = 'transport', scale = 1.0, shift = inf, low = 0.0, high = 1.0 }", "non-finite"),
 ];
 
 /// The same kinds of mistake in JSON interventions files.

@@ -268,3 +268,121 @@ fn directional_ablation_leaves_no_component_along_the_direction_anywhere() {
     assert!(directional_ablation(&m.cfg, &[1.0; 5]).is_err());
     assert!(directional_ablation(&m.cfg, &[0.0; 32]).is_err());
 }
+
+#[test]
+fn linear_act_fits_affine_transport_and_zero_strength_is_the_identity() {
+    use patchclamp_lab::steering::{fit_transport, linear_act};
+    // Target = 3·source + 2 exactly: the fit recovers the map.
+    let source: Vec<Vec<f64>> = (0..50)
+        .map(|i| vec![(i as f64 * 0.37).sin(), i as f64 / 10.0])
+        .collect();
+    let target: Vec<Vec<f64>> = source
+        .iter()
+        .map(|r| vec![3.0 * r[0] + 2.0, -r[1] + 1.0])
+        .collect();
+    let t = fit_transport(&source, &target).unwrap();
+    assert!(
+        (t.scale[0] - 3.0).abs() < 1e-9 && (t.shift[0] - 2.0).abs() < 1e-9,
+        "{t:?}"
+    );
+    // Unit 1 is reversed: sorted pairing makes the best monotone map a shift (scale ≥ 0).
+    assert!(t.scale[1] >= 0.0);
+    // Applied as an op: inside the band the map at strength λ, outside the identity.
+    let iv = t.intervention(HookPoint::ResidPre(0), 0.5);
+    let x = candle_core::Tensor::new(&[[[0.5f32, 2.0], [5.0, 100.0]]], &Device::Cpu).unwrap();
+    let y: Vec<Vec<f32>> = iv
+        .apply(&x, &Default::default())
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let want0 = 0.5 + 0.5 * ((3.0 - 1.0) * 0.5 + 2.0);
+    assert!((y[0][0] as f64 - want0).abs() < 1e-5, "{y:?}");
+    assert_eq!(
+        y[1][0], 5.0,
+        "outside the source band (max sin = 1) nothing moves"
+    );
+    assert_eq!(y[1][1], 100.0);
+    // On a model: λ = 0 changes no bit; λ = 1 carries the source prompts' mean toward the target's.
+    let m = model();
+    let at = HookPoint::MlpPost(0);
+    let (src, tgt): (Vec<Vec<u32>>, Vec<Vec<u32>>) = pairs()
+        .into_iter()
+        .map(|p| (p.negative, p.positive))
+        .unzip();
+    let fit = linear_act(&m, &src, &tgt, at).unwrap();
+    let tokens = &src[0];
+    let logits = |ivs: Vec<patchclamp_core::Intervention>| {
+        let mut h = ivs
+            .into_iter()
+            .fold(Hooks::none(), |h, iv| h.intervene(iv))
+            .capture(at);
+        let l = m
+            .forward(&Input::single(tokens, &Device::Cpu).unwrap(), &mut h)
+            .unwrap();
+        (l, h.cache().get(at).unwrap().clone())
+    };
+    let (plain, _) = logits(vec![]);
+    let (zero, _) = logits(vec![fit.intervention(at, 0.0)]);
+    assert_eq!(
+        plain.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        zero.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        "λ = 0 is the identity bit for bit"
+    );
+    // Pooled over every position of every prompt (what the fit pairs by quantile): at λ = 1
+    // the source prompts' mean activation becomes the target prompts' (least squares keeps
+    // the mean), and at λ = 0.5 it lies halfway.
+    let pooled = |prompts: &[Vec<u32>], ivs: &[patchclamp_core::Intervention]| -> Vec<f64> {
+        let mut rows: Vec<Vec<f32>> = vec![];
+        for p in prompts {
+            let mut h = ivs
+                .iter()
+                .cloned()
+                .fold(Hooks::none(), |h, iv| h.intervene(iv))
+                .capture(at);
+            m.forward(&Input::single(p, &Device::Cpu).unwrap(), &mut h)
+                .unwrap();
+            rows.extend(
+                h.cache()
+                    .get(at)
+                    .unwrap()
+                    .get(0)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap(),
+            );
+        }
+        (0..rows[0].len())
+            .map(|u| rows.iter().map(|r| r[u] as f64).sum::<f64>() / rows.len() as f64)
+            .collect()
+    };
+    let (before, target) = (pooled(&src, &[]), pooled(&tgt, &[]));
+    let full = pooled(&src, &[fit.intervention(at, 1.0)]);
+    let half = pooled(&src, &[fit.intervention(at, 0.5)]);
+    for u in 0..before.len() {
+        assert!(
+            (full[u] - target[u]).abs() < 1e-4 * (1.0 + target[u].abs()),
+            "unit {u}: {} vs {}",
+            full[u],
+            target[u]
+        );
+        let mid = (before[u] + target[u]) / 2.0;
+        assert!(
+            (half[u] - mid).abs() < 1e-4 * (1.0 + mid.abs()),
+            "unit {u}: λ = 0.5 is halfway"
+        );
+    }
+    // An empty band or a NaN strength is refused.
+    let mut bad = fit.clone();
+    bad.low[0] = bad.high[0] + 1.0;
+    let mut h = Hooks::none().intervene(bad.intervention(at, 1.0));
+    let e = m
+        .forward(&Input::single(tokens, &Device::Cpu).unwrap(), &mut h)
+        .unwrap_err();
+    assert!(e.to_string().contains("band"), "{e}");
+    let mut h = Hooks::none().intervene(fit.intervention(at, f64::NAN));
+    assert!(m
+        .forward(&Input::single(tokens, &Device::Cpu).unwrap(), &mut h)
+        .is_err());
+}

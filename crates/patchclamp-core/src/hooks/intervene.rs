@@ -191,6 +191,17 @@ pub enum Op {
     Scale { factor: f64 },
     /// Remove the component in the span of `basis` (rows orthonormal, over the last dimension).
     ProjectOut { basis: Values },
+    /// Linear-AcT transport: per unit, `x ← x + strength · ((scale − 1)·x + shift)` where
+    /// `low ≤ x ≤ high` (the source band the map was fitted on), `x` elsewhere. A strength
+    /// of 0 is the identity, bit for bit.
+    Transport {
+        scale: Values,
+        shift: Values,
+        low: Values,
+        high: Values,
+        #[serde(default = "one")]
+        strength: f64,
+    },
     /// `h + U Uᵀ (h_src − h)` with `U` the rows of `basis`, from a named source run.
     SubspacePatch { basis: Values, source: String },
     /// Clamp an attention pattern to the perfect previous-token pattern (Singh et al. 2024):
@@ -348,6 +359,33 @@ impl Intervention {
                 Ok(())
             }
             Op::ProjectOut { basis } => check_basis(basis),
+            Op::Transport {
+                scale,
+                shift,
+                low,
+                high,
+                strength,
+            } => {
+                finite(*strength, "transport strength")?;
+                for (v, what) in [
+                    (scale, "scale"),
+                    (shift, "shift"),
+                    (low, "low"),
+                    (high, "high"),
+                ] {
+                    check_values(v, what)?;
+                }
+                let (lo, hi) = (low.numbers(), high.numbers());
+                if lo.len() == hi.len() {
+                    if let Some(i) = lo.iter().zip(hi).position(|(a, b)| a > b) {
+                        return Err(Error::Input(format!(
+                            "the transport band at {p} is empty at unit {i} (low {} > high {})",
+                            lo[i], hi[i]
+                        )));
+                    }
+                }
+                Ok(())
+            }
             Op::SubspacePatch { basis, source } => {
                 check_basis(basis)?;
                 check_source(source)
@@ -472,6 +510,24 @@ impl Intervention {
                 let coords = x.broadcast_matmul(&u.t()?)?; // [..., k]
                 let proj = coords.broadcast_matmul(&u)?; // [..., n]
                 self.blend(x, &(x - proj)?)
+            }
+            Op::Transport {
+                scale,
+                shift,
+                low,
+                high,
+                strength,
+            } => {
+                if *strength == 0.0 {
+                    return Ok(x.clone());
+                }
+                let t = |v: &Values| -> Result<Tensor> {
+                    Ok(v.tensor(dev)?.to_dtype(x.dtype())?.broadcast_as(x.shape())?)
+                };
+                let (w, b) = (t(scale)?, t(shift)?);
+                let moved = (x + ((x * (w - 1.0)? )? + b)?.affine(*strength, 0.0)?)?;
+                let inside = (x.ge(&t(low)?)?.to_dtype(DType::U8)? * x.le(&t(high)?)?.to_dtype(DType::U8)?)?;
+                self.blend(x, &inside.where_cond(&moved, x)?)
             }
             Op::SubspacePatch { basis, source } => {
                 let u = basis_rows(basis, dev)?;

@@ -3,6 +3,8 @@
 
 pub mod ablation;
 pub mod extract;
+pub mod transport;
 
 pub use ablation::directional_ablation;
 pub use extract::{extract, steering_interventions, Method, Pair, SteeringVectors};
+pub use transport::{fit_transport, linear_act, Transport};
