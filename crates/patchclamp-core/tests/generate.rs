@@ -32,23 +32,25 @@ fn sampled(n: usize, seed: u64) -> GenerateSpec {
     }
 }
 
+/// The last position's logits of one full forward over `seq`.
+fn last_logits(m: &Model, seq: &[u32], hooks: &mut Hooks) -> Vec<f32> {
+    let logits = m
+        .forward(&Input::single(seq, &Device::Cpu).unwrap(), hooks)
+        .unwrap();
+    logits
+        .get(0)
+        .unwrap()
+        .get(seq.len() - 1)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 /// Greedy decoding the slow way: the whole sequence through the model at every step.
 fn recomputed(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut seq = prompt.to_vec();
     for _ in 0..n {
-        let logits = m
-            .forward(
-                &Input::single(&seq, &Device::Cpu).unwrap(),
-                &mut Hooks::none(),
-            )
-            .unwrap();
-        let last: Vec<f32> = logits
-            .get(0)
-            .unwrap()
-            .get(seq.len() - 1)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let last = last_logits(m, &seq, &mut Hooks::none());
         let best = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b });
         seq.push(best as u32);
     }
@@ -182,19 +184,7 @@ fn draws_follow_the_tempered_softmax() {
     // tokens matches softmax(logits / T) within 4 standard errors.
     let m = load(&fixture("gpt2"), &Device::Cpu).unwrap().model;
     let t = 5.0;
-    let logits = m
-        .forward(
-            &Input::single(&PROMPT, &Device::Cpu).unwrap(),
-            &mut Hooks::none(),
-        )
-        .unwrap();
-    let last: Vec<f64> = logits
-        .get(0)
-        .unwrap()
-        .get(PROMPT.len() - 1)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
+    let last: Vec<f64> = last_logits(&m, &PROMPT, &mut Hooks::none())
         .iter()
         .map(|&x| x as f64)
         .collect();
