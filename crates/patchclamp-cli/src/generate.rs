@@ -58,6 +58,14 @@ pub struct Args {
     /// Apply control vectors to blocks A-B only (inclusive; default: 1 to the last).
     #[arg(long, value_name = "A-B")]
     layer_range: Option<String>,
+    /// Record hook points matching PATTERN over the whole generation (TL names, `*` globs),
+    /// joined along positions as one forward over the sequence would record them; needs --out.
+    #[arg(long, value_name = "PATTERN")]
+    cache: Vec<String>,
+    /// Where to write the recording: one safetensors file keyed by hook name, plus `tokens`
+    /// (the positions run: prompt and generated, the last generated token excluded).
+    #[arg(long, value_name = "FILE.safetensors")]
+    out: Option<std::path::PathBuf>,
     /// Prepend the BOS token to text prompts (default: the model's TransformerLens default).
     #[arg(long)]
     prepend_bos: Option<bool>,
@@ -80,6 +88,12 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         Some(path) => crate::run::read_interventions(path)?,
         None => vec![],
     };
+    if a.cache.is_empty() != a.out.is_none() {
+        bail!("--cache and --out go together: --cache PATTERN --out FILE.safetensors");
+    }
+    if a.out.is_some() && a.prompt.len() + a.tokens.len() != 1 {
+        bail!("--cache records one generation: give exactly one --prompt or --tokens");
+    }
     if a.layer_range.is_some() && a.control_vector.is_empty() {
         bail!("--layer-range applies to --control-vector");
     }
@@ -88,6 +102,26 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         None => None,
     };
     let s = Subject::load(&a.model, false, &crate::device())?;
+    let target = match &a.out {
+        Some(out) => Some(patchclamp_report::outcomes::CacheTarget::check(
+            out, &s.home,
+        )?),
+        None => None,
+    };
+    let mut record = vec![];
+    let all = patchclamp_core::HookPoint::all(&s.model.cfg);
+    for pattern in &a.cache {
+        let sel = patchclamp_core::Selector::parse(pattern)
+            .with_context(|| format!("--cache {pattern}"))?;
+        for p in sel
+            .resolve(&all, &s.model.cfg)
+            .with_context(|| format!("--cache {pattern}"))?
+        {
+            if !record.contains(&p) {
+                record.push(p);
+            }
+        }
+    }
     let mut interventions = interventions;
     for spec in &a.control_vector {
         let (file, scale) = match spec.rsplit_once(':') {
@@ -150,11 +184,22 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let mut generations = vec![];
     for (prompt, ids) in prompts {
         let mut sofar = vec![];
-        let (g, _) = generate_with(&s.model, &ids, &spec, &interventions, &[], |t| {
+        let (g, recorded) = generate_with(&s.model, &ids, &spec, &interventions, &record, |t| {
             sofar.push(t);
             let so_far = text(&sofar);
             !a.stop.iter().any(|stop| so_far.contains(stop))
         })?;
+        if let Some(t) = &target {
+            let ran: Vec<u32> = ids
+                .iter()
+                .chain(&g.tokens[..g.tokens.len() - 1])
+                .copied()
+                .collect();
+            let tokens = candle_core::Tensor::new(ran.as_slice(), &crate::device())?
+                .to_dtype(candle_core::DType::I64)?
+                .unsqueeze(0)?;
+            t.write_ref(&recorded, tokens)?;
+        }
         generations.push(ShownGeneration {
             prompt,
             prompt_tokens: ids,

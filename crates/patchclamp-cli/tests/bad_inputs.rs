@@ -1517,6 +1517,18 @@ fn table(dir: &Path) -> Table {
     );
     t.err(
         Degenerate,
+        format!("generate {g} --prompt 'The cat' --cache '*'"),
+        "--cache and --out go together",
+    );
+    t.err(Degenerate, format!("generate {g} --prompt 'The cat' --prompt 'A dog' --cache '*' --out {{out}}/g.safetensors"), "exactly one --prompt");
+    t.err(
+        ValidateFirst,
+        format!("generate {g} --prompt 'The cat' --cache '*' --out {g}/g.safetensors"),
+        "inside the model's folder",
+    );
+    t.err(NoPanic, format!("generate {g} --prompt 'The cat' --cache 'blocks.9.hook_resid_post' --out {{out}}/g.safetensors"), "out of range");
+    t.err(
+        Degenerate,
         format!("generate {g} --prompt 'The cat' --control-vector {cv}:nan"),
         "must be finite",
     );

@@ -177,3 +177,63 @@ fn steer_extract_writes_a_control_vector_that_generate_applies() {
     assert_eq!(plain[0]["tokens"], outside[0]["tokens"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn generate_records_what_one_forward_over_the_sequence_would() {
+    let dir = common::tmp("generate-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (gen_file, run_file) = (dir.join("gen.safetensors"), dir.join("run.safetensors"));
+    ok(bin()
+        .args([
+            "generate",
+            &fixture("llama"),
+            "--prompt",
+            "The cat",
+            "--max-new-tokens",
+            "5",
+        ])
+        .args([
+            "--cache",
+            "blocks.*.hook_resid_post",
+            "--cache",
+            "blocks.1.attn.hook_pattern",
+            "--out",
+        ])
+        .arg(&gen_file)
+        .output()
+        .unwrap());
+    let load =
+        |p: &std::path::Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+    let g = load(&gen_file);
+    let ran: Vec<i64> = g["tokens"].flatten_all().unwrap().to_vec1().unwrap();
+    // The same positions through `run` (one full forward) record the same activations.
+    let list = ran
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    ok(bin()
+        .args(["run", &fixture("llama"), "--tokens", &list])
+        .args([
+            "--cache",
+            "blocks.*.hook_resid_post",
+            "--cache",
+            "blocks.1.attn.hook_pattern",
+            "--out",
+        ])
+        .arg(&run_file)
+        .output()
+        .unwrap());
+    let r = load(&run_file);
+    for name in [
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_post",
+        "blocks.1.attn.hook_pattern",
+    ] {
+        assert_eq!(g[name].dims(), r[name].dims(), "{name}");
+        let d = patchclamp_core::testing::max_diff(&g[name], &r[name]);
+        assert!(d < 1e-4, "{name}: {d:e}");
+    }
+    assert_eq!(g["blocks.0.hook_resid_post"].dim(1).unwrap(), ran.len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
