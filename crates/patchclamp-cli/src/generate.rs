@@ -185,6 +185,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     for (prompt, ids) in prompts {
         let mut sofar = vec![];
         let (g, recorded) = generate_with(&s.model, &ids, &spec, &interventions, &record, |t| {
+            // Decoding the text so far is only needed to look for stop strings.
+            if a.stop.is_empty() {
+                return true;
+            }
             sofar.push(t);
             let so_far = text(&sofar);
             !a.stop.iter().any(|stop| so_far.contains(stop))
@@ -198,7 +202,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             let tokens = candle_core::Tensor::new(ran.as_slice(), &crate::device())?
                 .to_dtype(candle_core::DType::I64)?
                 .unsqueeze(0)?;
-            t.write_ref(&recorded, tokens)?;
+            t.write(&recorded, tokens)?;
         }
         generations.push(ShownGeneration {
             prompt,

@@ -39,12 +39,7 @@ impl CacheTarget {
     }
 
     /// Writes `cache` and the prompt's `tokens` (atomically).
-    pub fn write(self, cache: &ActivationCache, tokens: Tensor) -> Result<CacheWritten> {
-        self.write_ref(cache, tokens)
-    }
-
-    /// [`CacheTarget::write`] without giving up the target.
-    pub fn write_ref(&self, cache: &ActivationCache, tokens: Tensor) -> Result<CacheWritten> {
+    pub fn write(&self, cache: &ActivationCache, tokens: Tensor) -> Result<CacheWritten> {
         cache
             .save_safetensors(&self.path, &[("tokens", tokens)])
             .map_err(|e| match e {
