@@ -17,6 +17,52 @@ pub enum Cmd {
     Patch(PatchArgs),
     /// Training steps per second of attention-only models (compare with tools/bench/train.py).
     Train(TrainArgs),
+    /// Generation: prefill and decode time, plain and steered (compare with tools/bench/generate.py).
+    Generate(GenerateArgs),
+}
+
+/// Arguments of `bench generate`.
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Random model shape (`gpt2-small` or `tiny`) unless --model is given.
+    #[arg(long, default_value = "gpt2-small")]
+    shape: String,
+    /// A model folder (e.g. the one tools/bench/generate.py saves, for identical weights).
+    #[arg(long)]
+    model: Option<String>,
+    /// JSON {"prompts": [[ids…], …], "steer": {"layer": L, "coef": C, "vector": […]}}: the
+    /// prompts (one batch) and the vector added at blocks.L.hook_resid_post; default 16 random ids.
+    #[arg(long, value_name = "FILE")]
+    spec: Option<std::path::PathBuf>,
+    /// Tokens generated after each prompt (no stop token).
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long, default_value_t = crate::default_threads(), value_parser = crate::thread_count)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `bench generate` reads from --spec.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateBench {
+    prompts: Vec<Vec<u32>>,
+    #[serde(default)]
+    steer: Option<SteerBench>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SteerBench {
+    layer: usize,
+    coef: f64,
+    vector: Vec<f64>,
 }
 
 /// Arguments of `bench patch`.
@@ -110,7 +156,137 @@ pub fn main(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Forward(a) => forward(a),
         Cmd::Patch(a) => patch(a),
         Cmd::Train(a) => train(a),
+        Cmd::Generate(a) => generate(a),
     }
+}
+
+/// A random model of a bench shape, or the model at `spec`.
+fn bench_model(shape: &str, spec: &Option<String>) -> anyhow::Result<Model> {
+    Ok(match spec {
+        Some(spec) => crate::load_model(spec, false)?.model,
+        None => {
+            let cfg = match shape {
+                "gpt2-small" => Config::gpt2_small(),
+                "tiny" => tiny(),
+                other => bail!("unknown --shape '{other}'; use gpt2-small or tiny"),
+            };
+            Model::new(cfg.clone(), Weights::random(&cfg, 0, &crate::device())?)?
+        }
+    })
+}
+
+fn generate(a: GenerateArgs) -> anyhow::Result<()> {
+    use patchclamp_core::generate::{generate_batch, GenerateSpec, Sampling};
+    crate::set_threads(Some(a.threads));
+    if a.iters == 0 || a.max_new_tokens < 2 {
+        bail!("--iters must be positive and --max-new-tokens at least 2");
+    }
+    let model = bench_model(&a.shape, &a.model)?;
+    let cfg = &model.cfg;
+    let bench: GenerateBench = match &a.spec {
+        Some(path) => serde_json::from_str(&patchclamp_report::read_text(path)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        None => {
+            let mut rng = Rng::new(1);
+            GenerateBench {
+                prompts: vec![(0..16)
+                    .map(|_| rng.below(cfg.d_vocab as u64) as u32)
+                    .collect()],
+                steer: None,
+            }
+        }
+    };
+    let mut modes: Vec<(&str, Vec<patchclamp_core::Intervention>)> = vec![("plain", vec![])];
+    if let Some(st) = &bench.steer {
+        modes.push((
+            "steered",
+            vec![patchclamp_core::Intervention {
+                at: patchclamp_core::HookPoint::ResidPost(st.layer),
+                select: Default::default(),
+                op: patchclamp_core::Op::Add {
+                    vector: patchclamp_core::hooks::Values::Vector(st.vector.clone()),
+                    coef: st.coef,
+                },
+                when: Default::default(),
+                decode: None,
+            }],
+        ));
+    }
+    let spec = |n: usize| GenerateSpec {
+        max_new_tokens: n,
+        sampling: Sampling::default(),
+        stop_tokens: vec![],
+    };
+    let (b, new) = (bench.prompts.len(), a.max_new_tokens);
+    let mut rows = vec![];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    for (mode, ivs) in &modes {
+        reset_peak_rss();
+        let (mut totals, mut prefills, mut tokens) = (vec![], vec![], vec![]);
+        for i in 0..a.warmup + a.iters {
+            // The prefill alone (and its first token), then the whole generation.
+            let t = Instant::now();
+            generate_batch(&model, &bench.prompts, &spec(1), ivs, &[], |_, _| true)?;
+            let prefill = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let out = generate_batch(&model, &bench.prompts, &spec(new), ivs, &[], |_, _| true)?;
+            let total = t.elapsed().as_secs_f64();
+            if i >= a.warmup {
+                prefills.push(prefill);
+                totals.push(total);
+            }
+            tokens = out.into_iter().map(|(g, _)| g.tokens).collect::<Vec<_>>();
+        }
+        let (total, prefill) = (median(totals), median(prefills));
+        rows.push(GenerateRow {
+            mode,
+            batch: b,
+            new_tokens: new,
+            threads: a.threads,
+            total_s: total,
+            prefill_s: prefill,
+            decode_ms_per_step: 1e3 * (total - prefill) / (new - 1) as f64,
+            tokens_per_s: (b * new) as f64 / total,
+            peak_rss_mib: rss_kib("VmHWM").map(|k| k as f64 / 1024.0),
+            tokens,
+        });
+    }
+    if a.json {
+        crate::print(&serde_json::to_string(&rows)?);
+        return Ok(());
+    }
+    for r in rows {
+        crate::print(&format!(
+            "{:<8} batch {:>3}: prefill {:.1} ms, decode {:.1} ms/step, {:.0} tokens/s, peak RSS {:.0} MiB",
+            r.mode,
+            r.batch,
+            1e3 * r.prefill_s,
+            r.decode_ms_per_step,
+            r.tokens_per_s,
+            r.peak_rss_mib.unwrap_or(f64::NAN)
+        ));
+    }
+    Ok(())
+}
+
+/// One `bench generate` mode (`--json`).
+#[derive(serde::Serialize)]
+struct GenerateRow {
+    mode: &'static str,
+    batch: usize,
+    new_tokens: usize,
+    threads: usize,
+    total_s: f64,
+    prefill_s: f64,
+    /// (total − prefill) / (new tokens − 1): one decode step for the whole batch.
+    decode_ms_per_step: f64,
+    tokens_per_s: f64,
+    peak_rss_mib: Option<f64>,
+    /// The generated ids of each prompt (for comparing with the Python peers).
+    tokens: Vec<Vec<u32>>,
 }
 
 /// The model of a `bench train` shape (tools/bench/train.py builds the same).

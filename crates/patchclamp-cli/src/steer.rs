@@ -1,11 +1,14 @@
 //! `patchclamp steer extract`: steering vectors from contrastive pairs, written as a llama.cpp
-//! control vector (GGUF) and as safetensors.
+//! control vector (GGUF) and as safetensors; `steer sweep`: generations under a vector at
+//! several scales, side by side in a report.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use patchclamp_lab::steering::{extract, Method};
+use patchclamp_lab::steering::{extract, sweep, Method, SweepSpec};
 use patchclamp_report::control_vector::ControlVector;
+use patchclamp_report::outcomes::{ShownGeneration, SweepColumn, SweepOutcome};
+use patchclamp_report::run_dir::RunDir;
 use patchclamp_report::Subject;
 
 /// `steer` subcommands.
@@ -13,6 +16,44 @@ use patchclamp_report::Subject;
 pub enum Cmd {
     /// Extract one vector per block from contrastive pairs (JSONL {"positive": …, "negative": …}).
     Extract(ExtractArgs),
+    /// Generate under a control vector at several scales; report.html shows them side by side.
+    Sweep(SweepArgs),
+}
+
+/// Arguments of `steer sweep`.
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// A model folder, a cached repo id, or a lab checkpoint (prompts as token ids).
+    model: String,
+    /// The control vector (GGUF), optionally times SCALE (repeatable: the files are summed).
+    #[arg(long, value_name = "FILE[:SCALE]", required = true)]
+    vector: Vec<String>,
+    /// The scales to sweep, comma-separated (each multiplies every vector).
+    #[arg(
+        long,
+        value_name = "S,S,…",
+        allow_hyphen_values = true,
+        default_value = "-2,-1,0,1,2"
+    )]
+    scales: String,
+    #[command(flatten)]
+    prompts: crate::generate::PromptArgs,
+    #[command(flatten)]
+    decode: crate::generate::DecodeArgs,
+    #[command(flatten)]
+    steer: crate::generate::SteerArgs,
+    /// The metric: the fraction of generations whose text contains STRING (repeatable: any).
+    #[arg(long, value_name = "STRING")]
+    contains: Vec<String>,
+    /// The run folder (result.json, figures, report.html, manifest.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Reuse --out even if it holds files patchclamp did not write.
+    #[arg(long)]
+    force: bool,
+    /// Print result.json instead of the summary.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `steer extract`.
@@ -38,7 +79,121 @@ pub struct ExtractArgs {
 }
 
 pub fn main(c: Cmd) -> anyhow::Result<()> {
-    let Cmd::Extract(a) = c;
+    match c {
+        Cmd::Extract(a) => extract_main(a),
+        Cmd::Sweep(a) => sweep_main(a),
+    }
+}
+
+fn sweep_main(a: SweepArgs) -> anyhow::Result<()> {
+    let scales: Vec<f64> = a
+        .scales
+        .split(',')
+        .map(|t| t.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            anyhow::anyhow!("--scales {:?}: expected comma-separated numbers", a.scales)
+        })?;
+    patchclamp_lab::steering::sweep::check_scales(&scales).context("--scales")?;
+    if a.contains.iter().any(|c| c.is_empty()) {
+        bail!("--contains '' holds in every text; give a non-empty string");
+    }
+    let s = Subject::load(&a.model, false, &crate::device())?;
+    let cfg = &s.model.cfg;
+    let vectors = crate::generate::read_control_vectors(&a.vector, "--vector", cfg)?;
+    let prompts = a.prompts.read(&s)?;
+    let spec = SweepSpec {
+        scales,
+        generate: a.decode.spec(&s)?,
+        batch: a.decode.batch(),
+    };
+    // The folder is checked before the generations, and written after them.
+    patchclamp_report::run_dir::outside_model(&a.out, &s.home)?;
+    patchclamp_report::run_dir::check(&a.out, "steer sweep", a.force)?;
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|(_, ids)| ids.clone()).collect();
+    let text = |ids: &[u32]| crate::generate::text_of(&s, ids);
+    let contains = |_: usize, g: &patchclamp_core::generate::Generation| -> f64 {
+        let t = text(&g.tokens);
+        a.contains.iter().any(|c| t.contains(c.as_str())) as u8 as f64
+    };
+    let metric: Option<&dyn Fn(usize, &patchclamp_core::generate::Generation) -> f64> =
+        match a.contains.is_empty() {
+            true => None,
+            false => Some(&contains),
+        };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "sweeping {bar:30} {pos}/{len} generations {elapsed}",
+    )?);
+    let runs = sweep(
+        &s.model,
+        &ids,
+        &spec,
+        |scale| {
+            Ok(a.steer
+                .interventions(&vectors, scale, cfg)
+                .map_err(|e| patchclamp_lab::Error::Input(format!("{e:#}")))?)
+        },
+        metric,
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    let columns = runs
+        .into_iter()
+        .map(|r| SweepColumn {
+            scale: r.scale,
+            metric: r.metric,
+            mean_tokens: r
+                .generations
+                .iter()
+                .map(|g| g.tokens.len() as f64)
+                .sum::<f64>()
+                / r.generations.len() as f64,
+            generations: prompts
+                .iter()
+                .zip(r.generations)
+                .map(|((prompt, ids), g)| ShownGeneration {
+                    prompt: prompt.clone(),
+                    prompt_tokens: ids.clone(),
+                    text: text(&g.tokens),
+                    tokens: g.tokens,
+                    stop: g.stop,
+                })
+                .collect(),
+        })
+        .collect();
+    let range = a.steer.layer_range.as_deref().unwrap_or("1-last");
+    let outcome = SweepOutcome {
+        vectors: a
+            .vector
+            .iter()
+            .map(|v| format!("{v} (blocks {range})"))
+            .collect(),
+        metric_name: (!a.contains.is_empty()).then(|| {
+            let list: Vec<String> = a.contains.iter().map(|c| format!("{c:?}")).collect();
+            format!("contains {}", list.join(" or "))
+        }),
+        columns,
+    };
+    let mut run = RunDir::create(&a.out, "steer sweep", a.force)?;
+    let w = patchclamp_report::write_outcome(&mut run, &outcome, &s.vocab(), &a.model)?;
+    run.finish()?;
+    if a.json {
+        crate::print(&w.json);
+    } else {
+        crate::print(&format!(
+            "{}\nwrote {}/report.html",
+            w.summary,
+            a.out.display()
+        ));
+    }
+    Ok(())
+}
+
+fn extract_main(a: ExtractArgs) -> anyhow::Result<()> {
     let method = match a.method.as_str() {
         "mean" => Method::Mean,
         "pca-diff" => Method::PcaDiff,

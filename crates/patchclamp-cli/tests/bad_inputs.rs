@@ -1513,7 +1513,77 @@ fn table(dir: &Path) -> Table {
     t.err(
         Degenerate,
         format!("generate {g} --prompt 'The cat' --layer-range 1-1"),
-        "--layer-range applies to --control-vector",
+        "apply to --control-vector",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --prompt 'The cat' --after-prompt"),
+        "apply to --control-vector",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --prompt 'The cat' --seed 3"),
+        "give --temperature too",
+    );
+    t.usage(
+        format!("generate {g} --prompt 'The cat' --greedy --temperature 1"),
+        "cannot be used with",
+    );
+    t.usage(
+        format!("generate {g} --prompt 'The cat' --batch 0"),
+        "--batch",
+    );
+    t.err(
+        Loader,
+        format!("generate {g} --prompts {d}/missing.txt"),
+        "missing.txt",
+    );
+    t.err(
+        NoPanic,
+        format!("generate {g} --prompts {d}/empty.txt"),
+        "holds no prompts",
+    );
+    // Steering sweeps: scales, metrics, vectors and the folder, all before any generation.
+    let sweep = |extra: &str| {
+        format!("steer sweep {g} --vector {cv} --prompt 'The cat' --max-new-tokens 2 {extra}")
+    };
+    for (extra, want) in [
+        ("--scales 1,1 --out {out}", "given twice"),
+        ("--scales nan --out {out}", "not a finite number"),
+        (
+            "--scales 1,x --out {out}",
+            "expected comma-separated numbers",
+        ),
+        (
+            "--scales '' --out {out}",
+            "expected comma-separated numbers",
+        ),
+        ("--contains '' --out {out}", "holds in every text"),
+        ("--temperature 0 --out {out}", "use greedy decoding"),
+        ("--layer-range 9-9 --out {out}", "--layer-range"),
+    ] {
+        t.err(Degenerate, sweep(extra), want);
+    }
+    t.err(
+        Loader,
+        format!("steer sweep {g} --vector {d}/junk.gguf --prompt 'The cat' --out {{out}}"),
+        "junk.gguf",
+    );
+    t.err(
+        Degenerate,
+        format!("steer sweep {g} --vector {cv}:inf --prompt 'The cat' --out {{out}}"),
+        "must be finite",
+    );
+    t.err(
+        Files,
+        sweep(&format!("--out {g}/sweep")),
+        "inside the model's folder",
+    );
+    t.err(Files, sweep(&format!("--out {d}")), "not a patchclamp run");
+    t.err(Files, sweep(&format!("--out {d}/empty.txt")), "is a file");
+    t.usage(
+        format!("steer sweep {g} --prompt 'The cat' --out {{out}}"),
+        "--vector",
     );
     t.err(
         Degenerate,

@@ -163,18 +163,15 @@ fn steer_extract_writes_a_control_vector_that_generate_applies() {
         "scale 0 is the identity"
     );
     assert_ne!(plain[0]["tokens"], steered[0]["tokens"]);
-    // Outside the layer range it does nothing.
-    let outside = generations(&[
-        "--prompt",
-        "The cat",
-        "--max-new-tokens",
-        "8",
-        "--control-vector",
-        &scaled,
-        "--layer-range",
-        "0-0",
-    ]);
-    assert_eq!(plain[0]["tokens"], outside[0]["tokens"]);
+    // A layer range that holds none of its directions would do nothing: refused.
+    let e = common::fails(
+        bin()
+            .args(["generate", &fixture("gpt2"), "--prompt", "The cat"])
+            .args(["--control-vector", &scaled, "--layer-range", "0-0"])
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("no direction in these blocks"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -235,5 +232,156 @@ fn generate_records_what_one_forward_over_the_sequence_would() {
         assert!(d < 1e-4, "{name}: {d:e}");
     }
     assert_eq!(g["blocks.0.hook_resid_post"].dim(1).unwrap(), ran.len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_batch_of_prompts_prints_what_each_prints_alone() {
+    let prompts = ["The cat", "A dog sat on the mat", "Hi"];
+    let mut args = vec![];
+    for p in prompts {
+        args.extend(["--prompt", p]);
+    }
+    args.extend(["--max-new-tokens", "7", "--temperature", "3", "--seed", "5"]);
+    let together = generations(&args);
+    let mut one_by_one = args.clone();
+    one_by_one.extend(["--batch", "1"]);
+    let apart = generations(&one_by_one);
+    assert_eq!(together.len(), 3);
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = generations(&[
+            "--prompt",
+            p,
+            "--max-new-tokens",
+            "7",
+            "--temperature",
+            "3",
+            "--seed",
+            "5",
+        ]);
+        assert_eq!(together[i]["tokens"], alone[0]["tokens"], "prompt {i}");
+        assert_eq!(apart[i]["tokens"], alone[0]["tokens"], "prompt {i}");
+    }
+    // The same prompts from a file.
+    let dir = common::tmp("generate-prompts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prompts.txt");
+    std::fs::write(&file, prompts.join("\n")).unwrap();
+    let from_file = generations(&[
+        "--prompts",
+        file.to_str().unwrap(),
+        "--max-new-tokens",
+        "7",
+        "--temperature",
+        "3",
+        "--seed",
+        "5",
+    ]);
+    let tokens =
+        |v: &[serde_json::Value]| v.iter().map(|g| g["tokens"].clone()).collect::<Vec<_>>();
+    assert_eq!(tokens(&from_file), tokens(&together));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn after_prompt_leaves_the_prompt_and_so_the_first_token_alone() {
+    let cv = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/control-vectors/gpt2-fixture.gguf"
+    );
+    let scaled = format!("{cv}:8");
+    let base = [
+        "--prompt",
+        "The cat",
+        "--prompt",
+        "A dog sat on the mat",
+        "--max-new-tokens",
+        "5",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        generations(&args)
+            .iter()
+            .map(|g| ids(&g["tokens"]))
+            .collect::<Vec<_>>()
+    };
+    let plain = run(&[]);
+    let everywhere = run(&["--control-vector", &scaled]);
+    let after = run(&["--control-vector", &scaled, "--after-prompt"]);
+    for i in 0..2 {
+        // Token 0 is read from the prompt's last position, which --after-prompt leaves alone.
+        assert_eq!(after[i][0], plain[i][0], "prompt {i}");
+        assert_ne!(everywhere[i], plain[i], "prompt {i}");
+    }
+    assert_ne!(after, plain, "the generated positions are steered");
+}
+
+#[test]
+fn steer_sweep_puts_each_scale_side_by_side_and_measures_it() {
+    let cv = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/control-vectors/gpt2-fixture.gguf"
+    );
+    let dir = common::tmp("steer-sweep");
+    let out = dir.join("sweep");
+    let text = ok(bin()
+        .args(["steer", "sweep", &fixture("gpt2"), "--vector", cv])
+        .args([
+            "--scales=-8,0,8",
+            "--prompt",
+            "The cat",
+            "--prompt",
+            "A dog sat",
+        ])
+        .args([
+            "--max-new-tokens",
+            "6",
+            "--contains",
+            "+",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cols = v["columns"].as_array().unwrap();
+    assert_eq!(cols.len(), 3);
+    // Scale 0 is plain generation; each column's metric is the fraction of its texts with "+".
+    let plain = generations(&[
+        "--prompt",
+        "The cat",
+        "--prompt",
+        "A dog sat",
+        "--max-new-tokens",
+        "6",
+    ]);
+    for (g, p) in cols[1]["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&plain)
+    {
+        assert_eq!(g["tokens"], p["tokens"]);
+    }
+    for c in cols {
+        let gens = c["generations"].as_array().unwrap();
+        let rate = gens
+            .iter()
+            .filter(|g| g["text"].as_str().unwrap().contains('+'))
+            .count() as f64
+            / gens.len() as f64;
+        assert_eq!(c["metric"].as_f64().unwrap(), rate);
+    }
+    assert_ne!(cols[0]["generations"], cols[2]["generations"]);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for scale in ["scale -8", "scale 0", "scale 8"] {
+        assert!(html.contains(scale), "{scale} column in the report");
+    }
+    assert!(out.join("metric.svg").is_file() && out.join("length.svg").is_file());
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["complete"], true);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,23 +1,29 @@
-//! Text generation: one forward over the prompt (the prefill), then one position per step
+//! Text generation: one forward over the prompts (the prefill), then one position per step
 //! against a growing key-value cache, each next token chosen by the sampling settings.
 //!
 //! The sampling order is Hugging Face's: repetition penalty → frequency penalty → temperature
 //! → top-k → top-p → draw. Greedy decoding takes the argmax of the (penalised) logits.
 //!
+//! Several prompts generate as one ragged batch: left-padded, each row with its own absolute
+//! position ids (rotary offsets and learned positions alike) and its own draws, so each prompt
+//! gets the tokens it gets alone. A prompt that stops leaves the batch.
+//!
 //! Interventions act at every step, on that step's positions only, but their positions are
-//! absolute positions in the sequence (prompt and generated): `positions = { range = { start =
-//! 5, end = 1000 } }` selects the same positions with the cache as it would in a full forward
-//! over the sequence. Negative positions and `last` count from the end of the prompt (`-1` is
-//! its last token), so a selection names the same positions at every step. Recorded activations
-//! come back joined along positions, as one forward over the sequence would have recorded
-//! them (attention maps padded with what the causal mask leaves there).
+//! absolute positions in the row's sequence (prompt and generated): `positions = { range = {
+//! start = 5, end = 1000 } }` selects the same positions with the cache as it would in a full
+//! forward over the sequence. Negative positions and `last` count from the end of the prompt
+//! (`-1` is its last token), `"prompt"`, `"generated"` and `"all"` split there, `rows` name
+//! prompts, and a `decode = { from, until }` window picks decode steps (step `t` computes
+//! generated token `t`; the prefill is step 0). Recorded activations come back per prompt,
+//! joined along positions, as one forward over its sequence alone would have recorded them
+//! (attention maps padded with what the causal mask leaves there).
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::hooks::{ActivationCache, HookPoint, Hooks, Op};
-use crate::input::Input;
+use crate::hooks::{ActivationCache, HookPoint, Hooks, Op, RowWindow};
+use crate::input::{Input, Padding};
 use crate::model::{KvCache, Model, Span};
 use crate::rng::Rng;
 use crate::Intervention;
@@ -171,149 +177,323 @@ pub fn generate_with(
     record: &[HookPoint],
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Generation, ActivationCache)> {
+    let mut out = generate_batch(
+        model,
+        &[prompt.to_vec()],
+        spec,
+        interventions,
+        record,
+        |_, t| on_token(t),
+    )?;
+    Ok(out.pop().expect("one prompt, one generation"))
+}
+
+/// Generates after every prompt at once (a ragged batch, left-padded): each prompt gets the
+/// tokens it would get alone (its own draws, from the same seed), and the recording of each
+/// equals its recording alone. `on_token(prompt, token)` returns `false` to stop that prompt.
+/// A prompt that stops leaves the batch; the others go on without its columns.
+pub fn generate_batch(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    spec: &GenerateSpec,
+    interventions: &[Intervention],
+    record: &[HookPoint],
+    mut on_token: impl FnMut(usize, u32) -> bool,
+) -> Result<Vec<(Generation, ActivationCache)>> {
     let cfg = &model.cfg;
-    spec.validate(cfg)?;
-    if let Some(iv) = interventions.iter().find(|iv| {
-        matches!(
-            iv.op,
-            Op::PrevToken { .. }
-                | Op::Induction { .. }
-                | Op::Patch { .. }
-                | Op::SubspacePatch { .. }
-        )
-    }) {
-        return Err(Error::Input(format!(
-            "the {} intervention at {} is not supported during generation: pattern clamps and patches read whole sequences",
-            op_name(&iv.op),
-            iv.at
-        )));
-    }
-    if prompt.is_empty() {
-        return Err(Error::Input("the prompt has no tokens".into()));
-    }
-    if prompt.len() > cfg.n_ctx {
-        return Err(Error::Input(format!(
-            "the prompt has {} tokens; the model's context is {}",
-            prompt.len(),
-            cfg.n_ctx
-        )));
-    }
-    if let Some(&t) = prompt.iter().find(|&&t| t as usize >= cfg.d_vocab) {
-        return Err(Error::Input(format!(
-            "prompt token {t} is outside the vocabulary of {}",
-            cfg.d_vocab
-        )));
-    }
+    check(model, prompts, spec, interventions)?;
     let dev = model.device();
-    // The hooks of a forward over positions offset..offset + len.
-    let hooks = |offset: usize, len: usize| {
+    let n = prompts.len();
+    let mut acted = vec![false; interventions.len()];
+    // The hooks of one forward: keys and values kept, `record` captured, and each
+    // intervention narrowed to the positions of this forward it selects.
+    let mut hooks = |step: u64, rows: &[RowWindow]| {
         let mut h = KvCache::points(cfg)
             .into_iter()
             .chain(record.iter().copied())
             .fold(Hooks::none(), |h, p| h.capture(p));
-        for iv in interventions {
-            if let Some(iv) = iv.for_window(offset, len, prompt.len()) {
+        for (iv, acted) in interventions.iter().zip(acted.iter_mut()) {
+            if let Some(iv) = iv.for_rows(step, rows) {
+                *acted = true;
                 h = h.intervene(iv);
             }
         }
         h
     };
-    let mut steps: Vec<ActivationCache> = vec![];
-    let mut rng = Rng::new(spec.sampling.seed);
-    let mut seq = prompt.to_vec();
-    let mut out = vec![];
-    // The prefill: the whole prompt once, keeping its keys and values.
-    let mut rec = hooks(0, prompt.len());
+    let mut parts: Vec<Vec<ActivationCache>> = vec![vec![]; n];
+    let mut rngs: Vec<Rng> = (0..n).map(|_| Rng::new(spec.sampling.seed)).collect();
+    let mut seqs = prompts.to_vec();
+    let mut outs: Vec<Vec<u32>> = vec![vec![]; n];
+    let mut stops: Vec<Option<Stop>> = vec![None; n];
+
+    // The prefill: every prompt once, left-padded so that all end at the last column.
+    let input = Input::batch(prompts, Padding::Left, 0, dev)?;
+    let (_, s) = input.dims()?;
+    let rows: Vec<RowWindow> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| RowWindow {
+            prompt: i,
+            offset: 0,
+            len: p.len(),
+            pad: s - p.len(),
+            anchor: p.len(),
+        })
+        .collect();
+    let mut rec = hooks(0, &rows);
     let logits = model.forward_span(
-        &Input::single(prompt, dev)?,
+        &input,
         &mut rec,
         Span {
             last_position_only: true,
             ..Default::default()
         },
     )?;
-    let mut cache = KvCache::from_cache(cfg, rec.cache(), prompt.len())?;
-    steps.push(rec.take_cache());
+    let mut cache = KvCache::from_batch(cfg, rec.cache(), &input)?;
+    let step_cache = rec.take_cache();
+    for (j, w) in rows.iter().enumerate() {
+        parts[w.prompt].push(row_of(&step_cache, record, j, w.pad, w.pad)?);
+    }
     let mut last = last_logits(&logits)?;
-    let stop = loop {
-        let next = choose(&last, &seq, &out, &spec.sampling, &mut rng)?;
-        out.push(next);
-        seq.push(next);
-        if spec.stop_tokens.contains(&next) {
-            break Stop::StopToken;
+    let mut active: Vec<usize> = (0..n).collect();
+    loop {
+        // Each active prompt draws its next token; those that stop leave the batch.
+        let mut keep = vec![];
+        let mut next = vec![];
+        for (j, &i) in active.iter().enumerate() {
+            let t = choose(&last[j], &seqs[i], &outs[i], &spec.sampling, &mut rngs[i])?;
+            outs[i].push(t);
+            seqs[i].push(t);
+            stops[i] = if spec.stop_tokens.contains(&t) {
+                Some(Stop::StopToken)
+            } else if !on_token(i, t) {
+                Some(Stop::Callback)
+            } else if outs[i].len() == spec.max_new_tokens {
+                Some(Stop::MaxNewTokens)
+            } else if seqs[i].len() >= cfg.n_ctx {
+                let which = if n > 1 {
+                    format!(" for prompt {i}")
+                } else {
+                    String::new()
+                };
+                tracing::warn!(
+                    "generation{which} stopped after {} tokens: the model's context of {} positions is full",
+                    outs[i].len(),
+                    cfg.n_ctx
+                );
+                Some(Stop::Context)
+            } else {
+                None
+            };
+            if stops[i].is_none() {
+                keep.push(j);
+                next.push(t);
+            }
         }
-        if !on_token(next) {
-            break Stop::Callback;
+        if keep.is_empty() {
+            break;
         }
-        if out.len() == spec.max_new_tokens {
-            break Stop::MaxNewTokens;
+        if keep.len() < active.len() {
+            cache.retain_rows(&keep)?;
+            active = keep.iter().map(|&j| active[j]).collect();
         }
-        if seq.len() >= cfg.n_ctx {
-            tracing::warn!(
-                "generation stopped after {} tokens: the model's context of {} positions is full",
-                out.len(),
-                cfg.n_ctx
-            );
-            break Stop::Context;
-        }
-        // One step: the new token against the cache, whose keys and values grow by one.
-        let mut rec = hooks(cache.len(), 1);
+        // One step: each row's new token at its own absolute position, against the cache.
+        let rows: Vec<RowWindow> = active
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| RowWindow {
+                prompt: i,
+                offset: cache.length_of(j),
+                len: 1,
+                pad: 0,
+                anchor: prompts[i].len(),
+            })
+            .collect();
+        let positions: Vec<u32> = rows.iter().map(|w| w.offset as u32).collect();
+        let step = outs[active[0]].len() as u64;
+        let mut rec = hooks(step, &rows);
         let logits = model.forward_span(
-            &Input::continuing(&[next], cache.len(), dev)?,
+            &Input::step(&next, &positions, dev)?,
             &mut rec,
             Span {
                 prefix: Some(cache.clone()),
                 ..Default::default()
             },
         )?;
-        cache.append(cfg, rec.cache())?;
-        steps.push(rec.take_cache());
+        let step_cache = rec.take_cache();
+        for (j, w) in rows.iter().enumerate() {
+            parts[w.prompt].push(row_of(&step_cache, record, j, 0, cache.pad_of(j))?);
+        }
+        cache.append(cfg, &step_cache)?;
         last = last_logits(&logits)?;
-    };
-    let joined = join_steps(&steps, record, cache.len())?;
-    Ok((Generation { tokens: out, stop }, joined))
+    }
+    for (iv, acted) in interventions.iter().zip(&acted) {
+        if !acted {
+            tracing::warn!(
+                "the intervention at {} never acted: it selects no position of any step",
+                iv.at
+            );
+        }
+    }
+    outs.into_iter()
+        .zip(stops)
+        .zip(parts)
+        .map(|((tokens, stop), steps)| {
+            let joined = join_steps(&steps, record)?;
+            Ok((
+                Generation {
+                    tokens,
+                    stop: stop.expect("every prompt stops"),
+                },
+                joined,
+            ))
+        })
+        .collect()
 }
 
-/// The recorded points of every step joined along positions: what one forward over the
-/// `total` positions run would have recorded (attention maps padded to every key with the
-/// causal mask's values: 0 in patterns, −∞ in scores).
-fn join_steps(
-    steps: &[ActivationCache],
+/// Refuses what cannot generate, before any compute: bad settings, empty or too long prompts,
+/// out-of-vocabulary tokens, and interventions that are wrong at every position.
+fn check(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    spec: &GenerateSpec,
+    interventions: &[Intervention],
+) -> Result<()> {
+    let cfg = &model.cfg;
+    spec.validate(cfg)?;
+    if prompts.is_empty() {
+        return Err(Error::Input("no prompt to generate from".into()));
+    }
+    let name = |i: usize| match prompts.len() {
+        1 => "the prompt".to_string(),
+        _ => format!("prompt {i}"),
+    };
+    for (i, prompt) in prompts.iter().enumerate() {
+        if prompt.is_empty() {
+            return Err(Error::Input(format!("{} has no tokens", name(i))));
+        }
+        if prompt.len() > cfg.n_ctx {
+            return Err(Error::Input(format!(
+                "{} has {} tokens; the model's context is {}",
+                name(i),
+                prompt.len(),
+                cfg.n_ctx
+            )));
+        }
+        if let Some(&t) = prompt.iter().find(|&&t| t as usize >= cfg.d_vocab) {
+            return Err(Error::Input(format!(
+                "{} token {t} is outside the vocabulary of {}",
+                name(i),
+                cfg.d_vocab
+            )));
+        }
+    }
+    for iv in interventions {
+        if matches!(
+            iv.op,
+            Op::PrevToken { .. }
+                | Op::Induction { .. }
+                | Op::Patch { .. }
+                | Op::SubspacePatch { .. }
+        ) {
+            return Err(Error::Input(format!(
+                "the {} intervention at {} is not supported during generation: pattern clamps and patches read whole sequences",
+                op_name(&iv.op),
+                iv.at
+            )));
+        }
+        if let Some(d) = &iv.decode {
+            d.validate()
+                .map_err(|e| Error::Input(format!("decode window at {}: {e}", iv.at)))?;
+        }
+        if let Some(&r) = iv
+            .select
+            .rows
+            .iter()
+            .flatten()
+            .find(|&&r| r >= prompts.len())
+        {
+            return Err(Error::OutOfRange {
+                what: "prompt",
+                index: r as i64,
+                limit: format!(
+                    "{} prompts (rows of the intervention at {})",
+                    prompts.len(),
+                    iv.at
+                ),
+            });
+        }
+        // Everything but its positions (absolute, checked step by step) is checked now.
+        let mut whole = iv.clone();
+        whole.select.positions = None;
+        whole.select.rows = None;
+        whole.decode = None;
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+        whole.validate(cfg, prompts.len(), longest, &Default::default())?;
+    }
+    Ok(())
+}
+
+/// Row `j` of one forward's recording, without its padding: `pad` query columns and
+/// `key_pad` key columns (attention maps) belong to other rows' longer prompts.
+fn row_of(
+    cache: &ActivationCache,
     record: &[HookPoint],
-    total: usize,
+    j: usize,
+    pad: usize,
+    key_pad: usize,
 ) -> Result<ActivationCache> {
     let mut out = ActivationCache::default();
     for &p in record {
-        let mut parts = vec![];
-        for step in steps {
-            let Some(t) = step.get(p) else {
-                continue;
-            };
+        let Some(t) = cache.get(p) else { continue };
+        let t = t.narrow(0, j, 1)?;
+        let d = p.pos_dim();
+        let t = t.narrow(d, pad, t.dim(d)? - pad)?;
+        let t = match p {
+            HookPoint::Pattern(_) | HookPoint::AttnScores(_) => {
+                t.narrow(3, key_pad, t.dim(3)? - key_pad)?
+            }
+            _ => t,
+        };
+        out.insert(p, t.contiguous()?);
+    }
+    Ok(out)
+}
+
+/// The recorded points of every step joined along positions: what one forward over the
+/// whole sequence would have recorded (attention maps padded to every key with the causal
+/// mask's values: 0 in patterns, −∞ in scores).
+fn join_steps(steps: &[ActivationCache], record: &[HookPoint]) -> Result<ActivationCache> {
+    let mut out = ActivationCache::default();
+    for &p in record {
+        let parts: Vec<&Tensor> = steps.iter().filter_map(|s| s.get(p)).collect();
+        if parts.is_empty() {
+            continue;
+        }
+        let total: usize = parts
+            .iter()
+            .map(|t| t.dim(p.pos_dim()))
+            .sum::<candle_core::Result<usize>>()?;
+        let mut padded = vec![];
+        for t in parts {
             let t = match p {
-                HookPoint::Pattern(_) | HookPoint::AttnScores(_) => {
-                    let keys = t.dim(3)?;
-                    if keys < total {
-                        let fill = if matches!(p, HookPoint::Pattern(_)) {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        };
-                        let mut shape = t.dims().to_vec();
-                        shape[3] = total - keys;
-                        let pad = Tensor::full(fill, shape.as_slice(), t.device())?
-                            .to_dtype(t.dtype())?;
-                        Tensor::cat(&[t, &pad], 3)?
+                HookPoint::Pattern(_) | HookPoint::AttnScores(_) if t.dim(3)? < total => {
+                    let fill = if matches!(p, HookPoint::Pattern(_)) {
+                        0.0
                     } else {
-                        t.clone()
-                    }
+                        f32::NEG_INFINITY
+                    };
+                    let mut shape = t.dims().to_vec();
+                    shape[3] = total - shape[3];
+                    let pad =
+                        Tensor::full(fill, shape.as_slice(), t.device())?.to_dtype(t.dtype())?;
+                    Tensor::cat(&[t, &pad], 3)?
                 }
                 _ => t.clone(),
             };
-            parts.push(t);
+            padded.push(t);
         }
-        if !parts.is_empty() {
-            out.insert(p, Tensor::cat(&parts, p.pos_dim())?);
-        }
+        out.insert(p, Tensor::cat(&padded, p.pos_dim())?);
     }
     Ok(out)
 }
@@ -328,10 +508,14 @@ fn op_name(op: &Op) -> &'static str {
     }
 }
 
-/// The last position's logits of row 0, as f32.
-fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
+/// The last position's logits of every row, as f32.
+fn last_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     let s = logits.dim(1)?;
-    Ok(logits.get(0)?.get(s - 1)?.to_vec1::<f32>()?)
+    Ok(logits
+        .narrow(1, s - 1, 1)?
+        .squeeze(1)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec2::<f32>()?)
 }
 
 /// The next token from `logits`, given the sequence so far and the tokens generated.

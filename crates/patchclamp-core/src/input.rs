@@ -45,6 +45,25 @@ impl Input {
         Ok(input)
     }
 
+    /// One new position per row (a batched generation step): token `tokens[r]` at absolute
+    /// position `positions[r]` of row `r`.
+    pub fn step(tokens: &[u32], positions: &[u32], device: &Device) -> Result<Input> {
+        let b = tokens.len();
+        if b == 0 || positions.len() != b {
+            return Err(Error::Input(format!(
+                "a step needs one position per token, got {b} tokens and {} positions",
+                positions.len()
+            )));
+        }
+        Ok(Input {
+            tokens: Tensor::from_vec(tokens.to_vec(), (b, 1), device)?,
+            positions: Tensor::from_vec(positions.to_vec(), (b, 1), device)?,
+            mask: None,
+            lengths: vec![1; b],
+            padding: Padding::Left,
+        })
+    }
+
     /// Pads `seqs` to one length; `pad_id` fills the gaps (its value never matters).
     pub fn batch(
         seqs: &[Vec<u32>],

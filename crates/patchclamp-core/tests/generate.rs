@@ -5,8 +5,11 @@ mod common;
 
 use candle_core::Device;
 use common::fixture;
-use patchclamp_core::generate::{generate, GenerateSpec, Sampling, Stop};
-use patchclamp_core::{load, Hooks, Input, Model};
+use patchclamp_core::generate::{
+    generate, generate_batch, generate_with, GenerateSpec, Sampling, Stop,
+};
+use patchclamp_core::hooks::RowWindow;
+use patchclamp_core::{load, ActivationCache, HookPoint, Hooks, Input, Intervention, Model};
 
 const FAMILIES: [&str; 4] = ["gpt2", "llama", "mistral", "qwen2"];
 const PROMPT: [u32; 5] = [3, 7, 8, 9, 10];
@@ -246,8 +249,6 @@ fn steering(cfg: &patchclamp_core::Config) -> Vec<patchclamp_core::Intervention>
 
 #[test]
 fn steering_with_the_cache_equals_steering_a_full_recompute() {
-    use patchclamp_core::generate::generate_with;
-    use patchclamp_core::HookPoint;
     let n = 10;
     for name in FAMILIES {
         let m = load(&fixture(name), &Device::Cpu).unwrap().model;
@@ -261,7 +262,7 @@ fn steering_with_the_cache_equals_steering_a_full_recompute() {
         // The slow way: the whole sequence each step, the same interventions over it.
         let hooks = |len: usize| {
             ivs.iter()
-                .filter_map(|iv| iv.for_window(0, len, PROMPT.len()))
+                .filter_map(|iv| iv.for_rows(0, &whole(len, PROMPT.len())))
                 .fold(Hooks::none(), |h, iv| h.intervene(iv))
         };
         let mut seq = PROMPT.to_vec();
@@ -315,7 +316,6 @@ fn steering_with_the_cache_equals_steering_a_full_recompute() {
 
 #[test]
 fn clamps_that_read_whole_sequences_are_refused_in_generation() {
-    use patchclamp_core::generate::generate_with;
     let m = load(&fixture("gpt2"), &Device::Cpu).unwrap().model;
     let iv: patchclamp_core::Intervention =
         toml::from_str("at = 'blocks.0.attn.hook_pattern'\nop = { kind = 'prev_token' }").unwrap();
@@ -330,7 +330,6 @@ fn clamps_that_read_whole_sequences_are_refused_in_generation() {
 fn an_absolute_position_window_acts_exactly_where_it_says() {
     // Steering from absolute position P + 3 on: the tokens read from positions before it
     // (the first four generated) are the unsteered ones; later ones change.
-    use patchclamp_core::generate::generate_with;
     let m = load(&fixture("llama"), &Device::Cpu).unwrap().model;
     let p = PROMPT.len();
     let text = format!(
@@ -343,4 +342,252 @@ fn an_absolute_position_window_acts_exactly_where_it_says() {
     let (g, _) = generate_with(&m, &PROMPT, &greedy(10), &[iv], &[], |_| true).unwrap();
     assert_eq!(g.tokens[..4], plain[..4], "{:?} vs {plain:?}", g.tokens);
     assert_ne!(g.tokens[4..], plain[4..], "the window acts from its start");
+}
+
+/// One unpadded row of `len` positions from the start, after a prompt of `anchor` tokens: the
+/// window of a full forward over the sequence so far.
+fn whole(len: usize, anchor: usize) -> [RowWindow; 1] {
+    [RowWindow {
+        prompt: 0,
+        offset: 0,
+        len,
+        pad: 0,
+        anchor,
+    }]
+}
+
+/// Greedy decoding with `ivs` the slow way: the whole sequence each step, the interventions
+/// over its absolute positions.
+fn recomputed_with(m: &Model, prompt: &[u32], n: usize, ivs: &[Intervention]) -> Vec<u32> {
+    let mut seq = prompt.to_vec();
+    for t in 0..n {
+        let mut hooks = ivs
+            .iter()
+            .filter_map(|iv| iv.for_rows(t as u64, &whole(seq.len(), prompt.len())))
+            .fold(Hooks::none(), |h, iv| h.intervene(iv));
+        let last = last_logits(m, &seq, &mut hooks);
+        seq.push((0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b }) as u32);
+    }
+    seq[prompt.len()..].to_vec()
+}
+
+const RAGGED: [&[u32]; 4] = [
+    &[3, 7, 8, 9, 10],
+    &[5],
+    &[11, 2, 4, 6, 8, 10, 12, 1],
+    &[9, 9, 2],
+];
+
+fn ragged() -> Vec<Vec<u32>> {
+    RAGGED.iter().map(|p| p.to_vec()).collect()
+}
+
+/// Recordings equal within 1e-4 (masked scores are −∞ on both sides).
+fn assert_same_recording(
+    a: &ActivationCache,
+    b: &ActivationCache,
+    points: &[HookPoint],
+    what: &str,
+) {
+    for &p in points {
+        let (x, y) = (a.get(p).unwrap(), b.get(p).unwrap());
+        assert_eq!(x.dims(), y.dims(), "{what} {p}");
+        let (x, y): (Vec<f32>, Vec<f32>) = (
+            x.flatten_all().unwrap().to_vec1().unwrap(),
+            y.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        for (u, v) in x.iter().zip(&y) {
+            assert!(u == v || (u - v).abs() < 1e-4, "{what} {p}: {u} vs {v}");
+        }
+    }
+}
+
+#[test]
+fn a_ragged_batch_generates_what_each_prompt_generates_alone() {
+    // Left padding, per-row position ids (rotary and learned) and Mistral's window: each row
+    // of the batch gets exactly its tokens alone, greedy and sampled (its own draws).
+    let prompts = ragged();
+    for name in FAMILIES {
+        let m = load(&fixture(name), &Device::Cpu).unwrap().model;
+        for spec in [greedy(10), sampled(10, 3)] {
+            let batch = generate_batch(&m, &prompts, &spec, &[], &[], |_, _| true).unwrap();
+            assert_eq!(batch.len(), prompts.len());
+            for (i, (p, (g, _))) in prompts.iter().zip(&batch).enumerate() {
+                let alone = generate(&m, p, &spec, |_| true).unwrap();
+                assert_eq!(g, &alone, "{name} prompt {i}");
+            }
+            // And greedy rows equal the full recompute.
+            if spec.sampling.temperature.is_none() {
+                assert_eq!(batch[2].0.tokens, recomputed(&m, &prompts[2], 10), "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_ragged_batch_steers_and_records_each_prompt_as_it_would_alone() {
+    let prompts = ragged();
+    let record = [
+        HookPoint::ResidPost(1),
+        HookPoint::Pattern(1),
+        HookPoint::AttnScores(0),
+        HookPoint::Z(0),
+    ];
+    for name in FAMILIES {
+        let m = load(&fixture(name), &Device::Cpu).unwrap().model;
+        let mut ivs = steering(&m.cfg);
+        // Generated positions of prompts 0 and 2 only.
+        ivs.push(
+            toml::from_str(
+                "at = 'blocks.1.hook_mlp_out'\nselect = { rows = [0, 2], positions = 'generated' }\nop = { kind = 'scale', factor = 3.0 }",
+            )
+            .unwrap(),
+        );
+        let batch = generate_batch(&m, &prompts, &greedy(8), &ivs, &record, |_, _| true).unwrap();
+        for (i, (p, (g, rec))) in prompts.iter().zip(&batch).enumerate() {
+            // Alone, prompt i is row 0: keep the rows selections that name it.
+            let mine: Vec<Intervention> = ivs
+                .iter()
+                .filter(|iv| iv.select.rows.as_ref().is_none_or(|r| r.contains(&i)))
+                .map(|iv| {
+                    let mut iv = iv.clone();
+                    iv.select.rows = None;
+                    iv
+                })
+                .collect();
+            let (alone, alone_rec) =
+                generate_with(&m, p, &greedy(8), &mine, &record, |_| true).unwrap();
+            assert_eq!(g, &alone, "{name} prompt {i}");
+            assert_eq!(
+                g.tokens,
+                recomputed_with(&m, p, 8, &mine),
+                "{name} prompt {i}"
+            );
+            assert_same_recording(rec, &alone_rec, &record, &format!("{name} prompt {i}"));
+            let n = p.len() + g.tokens.len() - 1;
+            assert_eq!(rec.get(HookPoint::ResidPost(1)).unwrap().dims()[1], n);
+        }
+    }
+}
+
+#[test]
+fn prompts_that_stop_leave_the_batch_without_changing_the_others() {
+    let m = load(&fixture("gpt2"), &Device::Cpu).unwrap().model;
+    let n_ctx = m.cfg.n_ctx;
+    let long: Vec<u32> = (0..n_ctx - 3).map(|i| (i % 50) as u32 + 1).collect();
+    let prompts = vec![PROMPT.to_vec(), long, vec![5], vec![11, 2, 4]];
+    // Sampled (greedy decoding of the fixture repeats one token): each prompt draws its own.
+    let mut spec = sampled(8, 11);
+    let plain = generate(&m, &PROMPT, &spec, |_| true).unwrap().tokens;
+    // A stop token prompt 0 generates early and prompt 2 never does.
+    let other = generate(&m, &prompts[2], &spec, |_| true).unwrap().tokens;
+    let stop = *plain[..6]
+        .iter()
+        .find(|t| !other.contains(t))
+        .unwrap_or_else(|| panic!("{plain:?} vs {other:?}"));
+    spec.stop_tokens = vec![stop];
+    // Prompt 3 is stopped by the callback after two tokens.
+    let mut counts = [0usize; 4];
+    let batch = generate_batch(&m, &prompts, &spec, &[], &[], |i, _| {
+        counts[i] += 1;
+        !(i == 3 && counts[i] == 2)
+    })
+    .unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let mut c = 0;
+        let alone = generate(&m, p, &spec, |_| {
+            c += 1;
+            !(i == 3 && c == 2)
+        })
+        .unwrap();
+        assert_eq!(batch[i].0, alone, "prompt {i}");
+    }
+    assert_eq!(batch[0].0.stop, Stop::StopToken);
+    assert_eq!(
+        (batch[1].0.tokens.len(), batch[1].0.stop),
+        (3, Stop::Context)
+    );
+    assert_eq!(batch[3].0.stop, Stop::Callback);
+    // Prompt 2 went on after the others left, past the longest prompt's columns.
+    assert!(batch[2].0.tokens.len() > 3, "{:?}", batch[2].0);
+}
+
+#[test]
+fn prompt_generated_and_decode_windows_act_where_they_say() {
+    let m = load(&fixture("llama"), &Device::Cpu).unwrap().model;
+    let vector = vec!["1.0"; m.cfg.d_model].join(", ");
+    let iv = |extra: &str| -> Intervention {
+        toml::from_str(&format!(
+            "at = 'blocks.0.hook_resid_post'\n{extra}\nop = {{ kind = 'add', vector = [{vector}], coef = 20.0 }}"
+        ))
+        .unwrap()
+    };
+    let plain = generate(&m, &PROMPT, &greedy(10), |_| true).unwrap().tokens;
+    let run = |iv: Intervention| {
+        generate_with(&m, &PROMPT, &greedy(10), &[iv], &[], |_| true)
+            .unwrap()
+            .0
+            .tokens
+    };
+    // Generated positions start at the prompt's end: token 0 comes from the prompt alone.
+    let generated = run(iv("select = { positions = 'generated' }"));
+    assert_eq!(generated[0], plain[0]);
+    assert_ne!(generated[1..], plain[1..]);
+    assert_eq!(
+        generated,
+        recomputed_with(
+            &m,
+            &PROMPT,
+            10,
+            &[iv("select = { positions = 'generated' }")]
+        )
+    );
+    // The prompt's positions only: the cache carries the change to every later token.
+    let prompt = run(iv("select = { positions = 'prompt' }"));
+    assert_ne!(prompt, plain);
+    assert_eq!(
+        prompt,
+        recomputed_with(&m, &PROMPT, 10, &[iv("select = { positions = 'prompt' }")])
+    );
+    assert_ne!(prompt, generated);
+    // All positions is no selection at all.
+    assert_eq!(run(iv("select = { positions = 'all' }")), run(iv("")));
+    // A decode window from step 3: the first three tokens are the unsteered ones.
+    let late = run(iv("decode = { from = 3 }"));
+    assert_eq!(late[..3], plain[..3]);
+    assert_ne!(late[3..], plain[3..]);
+    // Until step 1: only the prefill is steered, which is the prompt selection.
+    assert_eq!(run(iv("decode = { until = 1 }")), prompt);
+}
+
+#[test]
+fn generation_only_selections_are_refused_in_a_plain_forward() {
+    let m = load(&fixture("gpt2"), &Device::Cpu).unwrap().model;
+    let input = Input::single(&PROMPT, &Device::Cpu).unwrap();
+    for extra in [
+        "select = { positions = 'generated' }",
+        "decode = { from = 2 }",
+    ] {
+        let iv: Intervention = toml::from_str(&format!(
+            "at = 'blocks.0.hook_mlp_out'\n{extra}\nop = {{ kind = 'zero' }}"
+        ))
+        .unwrap();
+        let e = m
+            .forward(&input, &mut Hooks::none().intervene(iv))
+            .unwrap_err();
+        assert!(e.to_string().contains("only in generation"), "{e}");
+    }
+    // A decode window that holds no step, and rows past the batch, are refused up front.
+    let iv: Intervention = toml::from_str(
+        "at = 'blocks.0.hook_mlp_out'\ndecode = { from = 4, until = 4 }\nop = { kind = 'zero' }",
+    )
+    .unwrap();
+    let e = generate_with(&m, &PROMPT, &greedy(2), &[iv], &[], |_| true).unwrap_err();
+    assert!(e.to_string().contains("holds no step"), "{e}");
+    let iv: Intervention = toml::from_str(
+        "at = 'blocks.0.hook_mlp_out'\nselect = { rows = [1] }\nop = { kind = 'zero' }",
+    )
+    .unwrap();
+    let e = generate_with(&m, &PROMPT, &greedy(2), &[iv], &[], |_| true).unwrap_err();
+    assert!(e.to_string().contains("prompt"), "{e}");
 }

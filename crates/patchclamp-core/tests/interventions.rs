@@ -18,6 +18,7 @@ fn iv(at: &str, select: Selection, op: Op) -> Intervention {
         select,
         op,
         when: Schedule::default(),
+        decode: None,
     }
 }
 

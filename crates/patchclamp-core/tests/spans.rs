@@ -69,6 +69,7 @@ fn late_rows_equal_their_own_forwards() {
             },
             op: Op::Zero,
             when: Default::default(),
+            decode: None,
         };
         let mut hooks = Hooks::none()
             .intervene(zero(0, 2))

@@ -59,6 +59,7 @@ fn streamed_means_equal_a_brute_force_recount_and_drive_mean_ablation() {
             mean: values_of(mean).unwrap(),
         },
         when: Default::default(),
+        decode: None,
     };
     let mut h = Hooks::none().intervene(iv).capture(*p);
     m.model

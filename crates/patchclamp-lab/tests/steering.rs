@@ -386,3 +386,64 @@ fn linear_act_fits_affine_transport_and_zero_strength_is_the_identity() {
         .forward(&Input::single(tokens, &Device::Cpu).unwrap(), &mut h)
         .is_err());
 }
+
+#[test]
+fn a_sweep_generates_each_scale_as_generate_would_and_averages_its_metric() {
+    use patchclamp_lab::steering::{sweep, SweepSpec};
+    let m = model();
+    let v = extract(&m, &pairs(), &[1], Method::Mean).unwrap();
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 7, 8], vec![11, 4], vec![20, 21, 22, 23, 24]];
+    let spec = SweepSpec {
+        scales: vec![-6.0, 0.0, 6.0],
+        generate: GenerateSpec {
+            max_new_tokens: 6,
+            sampling: Sampling::default(),
+            stop_tokens: vec![],
+        },
+        batch: 2,
+    };
+    // The metric: the share of generated tokens that are even.
+    let even = |_: usize, g: &patchclamp_core::generate::Generation| {
+        g.tokens.iter().filter(|t| *t % 2 == 0).count() as f64 / g.tokens.len() as f64
+    };
+    let mut calls = vec![];
+    let runs = sweep(
+        &m,
+        &prompts,
+        &spec,
+        |s| Ok(steering_interventions(&v, s)),
+        Some(&even),
+        |done, total| calls.push((done, total)),
+    )
+    .unwrap();
+    assert_eq!(calls.last(), Some(&(9, 9)));
+    for r in &runs {
+        let ivs = steering_interventions(&v, r.scale);
+        let mut total = 0.0;
+        for (i, p) in prompts.iter().enumerate() {
+            let (alone, _) = generate_with(&m, p, &spec.generate, &ivs, &[], |_| true).unwrap();
+            assert_eq!(r.generations[i], alone, "scale {} prompt {i}", r.scale);
+            total += even(i, &alone);
+        }
+        assert!((r.metric.unwrap() - total / 3.0).abs() < 1e-12);
+    }
+    let plain: Vec<_> = prompts
+        .iter()
+        .map(|p| generate(&m, p, &spec.generate, |_| true).unwrap())
+        .collect();
+    assert_eq!(runs[1].generations, plain, "scale 0 is plain generation");
+    assert_ne!(runs[0].generations, runs[2].generations);
+    // Scales that cannot make a sweep.
+    for (scales, want) in [
+        (vec![], "at least one scale"),
+        (vec![1.0, 1.0], "given twice"),
+        (vec![f64::NAN], "not a finite number"),
+    ] {
+        let bad = SweepSpec {
+            scales,
+            ..spec.clone()
+        };
+        let e = sweep(&m, &prompts, &bad, |_| Ok(vec![]), None, |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
+}

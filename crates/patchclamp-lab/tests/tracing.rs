@@ -206,6 +206,7 @@ fn traces_equal_one_full_forward_per_restoration() {
                 rows: None,
             },
             when: Default::default(),
+            decode: None,
         };
         for l in 0..n {
             for p in 0..s {

@@ -226,6 +226,7 @@ impl ControlVector {
                     coef: scale,
                 },
                 when: Default::default(),
+                decode: None,
             });
         }
         Ok(out)

@@ -204,6 +204,20 @@ pub fn outside_model(out: &Path, model_home: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether [`RunDir::create`] would accept `root` for `command`, touching nothing: a long
+/// computation checks its folder first, then creates it once its results exist.
+pub fn check(root: &Path, command: &str, force: bool) -> Result<()> {
+    if root.exists() && !root.is_dir() {
+        return Err(Error::NotAFolder {
+            path: root.to_path_buf(),
+        });
+    }
+    if root.is_dir() {
+        check_ours(root, command, force)?;
+    }
+    Ok(())
+}
+
 /// Reads `root`'s manifest and refuses the folder if it holds files patchclamp did not write or
 /// another command's complete run (unless `force`); returns the earlier run's manifest.
 fn check_ours(root: &Path, command: &str, force: bool) -> Result<Option<Manifest>> {

@@ -28,6 +28,10 @@ pub struct Intervention {
     /// When it is active; always when absent.
     #[serde(default)]
     pub when: Schedule,
+    /// During generation, the decode steps at which it is active (step `t` computes generated
+    /// token `t`; step 0 is the prefill); every step when absent. Generation only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode: Option<Schedule>,
 }
 
 /// Picks elements of an activation along its batch, position, head and unit dimensions.
@@ -60,6 +64,12 @@ pub enum Positions {
     Last,
     /// Row i uses `per_row[i]` (padded batches).
     PerRow(Vec<Vec<i64>>),
+    /// The prompt's positions (during generation; every position of a plain forward).
+    Prompt,
+    /// The generated positions (generation only).
+    Generated,
+    /// Every position, prompt and generated.
+    All,
 }
 
 /// Steps at which an intervention is active (training); inference always runs step 0.
@@ -96,6 +106,22 @@ impl Schedule {
     pub fn overlaps(&self, steps: u64) -> bool {
         self.from.unwrap_or(0) < steps.min(self.until.unwrap_or(u64::MAX))
     }
+}
+
+/// Where one row of a generation's forward sits in its sequence (see
+/// [`Intervention::for_rows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowWindow {
+    /// The prompt this row generates for (what `rows` selections name).
+    pub prompt: usize,
+    /// Absolute position of the row's first real position in this forward.
+    pub offset: usize,
+    /// Its real positions in this forward.
+    pub len: usize,
+    /// Padding columns before them.
+    pub pad: usize,
+    /// The prompt's length: where negative positions count back from.
+    pub anchor: usize,
 }
 
 /// Numbers in a spec: a scalar, a vector over the last dimension, or a tensor of any shape
@@ -237,6 +263,11 @@ impl Intervention {
         self.when
             .validate()
             .map_err(|e| Error::Input(format!("intervention at {p}: {e}")))?;
+        if self.decode.is_some() {
+            return Err(Error::Input(format!(
+                "the intervention at {p} has a decode window: it acts only in generation"
+            )));
+        }
         let shape = p.shape(cfg, batch, seq);
         let range = |what: &'static str, idx: &[usize], n: usize| -> Result<()> {
             match idx.iter().find(|&&i| i >= n) {
@@ -259,7 +290,12 @@ impl Intervention {
                     resolve_range(*start, *end, seq, p)?;
                     vec![]
                 }
-                Positions::Last => vec![],
+                Positions::Last | Positions::Prompt | Positions::All => vec![],
+                Positions::Generated => {
+                    return Err(Error::Input(format!(
+                        "positions = \"generated\" at {p} selects generated tokens: it acts only in generation"
+                    )))
+                }
                 Positions::PerRow(v) => {
                     if v.len() != batch {
                         return Err(Error::Input(format!(
@@ -407,61 +443,69 @@ impl Intervention {
         }
     }
 
-    /// This intervention for a forward over positions `offset..offset + len` of a sequence (a
-    /// generation step), its positions read as absolute positions: negative ones (and `last`)
-    /// count back from position `anchor` (the prompt's end), so every selection names the same
-    /// fixed positions at every step, with a cache or without. `None` when it selects none of
-    /// the window's positions.
-    pub fn for_window(&self, offset: usize, len: usize, anchor: usize) -> Option<Intervention> {
-        let total = (offset + len) as i64;
-        let abs = |i: i64| if i < 0 { anchor as i64 + i } else { i };
-        let window = |list: &[i64]| -> Vec<i64> {
-            list.iter()
-                .map(|&i| abs(i))
-                .filter(|&a| a >= offset as i64 && a < total)
-                .map(|a| a - offset as i64)
-                .collect()
-        };
-        let positions = match &self.select.positions {
-            None => return Some(self.clone()),
-            Some(Positions::Last) => {
-                let kept = window(&[-1]);
-                if kept.is_empty() {
-                    return None;
-                }
-                Positions::Indices(kept)
-            }
-            Some(Positions::Indices(v)) => {
-                let kept = window(v);
-                if kept.is_empty() {
-                    return None;
-                }
-                Positions::Indices(kept)
-            }
-            Some(Positions::Range { start, end }) => {
-                let (a, b) = (
-                    abs(*start).clamp(offset as i64, total),
-                    abs(*end).clamp(offset as i64, total),
-                );
-                if a >= b {
-                    return None;
-                }
-                Positions::Range {
-                    start: a - offset as i64,
-                    end: b - offset as i64,
-                }
-            }
-            Some(Positions::PerRow(rows)) => {
-                let kept: Vec<Vec<i64>> = rows.iter().map(|r| window(r)).collect();
-                if kept.iter().all(|r| r.is_empty()) {
-                    return None;
-                }
-                Positions::PerRow(kept)
-            }
-        };
+    /// This intervention for one forward of a generation (decode step `step`), its positions
+    /// read as absolute positions of each row's sequence. Row `i` of the forward is `rows[i]`:
+    /// its positions `offset..offset + len` sit after `pad` columns of padding. Negative
+    /// positions and `last` count back from the row's prompt end (`anchor`), `prompt` and
+    /// `generated` split there, and `rows` selections name prompts: so a selection names the
+    /// same positions at every step, with a cache or without, batched or alone. `None` when it
+    /// selects nothing in this forward.
+    pub fn for_rows(&self, step: u64, rows: &[RowWindow]) -> Option<Intervention> {
+        if self.decode.is_some_and(|d| !d.active(step)) {
+            return None;
+        }
+        let lists: Vec<Vec<i64>> = rows
+            .iter()
+            .map(|w| match &self.select.rows {
+                Some(names) if !names.contains(&w.prompt) => vec![],
+                _ => self
+                    .window_positions(w)
+                    .into_iter()
+                    .map(|q| (q + w.pad) as i64)
+                    .collect(),
+            })
+            .collect();
+        if lists.iter().all(|l| l.is_empty()) {
+            return None;
+        }
         let mut iv = self.clone();
-        iv.select.positions = Some(positions);
+        iv.select.rows = None;
+        iv.decode = None;
+        iv.select.positions = match (lists.len(), self.select.positions.is_none()) {
+            // One unpadded row, everything selected: leave the selection whole (cheapest).
+            (1, true) if rows[0].pad == 0 => None,
+            _ => Some(Positions::PerRow(lists)),
+        };
         Some(iv)
+    }
+
+    /// The window positions (0-based within the row's `len`) this selects for one row.
+    fn window_positions(&self, w: &RowWindow) -> Vec<usize> {
+        let (lo, hi) = (w.offset as i64, (w.offset + w.len) as i64);
+        let abs = |i: i64| if i < 0 { w.anchor as i64 + i } else { i };
+        let span = |a: i64, b: i64| -> Vec<usize> {
+            (a.max(lo)..b.min(hi)).map(|q| (q - lo) as usize).collect()
+        };
+        let list = |v: &[i64]| -> Vec<usize> {
+            let mut out: Vec<usize> = v
+                .iter()
+                .map(|&i| abs(i))
+                .filter(|&a| a >= lo && a < hi)
+                .map(|a| (a - lo) as usize)
+                .collect();
+            out.sort_unstable();
+            out.dedup();
+            out
+        };
+        match &self.select.positions {
+            None | Some(Positions::All) => span(lo, hi),
+            Some(Positions::Prompt) => span(0, w.anchor as i64),
+            Some(Positions::Generated) => span(w.anchor as i64, hi),
+            Some(Positions::Last) => list(&[-1]),
+            Some(Positions::Indices(v)) => list(v),
+            Some(Positions::Range { start, end }) => span(abs(*start), abs(*end)),
+            Some(Positions::PerRow(v)) => list(v.get(w.prompt).map_or(&[], |l| l)),
+        }
     }
 
     /// Whether the op reads the input tokens (`Hooks` hands them over only then).
@@ -659,6 +703,8 @@ impl Intervention {
                     }
                     Positions::Last => vec![-1],
                     Positions::PerRow(v) => v.get(row).cloned().unwrap_or_default(),
+                    Positions::Prompt | Positions::All => (0..seq as i64).collect(),
+                    Positions::Generated => vec![],
                 };
                 for i in list {
                     table[row * seq + resolve_pos(i, seq, p)?] = 1;

@@ -80,7 +80,7 @@ mod point;
 mod select;
 
 pub use cache::{is_cache_file, ActivationCache, CACHE_FORMAT};
-pub use intervene::{Intervention, Op, Positions, Schedule, Selection, Values};
+pub use intervene::{Intervention, Op, Positions, RowWindow, Schedule, Selection, Values};
 pub use point::{HookPoint, NormSite};
 pub use select::Selector;
 

@@ -105,6 +105,12 @@ impl Model {
         let b0 = self.check_joins(&span.joins, b, s, first, stop)?;
         if let Some(prefix) = &span.prefix {
             self.check_prefix(prefix, input, s)?;
+            if !span.joins.is_empty() && prefix.rows() != 1 {
+                return Err(Error::Input(
+                    "rows that join later share one prefix row: give a one-row key-value cache"
+                        .into(),
+                ));
+            }
         }
         hooks.prepare_input(&self.cfg, input)?;
         let w = &self.weights;
@@ -143,7 +149,9 @@ impl Model {
                 Some(r) => Some(rope::tables(r, &input.positions, &self.device)?),
                 None => None,
             },
-            causal_only: input.mask.is_none() && self.cfg.attn.sliding_window.is_none(),
+            causal_only: input.mask.is_none()
+                && self.cfg.attn.sliding_window.is_none()
+                && !span.prefix.as_ref().is_some_and(|p| p.is_padded()),
             prefix: span.prefix.as_ref(),
         };
         let mut joins = span.joins.into_iter().peekable();
@@ -366,11 +374,16 @@ impl Model {
             k = hooks.at(P::RotK(l), rope::apply(&k, &cos, &sin)?)?;
         }
         if let Some(prefix) = ctx.prefix {
-            // The earlier positions' keys and values, the same for every row.
+            // The earlier positions' keys and values: one row per row, or one shared by all.
             let (pk, pv) = &prefix.layers[l];
             let dtype = k.dtype();
-            let rows =
-                |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.repeat((b, 1, 1, 1))?) };
+            let rows = |t: &Tensor| -> Result<Tensor> {
+                let t = t.to_dtype(dtype)?;
+                Ok(match t.dim(0)? {
+                    1 if b > 1 => t.repeat((b, 1, 1, 1))?,
+                    _ => t,
+                })
+            };
             k = Tensor::cat(&[&rows(pk)?, &k], 1)?;
             v = Tensor::cat(&[&rows(pv)?, &v], 1)?;
         }
@@ -430,8 +443,7 @@ impl Model {
                 let mask = match ctx.mask.get() {
                     Some(m) => m,
                     None => {
-                        let m =
-                            self.attention_mask(ctx.input, ctx.prefix.map_or(0, |p| p.len()))?;
+                        let m = self.attention_mask(ctx.input, ctx.prefix)?;
                         ctx.mask.get_or_init(|| m)
                     }
                 };
@@ -472,9 +484,11 @@ impl Model {
     }
 
     /// Causal (optionally sliding-window) mask `[B, 1, S, p + S]` that also hides padding keys;
-    /// the first `p` keys are a cached prefix's.
-    fn attention_mask(&self, input: &Input, p: usize) -> Result<Tensor> {
+    /// the first `p` keys are a cached prefix's (its rows' leading padding hidden too).
+    fn attention_mask(&self, input: &Input, prefix: Option<&KvCache>) -> Result<Tensor> {
         let (b, s) = input.dims()?;
+        let p = prefix.map_or(0, |p| p.len());
+        let prefix_pad = |row: usize| prefix.map_or(0, |p| p.pad_of(row));
         let key_ok: Option<Vec<u8>> = match &input.mask {
             Some(m) => Some(m.flatten_all()?.to_vec1::<u8>()?),
             None => None,
@@ -486,8 +500,10 @@ impl Model {
             for q in p..n {
                 for k in 0..n {
                     let causal = k <= q && q - k < window;
-                    // Prefix keys come from an unpadded run.
-                    let valid = k < p || key_ok.as_ref().is_none_or(|m| m[row * s + k - p] == 1);
+                    let valid = match k < p {
+                        true => k >= prefix_pad(row),
+                        false => key_ok.as_ref().is_none_or(|m| m[row * s + k - p] == 1),
+                    };
                     // A padding query attends to itself so its softmax stays finite.
                     if !(causal && valid) && k != q {
                         mask[(row * s + q - p) * n + k] = f32::NEG_INFINITY;

@@ -24,8 +24,15 @@ impl Model {
                 self.cfg.n_layers
             )));
         }
+        let (b, _) = input.dims()?;
+        let rows = prefix.rows();
+        if rows != 1 && rows != b {
+            return Err(Error::Input(format!(
+                "the key-value prefix has {rows} rows for an input of {b}: give one row per row, or one for all"
+            )));
+        }
         let want = [
-            1,
+            rows,
             prefix.len(),
             self.cfg.attn.n_kv_heads,
             self.cfg.attn.d_head,
@@ -39,10 +46,10 @@ impl Model {
                 )));
             }
         }
-        if prefix.len() + s > self.cfg.n_ctx {
+        let longest = (0..rows).map(|r| prefix.length_of(r)).max().unwrap_or(0);
+        if longest + s > self.cfg.n_ctx {
             return Err(Error::Input(format!(
-                "{} cached and {s} new positions exceed the model's context of {} tokens",
-                prefix.len(),
+                "{longest} cached and {s} new positions exceed the model's context of {} tokens",
                 self.cfg.n_ctx
             )));
         }

@@ -116,6 +116,7 @@ pub fn hydra(
                 rows: None,
             },
             when: Default::default(),
+            decode: None,
         };
         let (logits, cache) = record(&input, vec![iv], Some(src_cache.clone()))?;
         out.total.push(clean_logit - logit_of(&logits)?);

@@ -540,6 +540,7 @@ pub fn zero_units(units: &[(usize, usize)], point: fn(usize) -> HookPoint) -> Ve
             },
             op: Op::Zero,
             when: Default::default(),
+            decode: None,
         })
         .collect()
 }

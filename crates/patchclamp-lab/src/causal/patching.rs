@@ -468,6 +468,7 @@ fn variant(site: Site, point: HookPoint, row: usize, col: usize, batch: usize) -
             rows: Some(vec![0; batch]),
         },
         when: Default::default(),
+        decode: None,
     }
 }
 
@@ -522,6 +523,7 @@ pub fn patch_all(
                 rows: None,
             },
             when: Default::default(),
+            decode: None,
         });
     }
     Ok(model.forward(&Input::single(base, model.device())?, &mut hooks)?)

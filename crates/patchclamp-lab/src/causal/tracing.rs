@@ -109,6 +109,7 @@ pub fn subject_noise(
             coef: 1.0,
         },
         when: Default::default(),
+        decode: None,
     }
 }
 

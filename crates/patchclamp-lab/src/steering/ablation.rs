@@ -34,6 +34,7 @@ pub fn directional_ablation(cfg: &Config, direction: &[f32]) -> Result<Vec<Inter
             basis: Values::Vector(unit.clone()),
         },
         when: Default::default(),
+        decode: None,
     };
     let mut out = vec![project_out(HookPoint::ResidPre(0))];
     for l in 0..cfg.n_layers {

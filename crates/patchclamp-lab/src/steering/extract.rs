@@ -127,6 +127,7 @@ pub fn steering_interventions(vectors: &SteeringVectors, coef: f64) -> Vec<Inter
                 coef,
             },
             when: Default::default(),
+            decode: None,
         })
         .collect()
 }

@@ -81,6 +81,7 @@ impl Transport {
                 strength,
             },
             when: Default::default(),
+            decode: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 mod analyses;
 mod causal;
 mod model;
+mod steering;
 mod studies;
 mod toy;
 
@@ -13,5 +14,6 @@ pub use model::{
     hook_point_shapes, CacheTarget, CacheWritten, GenerateOutcome, InspectOutcome, PointShape,
     RunOutcome, ShownGeneration,
 };
+pub use steering::{SweepColumn, SweepOutcome};
 pub use studies::{LensOutcome, LocalizeOutcome, NeuronsOutcome, ProbeOutcome, MAX_LENS_FIGURES};
 pub use toy::{write_ablations, write_critical_periods, write_toy_phase};
