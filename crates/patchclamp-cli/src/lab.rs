@@ -16,6 +16,7 @@ const EXPERIMENTS: &[(&str, &str)] = &[
     ("singh-ih", "Singh et al. 2024: in-context classification with Gaussian exemplars, baseline and subcircuit clamps (long: ~10 min)"),
     ("toy-phase", "the three-factor toy model of the phase change, with and without clamped factors (seconds)"),
     ("critical-periods", "deficits early or late in training of deep linear networks (seconds)"),
+    ("steering", "K8: a two-style toy LM, then CAA, Linear-AcT, dynamic composition, directional ablation and a function vector (~1 min)"),
 ];
 
 /// Arguments of `lab`.
@@ -72,6 +73,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             "critical-periods runs its calibrated schedules (40 000 steps, deficits at 0 and 20 000); --steps does not apply"
         ),
         "critical-periods" => critical_periods(&a, &out),
+        "steering" if extra.is_some() => anyhow::bail!(
+            "steering trains its model plainly and steers it afterwards; --clamp applies to induction and singh-ih"
+        ),
+        "steering" => steering(&a, &out),
         _ => {
             let names: Vec<&str> = EXPERIMENTS.iter().map(|(n, _)| *n).collect();
             anyhow::bail!(
@@ -245,6 +250,36 @@ fn toy_phase(a: &Args, out: &Path) -> anyhow::Result<()> {
         crate::print(&line);
     }
     crate::print(&format!("report: {}", out.display()));
+    Ok(())
+}
+
+fn steering(a: &Args, out: &Path) -> anyhow::Result<()> {
+    use patchclamp_lab::steering::battery::{run, BatterySpec};
+    let mut spec = BatterySpec {
+        seed: a.seed,
+        ..BatterySpec::default()
+    };
+    if let Some(steps) = a.steps {
+        if steps == 0 {
+            anyhow::bail!("--steps 0 trains nothing; give at least 1");
+        }
+        spec.steps = steps;
+    }
+    patchclamp_report::run_dir::check(out, "lab steering", a.force)?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{spinner} {msg} {elapsed}",
+    )?);
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let result = run(&spec, |stage| bar.set_message(stage.to_string()))?;
+    bar.finish_and_clear();
+    let outcome = outcomes::BatteryOutcome { spec, result };
+    let mut run_dir = RunDir::create(out, "lab steering", a.force)?;
+    let vocab = patchclamp_report::vocab::Vocab::new(None);
+    let w = patchclamp_report::write_outcome(&mut run_dir, &outcome, &vocab, "two-style toy LM")?;
+    run_dir.finish()?;
+    crate::print(&w.summary);
+    crate::print(&format!("report: {}/report.html", out.display()));
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use patchclamp_lab::steering::{extract, sweep, Method, SweepSpec};
+use patchclamp_lab::steering::{extract_at, sweep, Method, SweepSpec};
 use patchclamp_report::control_vector::ControlVector;
 use patchclamp_report::outcomes::{ShownGeneration, SweepColumn, SweepOutcome};
 use patchclamp_report::run_dir::RunDir;
@@ -17,7 +17,7 @@ pub enum Cmd {
     /// Extract one vector per block from contrastive pairs (JSONL {"positive": …, "negative": …}).
     Extract(ExtractArgs),
     /// Generate under a control vector at several scales; report.html shows them side by side.
-    Sweep(SweepArgs),
+    Sweep(Box<SweepArgs>),
 }
 
 /// Arguments of `steer sweep`.
@@ -70,6 +70,9 @@ pub struct ExtractArgs {
     /// Blocks to extract at, inclusive: A-B (llama.cpp's control vectors start at block 1).
     #[arg(long)]
     layers: String,
+    /// The token each prompt is read at: -1 the last, -2 CAA's answer letter before ")".
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    position: i64,
     /// The control vector file to write (.gguf); the vectors also go to the same name with .safetensors.
     #[arg(long)]
     out: PathBuf,
@@ -81,7 +84,7 @@ pub struct ExtractArgs {
 pub fn main(c: Cmd) -> anyhow::Result<()> {
     match c {
         Cmd::Extract(a) => extract_main(a),
-        Cmd::Sweep(a) => sweep_main(a),
+        Cmd::Sweep(a) => sweep_main(*a),
     }
 }
 
@@ -116,11 +119,10 @@ fn sweep_main(a: SweepArgs) -> anyhow::Result<()> {
         let t = text(&g.tokens);
         a.contains.iter().any(|c| t.contains(c.as_str())) as u8 as f64
     };
-    let metric: Option<&dyn Fn(usize, &patchclamp_core::generate::Generation) -> f64> =
-        match a.contains.is_empty() {
-            true => None,
-            false => Some(&contains),
-        };
+    let metric: Option<patchclamp_lab::steering::sweep::Metric> = match a.contains.is_empty() {
+        true => None,
+        false => Some(&contains),
+    };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(indicatif::ProgressStyle::with_template(
         "sweeping {bar:30} {pos}/{len} generations {elapsed}",
@@ -130,9 +132,9 @@ fn sweep_main(a: SweepArgs) -> anyhow::Result<()> {
         &ids,
         &spec,
         |scale| {
-            Ok(a.steer
+            a.steer
                 .interventions(&vectors, scale, cfg)
-                .map_err(|e| patchclamp_lab::Error::Input(format!("{e:#}")))?)
+                .map_err(|e| patchclamp_lab::Error::Input(format!("{e:#}")))
         },
         metric,
         |done, total| {
@@ -218,7 +220,7 @@ fn extract_main(a: ExtractArgs) -> anyhow::Result<()> {
     patchclamp_report::run_dir::outside_model(&a.out, &s.home)?;
     let pairs = s.read_pairs(&a.pairs)?;
     let blocks: Vec<usize> = (layers.0..=layers.1).collect();
-    let v = extract(&s.model, &pairs, &blocks, method)?;
+    let v = extract_at(&s.model, &pairs, &blocks, method, a.position)?;
     let cv = ControlVector::from_vectors(&v, s.model.cfg.family.name())?;
     cv.write(&a.out)?;
     cv.write_safetensors(&side)?;

@@ -261,7 +261,7 @@ pub fn generate_batch(
         let mut keep = vec![];
         let mut next = vec![];
         for (j, &i) in active.iter().enumerate() {
-            let t = choose(&last[j], &seqs[i], &outs[i], &spec.sampling, &mut rngs[i])?;
+            let t = next_token(&last[j], &seqs[i], &outs[i], &spec.sampling, &mut rngs[i])?;
             outs[i].push(t);
             seqs[i].push(t);
             stops[i] = if spec.stop_tokens.contains(&t) {
@@ -518,8 +518,9 @@ fn last_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
         .to_vec2::<f32>()?)
 }
 
-/// The next token from `logits`, given the sequence so far and the tokens generated.
-fn choose(
+/// The next token from `logits`, given the sequence so far and the tokens generated (the
+/// sampling rule every generation here uses; methods with their own decode loop call it too).
+pub fn next_token(
     logits: &[f32],
     seq: &[u32],
     generated: &[u32],

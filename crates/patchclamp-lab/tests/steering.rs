@@ -447,3 +447,232 @@ fn a_sweep_generates_each_scale_as_generate_would_and_averages_its_metric() {
         assert!(e.to_string().contains(want), "{e}");
     }
 }
+
+#[test]
+fn dynamic_composition_of_a_zero_vector_is_plain_generation_and_alphas_follow_the_kl() {
+    use patchclamp_lab::steering::dynamic::nucleus_kl;
+    use patchclamp_lab::steering::{dynamic_composition, DynamicSpec};
+    let m = model();
+    let spec = DynamicSpec {
+        alpha_max: 2.0,
+        top_p: 0.95,
+        generate: GenerateSpec {
+            max_new_tokens: 8,
+            sampling: Sampling {
+                temperature: Some(2.0),
+                seed: 4,
+                ..Sampling::default()
+            },
+            stop_tokens: vec![],
+        },
+    };
+    let prompt = [3, 7, 8, 9];
+    let v = extract(&m, &pairs(), &[1], Method::Mean).unwrap();
+    let zero = patchclamp_lab::steering::SteeringVectors {
+        vectors: vec![vec![0.0; m.cfg.d_model]],
+        ..v.clone()
+    };
+    // A zero vector: every α is 0 and the tokens are plain generation's, draw for draw.
+    let r = dynamic_composition(&m, &prompt, &[steering_interventions(&zero, 1.0)], &spec).unwrap();
+    let plain = generate(&m, &prompt, &spec.generate, |_| true).unwrap();
+    assert_eq!(r.tokens, plain.tokens);
+    assert!(r.alphas.iter().all(|a| a == &vec![0.0]), "{:?}", r.alphas);
+    // A real vector: α_0 is the clipped nucleus KL of the prompt's next-token distributions
+    // without and with the vector at α_max, computed here from two full forwards.
+    let big = steering_interventions(&v, 1.0);
+    let r = dynamic_composition(&m, &prompt, std::slice::from_ref(&big), &spec).unwrap();
+    let last = |hooks: &mut Hooks| -> Vec<f32> {
+        let l = m
+            .forward(&Input::single(&prompt, &Device::Cpu).unwrap(), hooks)
+            .unwrap();
+        l.get(0)
+            .unwrap()
+            .get(prompt.len() - 1)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    // Steering acts at the last prompt position only (earlier ones are the unsteered prefix).
+    let at_last = steering_interventions(&v, 2.0)
+        .into_iter()
+        .map(|mut iv| {
+            iv.select.positions = Some(patchclamp_core::hooks::Positions::Indices(vec![-1]));
+            iv
+        })
+        .fold(Hooks::none(), |h, iv| h.intervene(iv));
+    let (z0, zs) = (last(&mut Hooks::none()), last(&mut { at_last }));
+    let want = nucleus_kl(&z0, &zs, 0.95).clamp(0.0, 2.0);
+    assert!(want > 0.0);
+    assert!(
+        (r.alphas[0][0] - want).abs() < 1e-4,
+        "{} vs {want}",
+        r.alphas[0][0]
+    );
+    assert!(r.alphas.iter().all(|a| (0.0..=2.0).contains(&a[0])));
+    // KL of a distribution with itself is 0; an add that is not additive steering is refused.
+    assert_eq!(nucleus_kl(&z0, &z0, 0.95), 0.0);
+    let scale: patchclamp_core::Intervention =
+        toml::from_str("at = 'blocks.0.hook_mlp_out'\nop = { kind = 'scale', factor = 2.0 }")
+            .unwrap();
+    let e = dynamic_composition(&m, &prompt, &[vec![scale]], &spec).unwrap_err();
+    assert!(e.to_string().contains("not an add"), "{e}");
+}
+
+#[test]
+fn caa_norm_rescaling_and_positions_and_head_vectors() {
+    use patchclamp_lab::steering::{extract_at, head_steering, normalize_norms};
+    let m = model();
+    // Reading at −1 is `extract`; reading at −2 reads the second-to-last token.
+    let a = extract_at(&m, &pairs(), &[0, 1], Method::Mean, -1).unwrap();
+    assert_eq!(a, extract(&m, &pairs(), &[0, 1], Method::Mean).unwrap());
+    let b = extract_at(&m, &pairs(), &[0, 1], Method::Mean, -2).unwrap();
+    let want: Vec<f64> = {
+        let (mut sum, n) = (vec![0.0; m.cfg.d_model], pairs().len() as f64);
+        for p in pairs() {
+            let (x, y) = (
+                out(&m, &p.positive[..p.positive.len() - 1], 1),
+                out(&m, &p.negative[..p.negative.len() - 1], 1),
+            );
+            for i in 0..sum.len() {
+                sum[i] += (x[i] - y[i]) / n;
+            }
+        }
+        sum
+    };
+    for (g, w) in b.vectors[1].iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 1e-4);
+    }
+    let e = extract_at(&m, &pairs(), &[1], Method::Mean, -100).unwrap_err();
+    assert!(e.to_string().contains("position"), "{e}");
+    // Rescaled, both sets have at each block the mean of their norms, directions unchanged.
+    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let mut sets = vec![a.clone(), b.clone()];
+    normalize_norms(&mut sets).unwrap();
+    for li in 0..2 {
+        let target = (norm(&a.vectors[li]) + norm(&b.vectors[li])) / 2.0;
+        for (s, orig) in sets.iter().zip([&a, &b]) {
+            assert!((norm(&s.vectors[li]) - target).abs() < 1e-4 * target);
+            let cos: f64 = s.vectors[li]
+                .iter()
+                .zip(&orig.vectors[li])
+                .map(|(&x, &y)| x as f64 * y as f64)
+                .sum::<f64>()
+                / (norm(&s.vectors[li]) * norm(&orig.vectors[li]));
+            assert!(cos > 1.0 - 1e-6);
+        }
+    }
+    // A per-head vector changes that head's hook_z only.
+    let e = m.cfg.attn.d_head;
+    let iv = head_steering(0, 1, &vec![1.0; e], 2.0);
+    let mut with = Hooks::none().capture(HookPoint::Z(0)).intervene(iv);
+    let mut plain = Hooks::none().capture(HookPoint::Z(0));
+    let input = Input::single(&[3, 7, 8], &Device::Cpu).unwrap();
+    m.forward(&input, &mut with).unwrap();
+    m.forward(&input, &mut plain).unwrap();
+    let d = (with.cache().get(HookPoint::Z(0)).unwrap()
+        - plain.cache().get(HookPoint::Z(0)).unwrap())
+    .unwrap();
+    let d: Vec<Vec<Vec<f32>>> = d.get(0).unwrap().to_vec3().unwrap(); // [S, H, E]
+    for pos in d {
+        for (h, head) in pos.iter().enumerate() {
+            let want = if h == 1 { 2.0 } else { 0.0 };
+            assert!(
+                head.iter().all(|&x| (x - want).abs() < 1e-5),
+                "head {h}: {head:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_function_vector_sums_the_top_heads_mean_outputs() {
+    use patchclamp_lab::steering::{function_vector, TaskPrompt};
+    let m = model();
+    let prompt = |t: Vec<u32>| TaskPrompt {
+        answers: vec![t[0] + 1],
+        tokens: t,
+    };
+    let clean: Vec<TaskPrompt> = (0..6u32)
+        .map(|i| prompt(vec![10 + i, 20, 30 + i, 40]))
+        .collect();
+    let corrupted: Vec<TaskPrompt> = (0..6u32)
+        .map(|i| prompt(vec![10 + i, 30 + i, 20, 40]))
+        .collect();
+    let fv = function_vector(&m, &clean, &corrupted, 2).unwrap();
+    assert_eq!(fv.heads.len(), 2);
+    let (a, b) = (fv.heads[0], fv.heads[1]);
+    assert!(fv.aie[a.0][a.1] >= fv.aie[b.0][b.1]);
+    let best = fv
+        .aie
+        .iter()
+        .flatten()
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(
+        fv.aie[a.0][a.1], best,
+        "the first head has the largest effect"
+    );
+    // The vector is Σ (mean z · W_O[h] + b_O) over the heads: rebuild it from the recorded
+    // hook_result (z · W_O[h] without the bias) at the clean prompts' last token.
+    let mut want = vec![0f64; m.cfg.d_model];
+    for &(l, h) in &fv.heads {
+        for p in &clean {
+            let mut hooks = Hooks::none().capture(HookPoint::Result(l));
+            m.forward(&Input::single(&p.tokens, &Device::Cpu).unwrap(), &mut hooks)
+                .unwrap();
+            let r: Vec<f32> = hooks
+                .cache()
+                .get(HookPoint::Result(l))
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .get(p.tokens.len() - 1)
+                .unwrap()
+                .get(h)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (w, x) in want.iter_mut().zip(r) {
+                *w += x as f64 / clean.len() as f64;
+            }
+        }
+        if let Some(b) = &m.weights.blocks[l].attn.b_o {
+            for (w, x) in want.iter_mut().zip(b.to_vec1::<f32>().unwrap()) {
+                *w += x as f64;
+            }
+        }
+    }
+    for (g, w) in fv.vector.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 1e-4, "{g} vs {w}");
+    }
+    assert!(function_vector(&m, &clean, &corrupted, 0).is_err());
+}
+
+#[test]
+fn the_steering_battery_moves_the_style_rate_where_each_method_says() {
+    // A shortened K8 (600 steps, 32 prompts): the checks that hold at this size. The full
+    // battery is `patchclamp lab steering`.
+    use patchclamp_lab::steering::battery::{run, BatterySpec};
+    let spec = BatterySpec {
+        steps: 600,
+        prompts: 32,
+        ..BatterySpec::default()
+    };
+    let mut stages = vec![];
+    let r = run(&spec, |s| stages.push(s.to_string())).unwrap();
+    assert_eq!(stages.len(), 7, "{stages:?}");
+    // The model learned the styles: A-started prompts speak A, B-started ones B.
+    assert!(r.a_start_rate > 0.9 && r.b_start_rate < 0.1, "{r:?}");
+    let (lo, mid, hi) = (r.caa.rates[0], r.caa.rates[2], r.caa.rates[4]);
+    assert!(lo < mid - 0.1 && hi > mid + 0.2, "CAA {:?}", r.caa);
+    assert_eq!(mid, r.neutral_rate, "α = 0 is unsteered generation");
+    assert!(r.act_identity);
+    assert_eq!(
+        r.act.rates[0], r.neutral_rate,
+        "λ = 0 is unsteered generation"
+    );
+    assert!(r.act.rates[2] > r.act.rates[0] + 0.2, "AcT {:?}", r.act);
+    let d = &r.dynamic;
+    assert!(d.min_alpha >= 0.0 && d.max_alpha <= 2.0 && d.mean_alpha.len() == 24);
+    assert_eq!(r.checks.len(), 11);
+}

@@ -78,6 +78,10 @@ pub fn ensure_finite(t: &Tensor, what: &str) -> Result<()> {
 
 /// `x @ w + b` for `x` `[..., in]` and `w` `[in, out]`, as one 2-D matrix product.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    // A generation step's few rows: stream the weights once instead of packing them.
+    if let Some(y) = kernels::gemv::gemv(x, w, b)? {
+        return Ok(y);
+    }
     if let Some(b) = b {
         if !x.track_op() && !w.track_op() && !b.track_op() {
             let din = x.dim(D::Minus1)?;

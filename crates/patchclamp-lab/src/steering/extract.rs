@@ -47,14 +47,38 @@ pub struct SteeringVectors {
     pub vectors: Vec<Vec<f32>>,
 }
 
-/// Extracts one vector per block in `layers` from `pairs` with `method`.
+/// Extracts one vector per block in `layers` from `pairs` with `method`, at each prompt's
+/// last token.
 pub fn extract(
     model: &Model,
     pairs: &[Pair],
     layers: &[usize],
     method: Method,
 ) -> Result<SteeringVectors> {
+    extract_at(model, pairs, layers, method, -1)
+}
+
+/// [`extract`] reading each prompt at `position` (negative counts from its end: −1 is the last
+/// token, −2 CAA's answer letter before a closing bracket).
+pub fn extract_at(
+    model: &Model,
+    pairs: &[Pair],
+    layers: &[usize],
+    method: Method,
+    position: i64,
+) -> Result<SteeringVectors> {
     let cfg = &model.cfg;
+    for (i, p) in pairs.iter().enumerate() {
+        for member in [&p.positive, &p.negative] {
+            if resolve(position, member.len()).is_none() {
+                return Err(Error::OutOfRange {
+                    what: "position",
+                    index: position,
+                    limit: format!("{} tokens in pair {i}", member.len()),
+                });
+            }
+        }
+    }
     if pairs.len() < 2 && matches!(method, Method::PcaDiff | Method::PcaCenter) {
         return Err(Error::Input(format!(
             "{method:?} needs at least two pairs (a principal component of one difference is undefined)"
@@ -87,7 +111,7 @@ pub fn extract(
     let (mut pos, mut neg) = (vec![vec![]; layers.len()], vec![vec![]; layers.len()]);
     for p in pairs {
         for (member, out) in [(&p.positive, &mut pos), (&p.negative, &mut neg)] {
-            for (i, h) in last_token_outputs(model, member, &layers)?
+            for (i, h) in outputs_at(model, member, &layers, position)?
                 .into_iter()
                 .enumerate()
             {
@@ -133,7 +157,13 @@ pub fn steering_interventions(vectors: &SteeringVectors, coef: f64) -> Vec<Inter
 }
 
 /// The block outputs at `tokens`' last position, one per layer.
-fn last_token_outputs(model: &Model, tokens: &[u32], layers: &[usize]) -> Result<Vec<Vec<f64>>> {
+fn outputs_at(
+    model: &Model,
+    tokens: &[u32],
+    layers: &[usize],
+    position: i64,
+) -> Result<Vec<Vec<f64>>> {
+    let at = resolve(position, tokens.len()).expect("checked by extract_at");
     let mut hooks = layers
         .iter()
         .fold(Hooks::none(), |h, &l| h.capture(HookPoint::ResidPost(l)));
@@ -145,10 +175,71 @@ fn last_token_outputs(model: &Model, tokens: &[u32], layers: &[usize]) -> Result
                 .cache()
                 .get(HookPoint::ResidPost(l))
                 .expect("captured");
-            let last = t.get(0)?.get(tokens.len() - 1)?.to_vec1::<f32>()?;
+            let last = t.get(0)?.get(at)?.to_vec1::<f32>()?;
             Ok(last.into_iter().map(|x| x as f64).collect())
         })
         .collect()
+}
+
+/// `position` (negative from the end) in a sequence of `len` tokens, when it is one of them.
+fn resolve(position: i64, len: usize) -> Option<usize> {
+    let p = if position < 0 {
+        len as i64 + position
+    } else {
+        position
+    };
+    (p >= 0 && p < len as i64).then_some(p as usize)
+}
+
+/// CAA's norm rescaling of several behaviours' vectors: at each block, every behaviour's
+/// vector is rescaled to the mean norm of the behaviours' vectors there, so no behaviour
+/// steers harder than another only because its vector is longer.
+pub fn normalize_norms(sets: &mut [SteeringVectors]) -> Result<()> {
+    let Some(first) = sets.first() else {
+        return Ok(());
+    };
+    let layers = first.layers.clone();
+    if let Some(i) = sets.iter().position(|s| s.layers != layers) {
+        return Err(Error::Input(format!(
+            "vector set {i} covers blocks {:?}, set 0 covers {layers:?}: rescaling needs the same blocks",
+            sets[i].layers
+        )));
+    }
+    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    for (li, block) in layers.iter().enumerate() {
+        let norms: Vec<f64> = sets.iter().map(|s| norm(&s.vectors[li])).collect();
+        if let Some(i) = norms.iter().position(|&n| n == 0.0) {
+            return Err(Error::Input(format!(
+                "vector set {i} is zero at block {block}: it has no direction to rescale"
+            )));
+        }
+        let target = norms.iter().sum::<f64>() / norms.len() as f64;
+        for (s, n) in sets.iter_mut().zip(&norms) {
+            let f = (target / n) as f32;
+            s.vectors[li].iter_mut().for_each(|x| *x *= f);
+        }
+    }
+    Ok(())
+}
+
+/// Adding `coef · vector` to one head's `hook_z` (its `d_head` output before the output
+/// projection) at every position: per-head steering, as in toxification reversal.
+pub fn head_steering(layer: usize, head: usize, vector: &[f32], coef: f64) -> Intervention {
+    Intervention {
+        at: HookPoint::Z(layer),
+        select: patchclamp_core::Selection {
+            heads: Some(vec![head]),
+            ..Default::default()
+        },
+        op: patchclamp_core::Op::Add {
+            vector: patchclamp_core::hooks::Values::Vector(
+                vector.iter().map(|&x| x as f64).collect(),
+            ),
+            coef,
+        },
+        when: Default::default(),
+        decode: None,
+    }
 }
 
 /// The vector of one layer from its positive and negative outputs.

@@ -17,6 +17,9 @@ pub struct ScaleRun {
     pub metric: Option<f64>,
 }
 
+/// A per-generation metric: `(prompt index, generation) → value`.
+pub type Metric<'a> = &'a dyn Fn(usize, &Generation) -> f64;
+
 /// What a sweep generates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepSpec {
@@ -35,7 +38,7 @@ pub fn sweep(
     prompts: &[Vec<u32>],
     spec: &SweepSpec,
     steer: impl Fn(f64) -> Result<Vec<Intervention>>,
-    metric: Option<&dyn Fn(usize, &Generation) -> f64>,
+    metric: Option<Metric>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<ScaleRun>> {
     let (scales, batch) = (&spec.scales, spec.batch);

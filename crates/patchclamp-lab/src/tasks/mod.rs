@@ -7,6 +7,7 @@ mod icl;
 mod languages;
 pub mod loss;
 mod repeated;
+mod styles;
 
 pub use bigram::BigramTable;
 pub use bigram_backcopy::BigramBackcopy;
@@ -14,6 +15,7 @@ pub use flipflop::FlipFlop;
 pub use icl::{IclClassification, Split};
 pub use languages::{to_batch, Languages};
 pub use repeated::RepeatedSegments;
+pub use styles::{Style, TwoStyles};
 
 use patchclamp_core::rng::Rng;
 use serde::{Deserialize, Serialize};
@@ -72,6 +74,8 @@ pub enum TaskSpec {
     FlipFlop(FlipFlop),
     /// Disjoint-vocabulary bigram languages (neuron census).
     Languages(Languages),
+    /// Two bigram styles over one vocabulary (the steering battery).
+    TwoStyles(TwoStyles),
 }
 
 impl TaskSpec {
@@ -83,6 +87,7 @@ impl TaskSpec {
             TaskSpec::BigramBackcopy(t) => t,
             TaskSpec::FlipFlop(t) => t,
             TaskSpec::Languages(t) => t,
+            TaskSpec::TwoStyles(t) => t,
         }
     }
 
@@ -94,6 +99,7 @@ impl TaskSpec {
             TaskSpec::Icl(_) | TaskSpec::FlipFlop(_) => 0.4 * 2f32.ln(),
             TaskSpec::BigramBackcopy(t) => 0.4 * (t.vocab as f32).ln(),
             TaskSpec::Languages(t) => 0.4 * (t.vocab_per_language as f32).ln(),
+            TaskSpec::TwoStyles(t) => 0.4 * (t.branching.max(2) as f32).ln(),
         }
     }
 
@@ -105,6 +111,7 @@ impl TaskSpec {
             TaskSpec::BigramBackcopy(t) => t.validate(),
             TaskSpec::FlipFlop(t) => t.validate(),
             TaskSpec::Languages(t) => t.validate(),
+            TaskSpec::TwoStyles(t) => t.validate(),
         }
     }
 }

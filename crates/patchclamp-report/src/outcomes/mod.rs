@@ -14,6 +14,6 @@ pub use model::{
     hook_point_shapes, CacheTarget, CacheWritten, GenerateOutcome, InspectOutcome, PointShape,
     RunOutcome, ShownGeneration,
 };
-pub use steering::{SweepColumn, SweepOutcome};
+pub use steering::{BatteryOutcome, SweepColumn, SweepOutcome};
 pub use studies::{LensOutcome, LocalizeOutcome, NeuronsOutcome, ProbeOutcome, MAX_LENS_FIGURES};
 pub use toy::{write_ablations, write_critical_periods, write_toy_phase};

@@ -126,3 +126,127 @@ impl Outcome for SweepOutcome {
         Ok(())
     }
 }
+
+/// `lab steering`'s outcome: the K8 battery's measurements and checks.
+#[derive(Serialize)]
+pub struct BatteryOutcome {
+    pub spec: patchclamp_lab::steering::battery::BatterySpec,
+    pub result: patchclamp_lab::steering::battery::BatteryResult,
+}
+
+impl Outcome for BatteryOutcome {
+    fn title(&self) -> String {
+        "K8 steering battery: two-style toy LM".into()
+    }
+
+    fn summary_lines(&self, _vocab: &Vocab) -> Vec<String> {
+        let r = &self.result;
+        let mut lines = vec![format!(
+            "trained {} steps (final loss {:.3}); unsteered style-A rate: A-start {:.2}, B-start {:.2}, neutral {:.2}",
+            self.spec.steps, r.final_loss, r.a_start_rate, r.b_start_rate, r.neutral_rate
+        )];
+        let curve = |c: &patchclamp_lab::steering::battery::Curve| {
+            c.strengths
+                .iter()
+                .zip(&c.rates)
+                .map(|(s, r)| format!("{s}: {r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        lines.push(format!("CAA rate by α: {}", curve(&r.caa)));
+        lines.push(format!("Linear-AcT rate by λ: {}", curve(&r.act)));
+        lines.push(format!(
+            "Dyn: α_t in [{:.2}, {:.2}], step 1 {:.2} vs steps 10–20 {:.2}; rate {:.2} (fixed α = 2: {:.2})",
+            r.dynamic.min_alpha,
+            r.dynamic.max_alpha,
+            r.dynamic.first_alpha,
+            r.dynamic.late_alpha,
+            r.dynamic.rate,
+            r.dynamic.fixed_rate
+        ));
+        lines.push(format!(
+            "ablation: probe {:.2} → {:.2}, A-start rate {:.2} → {:.2}",
+            r.ablation.probe_before,
+            r.ablation.probe_after,
+            r.ablation.a_rate_before,
+            r.ablation.a_rate_after
+        ));
+        lines.push(format!(
+            "function vector (heads {:?}): neutral rate {:.2} → {:.2}",
+            r.fv.heads, r.fv.rate_without, r.fv.rate_with
+        ));
+        for c in &r.checks {
+            lines.push(format!(
+                "{} {}: {:.3} (needs {})",
+                if c.pass { "PASS" } else { "FAIL" },
+                c.name,
+                c.value,
+                c.rule
+            ));
+        }
+        lines
+    }
+
+    fn figures(&self, _vocab: &Vocab, page: &mut Page) -> Result<()> {
+        let r = &self.result;
+        let rate_plot =
+            |title: &str, x: &str, c: &patchclamp_lab::steering::battery::Curve| LinePlot {
+                title: title.into(),
+                x_label: x.into(),
+                y_label: "style-A rate".into(),
+                series: vec![Series {
+                    name: "style-A rate".into(),
+                    xs: c.strengths.clone(),
+                    ys: c.rates.clone(),
+                    dashed: false,
+                }],
+                markers: vec![],
+                hline: Some((r.neutral_rate, "unsteered".into())),
+                y_range: Some((0.0, 1.0)),
+            };
+        page.line(
+            "caa",
+            "CAA: the style-A rate of neutral-start generations against the vector's multiplier α",
+            rate_plot("CAA: style-A rate by α", "α", &r.caa),
+        );
+        page.line(
+            "linear_act",
+            "Linear-AcT (B → A at the same block): the style-A rate against the strength λ",
+            rate_plot("Linear-AcT: style-A rate by λ", "λ", &r.act),
+        );
+        let steps = r.dynamic.mean_alpha.len();
+        page.line(
+            "dynamic_alpha",
+            "Dynamic composition: the strength α_t at each step, averaged over the prompts",
+            LinePlot {
+                title: "Dyn: mean α_t by step".into(),
+                x_label: "generated token".into(),
+                y_label: "α_t".into(),
+                series: vec![Series {
+                    name: "mean α_t".into(),
+                    xs: (0..steps).map(|t| t as f64 + 1.0).collect(),
+                    ys: r.dynamic.mean_alpha.clone(),
+                    dashed: false,
+                }],
+                markers: vec![],
+                hline: None,
+                y_range: Some((0.0, 2.0)),
+            },
+        );
+        let mut t = String::from(
+            "<h2>Checks</h2><table><tr><th>check</th><th>value</th><th>needs</th><th></th></tr>",
+        );
+        for c in &r.checks {
+            t.push_str(&format!(
+                "<tr><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td></tr>",
+                esc(&c.name),
+                c.value,
+                esc(&c.rule),
+                if c.pass { "pass" } else { "<b>fail</b>" }
+            ));
+        }
+        t.push_str("</table>");
+        page.html.push_str(&t);
+        Ok(())
+    }
+}

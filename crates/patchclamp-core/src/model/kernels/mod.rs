@@ -2,6 +2,7 @@
 //!
 //! [`simd`] (exponential, lane reductions), [`activation`] (GELU, SiLU), [`softmax`] (inference
 //! and causal softmax), [`norm`] (LayerNorm, RMSNorm), [`matmul`] (inference products),
+//! [`gemv`] (a generation step's few-row products),
 //! [`attention`] and [`linear`] (the training ops with hand-written backward passes),
 //! [`cross_entropy`] (the loss and its gradient), [`tiles`] (the fused training step's
 //! register-tiled products and transposes). Each op defines its backward where it has one; the
@@ -10,6 +11,7 @@
 pub mod activation;
 pub mod attention;
 pub mod cross_entropy;
+pub mod gemv;
 pub mod linear;
 pub mod matmul;
 pub mod norm;
