@@ -127,6 +127,11 @@ def child(framework, folder, batch, iters, warmup, threads):
                                       use_past_kv_cache=True, verbose=False, return_type="tokens")
                 return out[:, ids.shape[1]:].tolist()
 
+            def uncached():
+                out = bridge.generate(ids, max_new_tokens=NEW, do_sample=False, stop_at_eos=False,
+                                      use_past_kv_cache=False, verbose=False, return_type="tokens")
+                return out[:, ids.shape[1]:].tolist()
+
             modes = [("steered", with_hook(prefill), with_hook(run_all))]
         for mode, prefill, run_all in modes:
             total, pre, tokens = timed(prefill, run_all)
@@ -135,6 +140,9 @@ def child(framework, folder, batch, iters, warmup, threads):
                              tokens_per_s=batch * NEW / total,
                              peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                              tokens=tokens))
+        if framework == "transformer_lens":
+            # The same steering without the cache: every step recomputes the whole sequence.
+            rows[-1]["tokens_uncached"] = with_hook(uncached)()
     print(json.dumps(rows))
 
 
@@ -219,7 +227,8 @@ def main():
                    tokens_per_s=statistics.median(r["tokens_per_s"] for r in rs),
                    prefill_ms=1e3 * statistics.median(r["prefill_s"] for r in rs),
                    peak_rss_mib=max(r["peak_rss_mib"] for r in rs),
-                   rounds=[r["decode_ms_per_step"] for r in rs], tokens=rs[-1]["tokens"])
+                   rounds=[r["decode_ms_per_step"] for r in rs], tokens=rs[-1]["tokens"],
+                   tokens_uncached=rs[-1].get("tokens_uncached"))
         rows.append(row)
         per = ", ".join(f"{x:.1f}" for x in row["rounds"])
         print(f"| {fw} | {mode} | {b} | {dec:.1f} | {dec / floor_ms:.2f} | {row['tokens_per_s']:.0f} | "
@@ -235,7 +244,13 @@ def main():
     tl, pc = tokens("transformer_lens", "steered", 1), tokens("patchclamp", "steered", 1)
     if tl and pc:
         same = sum(x == y for x, y in zip(tl[0], pc[0]))
-        print(f"steered batch 1: patchclamp's tokens equal TransformerLens's at {same} of {NEW} positions")
+        print(f"steered batch 1: patchclamp's tokens equal TransformerLens's (KV cache) at {same} of {NEW} positions")
+        unc = next(r["tokens_uncached"] for r in rows if r["framework"] == "transformer_lens")
+        same = sum(x == y for x, y in zip(unc[0], pc[0]))
+        own = sum(x == y for x, y in zip(unc[0], tl[0]))
+        print(f"steered batch 1: patchclamp's tokens equal TransformerLens's without the cache (a full "
+              f"recompute per step) at {same} of {NEW} positions; TransformerLens's cached and uncached "
+              f"runs agree at {own}")
     if a.json:
         json.dump(dict(bandwidth_bytes_per_s=bw, read_bytes=read_bytes, rows=rows), open(a.json, "w"), indent=1)
 

@@ -676,3 +676,77 @@ fn the_steering_battery_moves_the_style_rate_where_each_method_says() {
     assert!(d.min_alpha >= 0.0 && d.max_alpha <= 2.0 && d.mean_alpha.len() == 24);
     assert_eq!(r.checks.len(), 11);
 }
+
+#[test]
+fn dynamic_composition_equals_its_replay_without_the_cache() {
+    // Replays a dynamic run the slow way: at step t, one full forward over the sequence with
+    // α_i added at each earlier position i, and the probe's two full forwards (α = 0 and α_max
+    // at position t): the same α_t and the same tokens.
+    use patchclamp_core::generate::next_token;
+    use patchclamp_core::hooks::{Positions, Values};
+    use patchclamp_core::rng::Rng;
+    use patchclamp_lab::steering::dynamic::nucleus_kl;
+    use patchclamp_lab::steering::{dynamic_composition, DynamicSpec};
+    let m = model();
+    let v = extract(&m, &pairs(), &[1], Method::Mean).unwrap();
+    let spec = DynamicSpec {
+        alpha_max: 2.0,
+        top_p: 0.95,
+        generate: GenerateSpec {
+            max_new_tokens: 6,
+            sampling: Sampling {
+                temperature: Some(1.5),
+                seed: 9,
+                ..Sampling::default()
+            },
+            stop_tokens: vec![],
+        },
+    };
+    let prompt = [5u32, 11, 12];
+    let r = dynamic_composition(&m, &prompt, &[steering_interventions(&v, 1.0)], &spec).unwrap();
+    let add = |pos: usize, coef: f64| patchclamp_core::Intervention {
+        at: HookPoint::ResidPost(1),
+        select: patchclamp_core::Selection {
+            positions: Some(Positions::Indices(vec![pos as i64])),
+            ..Default::default()
+        },
+        op: patchclamp_core::Op::Add {
+            vector: Values::Vector(v.vectors[0].iter().map(|&x| x as f64).collect()),
+            coef,
+        },
+        when: Default::default(),
+        decode: None,
+    };
+    let n = prompt.len();
+    let mut seq = prompt.to_vec();
+    let mut out = vec![];
+    let mut rng = Rng::new(9);
+    for t in 0..r.tokens.len() {
+        let last = |alpha_now: f64| -> Vec<f32> {
+            let mut h = (0..t).fold(Hooks::none(), |h, i| {
+                h.intervene(add(n - 1 + i, r.alphas[i][0]))
+            });
+            h = h.intervene(add(n - 1 + t, alpha_now));
+            let l = m
+                .forward(&Input::single(&seq, &Device::Cpu).unwrap(), &mut h)
+                .unwrap();
+            l.get(0)
+                .unwrap()
+                .get(seq.len() - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let want = nucleus_kl(&last(0.0), &last(2.0), 0.95).clamp(0.0, 2.0);
+        assert!(
+            (r.alphas[t][0] - want).abs() < 1e-4,
+            "step {t}: {} vs {want}",
+            r.alphas[t][0]
+        );
+        let z = last(r.alphas[t][0]);
+        let tok = next_token(&z, &seq, &out, &spec.generate.sampling, &mut rng).unwrap();
+        assert_eq!(tok, r.tokens[t], "step {t}");
+        out.push(tok);
+        seq.push(tok);
+    }
+}

@@ -6,7 +6,8 @@
 //! - CAA: `v = mean(x | A) − mean(x | B)` at block `layer`'s output over the content positions
 //!   of A- and B-started sequences, added as `α·v` at every position;
 //! - Linear-AcT from B's activations to A's at the same point, strength λ;
-//! - dynamic composition with `v` as its one property (α_max = 2, top-p 0.95);
+//! - dynamic composition with `v` as its one property (α_max = 2, top-p 0.95), against a fixed
+//!   α = 2 added where it adds its α (from the prompt's last token on);
 //! - directional ablation of `v̂` at every write, read by a linear probe for A vs B at `layer`
 //!   and by the A-rate of A-started prompts;
 //! - a function vector: the top heads by AIE on A walks against the same walks shuffled (their
@@ -96,8 +97,11 @@ pub struct DynamicSummary {
     pub first_alpha: f64,
     pub late_alpha: f64,
     pub rate: f64,
-    /// CAA's rate at the fixed α = 2.
+    /// The rate at a fixed α = 2 applied where dynamic composition applies its α (from the
+    /// prompt's last token on).
     pub fixed_rate: f64,
+    /// The rate at a fixed α equal to dynamic composition's mean α, applied the same way.
+    pub fixed_mean_rate: f64,
 }
 
 /// Directional ablation's effect on a probe and on A-started generations.
@@ -305,14 +309,30 @@ pub fn run(spec: &BatterySpec, mut progress: impl FnMut(&str)) -> Result<Battery
     let mean_alpha: Vec<f64> = (0..steps)
         .map(|t| mean(alphas.iter().map(|a| a[t])))
         .collect();
+    let from_last = |alpha: f64| -> Vec<Intervention> {
+        steering_interventions(&vectors, alpha)
+            .into_iter()
+            .map(|mut iv| {
+                iv.select.positions = Some(patchclamp_core::hooks::Positions::Range {
+                    start: -1,
+                    end: i64::MAX / 2,
+                });
+                iv
+            })
+            .collect()
+    };
+    let fixed_rate = rate(&neutral, &from_last(2.0))?;
     let all = alphas.iter().flatten().copied();
+    let overall = mean(all.clone());
+    let fixed_mean_rate = rate(&neutral, &from_last(overall))?;
     let dynamic = DynamicSummary {
         min_alpha: all.clone().fold(f64::INFINITY, f64::min),
         max_alpha: all.fold(f64::NEG_INFINITY, f64::max),
         first_alpha: mean_alpha[0],
         late_alpha: mean(mean_alpha[10..=20].iter().copied()),
         rate: mean(dyn_rates.iter().copied()),
-        fixed_rate: caa.rates[ALPHAS.len() - 1],
+        fixed_rate,
+        fixed_mean_rate,
         mean_alpha,
     };
 

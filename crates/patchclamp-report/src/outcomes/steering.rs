@@ -156,13 +156,14 @@ impl Outcome for BatteryOutcome {
         lines.push(format!("CAA rate by α: {}", curve(&r.caa)));
         lines.push(format!("Linear-AcT rate by λ: {}", curve(&r.act)));
         lines.push(format!(
-            "Dyn: α_t in [{:.2}, {:.2}], step 1 {:.2} vs steps 10–20 {:.2}; rate {:.2} (fixed α = 2: {:.2})",
+            "Dyn: α_t in [{:.2}, {:.2}], step 1 {:.2} vs steps 10–20 {:.2}; rate {:.2} (fixed α = 2: {:.2}; fixed at its mean α: {:.2})",
             r.dynamic.min_alpha,
             r.dynamic.max_alpha,
             r.dynamic.first_alpha,
             r.dynamic.late_alpha,
             r.dynamic.rate,
-            r.dynamic.fixed_rate
+            r.dynamic.fixed_rate,
+            r.dynamic.fixed_mean_rate
         ));
         lines.push(format!(
             "ablation: probe {:.2} → {:.2}, A-start rate {:.2} → {:.2}",
