@@ -254,6 +254,13 @@ pub fn read_control_vectors(
         let cv = ControlVector::read(std::path::Path::new(file))?;
         // Checked now (width, blocks), not when the first generation reaches it.
         cv.interventions(1.0, None, cfg.n_layers, cfg.d_model)?;
+        if !cv.model_hint.is_empty() && cv.model_hint != cfg.family.name() {
+            tracing::warn!(
+                "{file} was made for a {} model; this one is {} (its width and blocks fit, so it is applied)",
+                cv.model_hint,
+                cfg.family.name()
+            );
+        }
         out.push((cv, scale));
     }
     Ok(out)

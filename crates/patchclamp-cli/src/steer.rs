@@ -62,8 +62,14 @@ pub struct ExtractArgs {
     /// A model folder, a cached repo id, or a lab checkpoint (prompts as token ids).
     model: String,
     /// JSONL of {"positive": TEXT, "negative": TEXT} pairs.
-    #[arg(long)]
-    pairs: PathBuf,
+    #[arg(long, required_unless_present = "positives", conflicts_with_all = ["positives", "negatives"])]
+    pairs: Option<PathBuf>,
+    /// The positive prompts, one per line or JSONL (paired line by line with --negatives).
+    #[arg(long, requires = "negatives")]
+    positives: Option<PathBuf>,
+    /// The negative prompts, as many as --positives.
+    #[arg(long, requires = "positives")]
+    negatives: Option<PathBuf>,
     /// mean (CAA), pca-diff or pca-center (repeng), llama-mean or llama-pca (llama.cpp).
     #[arg(long, default_value = "pca-diff")]
     method: String,
@@ -218,7 +224,27 @@ fn extract_main(a: ExtractArgs) -> anyhow::Result<()> {
     }
     let s = Subject::load(&a.model, false, &crate::device())?;
     patchclamp_report::run_dir::outside_model(&a.out, &s.home)?;
-    let pairs = s.read_pairs(&a.pairs)?;
+    let pairs = match (&a.pairs, &a.positives, &a.negatives) {
+        (Some(p), _, _) => s.read_pairs(p)?,
+        (None, Some(pos), Some(neg)) => {
+            let (pos, neg) = (s.read_prompts(pos)?, s.read_prompts(neg)?);
+            if pos.len() != neg.len() {
+                bail!(
+                    "--positives has {} prompts and --negatives {}: they pair line by line",
+                    pos.len(),
+                    neg.len()
+                );
+            }
+            pos.into_iter()
+                .zip(neg)
+                .map(|(p, n)| patchclamp_lab::steering::Pair {
+                    positive: p.tokens,
+                    negative: n.tokens,
+                })
+                .collect()
+        }
+        _ => bail!("give --pairs FILE, or --positives FILE and --negatives FILE"),
+    };
     let blocks: Vec<usize> = (layers.0..=layers.1).collect();
     let v = extract_at(&s.model, &pairs, &blocks, method, a.position)?;
     let cv = ControlVector::from_vectors(&v, s.model.cfg.family.name())?;

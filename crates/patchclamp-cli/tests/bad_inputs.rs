@@ -387,6 +387,8 @@ fn prepare(dir: &Path) {
     w("stim.txt", "The cat sat\nThe dog ran\nA cat sat\n");
     w("ctrl.txt", "sat cat The\nran dog The\nsat cat A\n");
     w("empty.txt", "");
+    w("pos.txt", "The cat sat the\nA dog the\n");
+    w("neg3.txt", "The cat sat a\nA dog a\nThe mat a\n");
     w("pairs.jsonl", "{\"positive\": \"The cat sat the\", \"negative\": \"The cat sat a\"}\n{\"positive\": \"A dog the\", \"negative\": \"A dog a\"}\n");
     w(
         "pairs-same.jsonl",
@@ -728,6 +730,13 @@ fn warns_inactive(o: &Output, _: &Path) -> Result<(), String> {
     (e.contains("WARN") && e.contains("active at step 0"))
         .then_some(())
         .ok_or(format!("no step-0 warning in {e:?}"))
+}
+
+fn warns_model_hint(o: &Output, _: &Path) -> Result<(), String> {
+    let e = stderr(o);
+    (e.contains("WARN") && e.contains("was made for a gpt2 model; this one is llama"))
+        .then_some(())
+        .ok_or(format!("no model-hint warning in {e:?}"))
 }
 
 fn warns_context(o: &Output, _: &Path) -> Result<(), String> {
@@ -1542,6 +1551,31 @@ fn table(dir: &Path) -> Table {
         NoPanic,
         format!("generate {g} --prompts {d}/empty.txt"),
         "holds no prompts",
+    );
+    let llama = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/models/llama"
+    );
+    t.ok(
+        Degenerate,
+        None,
+        format!("generate {llama} --tokens 1,2 --max-new-tokens 2 --control-vector {cv}"),
+        "a control vector made for another family is applied with a warning",
+        warns_model_hint,
+    );
+    t.err(
+        Degenerate,
+        format!("steer extract {g} --positives {d}/pos.txt --negatives {d}/neg3.txt --layers 1-1 --out {{out}}/v.gguf"),
+        "pair line by line",
+    );
+    t.err(
+        Degenerate,
+        format!("steer extract {g} --pairs {d}/pairs.jsonl --layers 1-1 --position 99 --out {{out}}/v.gguf"),
+        "position 99 is out of range",
+    );
+    t.usage(
+        format!("steer extract {g} --positives {d}/pos.txt --layers 1-1 --out {{out}}/v.gguf"),
+        "--negatives",
     );
     // Steering sweeps: scales, metrics, vectors and the folder, all before any generation.
     let sweep = |extra: &str| {

@@ -137,6 +137,22 @@ fn steer_extract_writes_a_control_vector_that_generate_applies() {
         .unwrap());
     assert!(out.is_file() && dir.join("v.safetensors").is_file());
     let cv = patchclamp_report::control_vector::ControlVector::read(&out).unwrap();
+    // The same pairs as two prompt files give the same vector.
+    let (pos, neg) = (dir.join("pos.txt"), dir.join("neg.txt"));
+    std::fs::write(&pos, "The cat sat the\nA dog ran the\nThe mat the\n").unwrap();
+    std::fs::write(&neg, "The cat sat a\nA dog ran a\nThe mat a\n").unwrap();
+    let two = dir.join("two.gguf");
+    ok(bin()
+        .args(["steer", "extract", &fixture("gpt2"), "--positives"])
+        .arg(&pos)
+        .arg("--negatives")
+        .arg(&neg)
+        .args(["--method", "mean", "--layers", "1-1", "--out"])
+        .arg(&two)
+        .output()
+        .unwrap());
+    let cv_two = patchclamp_report::control_vector::ControlVector::read(&two).unwrap();
+    assert_eq!(cv_two.directions, cv.directions);
     assert_eq!(cv.model_hint, "gpt2");
     assert_eq!(cv.directions[&1].len(), 32);
     let plain = generations(&["--prompt", "The cat", "--max-new-tokens", "8"]);
