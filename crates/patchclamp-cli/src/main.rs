@@ -28,6 +28,9 @@ Examples:
   patchclamp generate MODEL --prompt 'Once' --temperature 0.8 --top-p 0.9 --seed 1 --stop '.'
   patchclamp steer extract MODEL --pairs pairs.jsonl --method pca-diff --layers 1-1 --out v.gguf
   patchclamp generate MODEL --prompt 'Hello' --control-vector v.gguf:2.0
+  patchclamp generate MODEL --prompts prompts.txt --batch 16 --max-new-tokens 64 --json   # one ragged batch
+  patchclamp steer sweep MODEL --vector v.gguf --scales=-2,0,2 --prompt 'Hello' --out runs/sweep
+  patchclamp lab steering                          # K8: the steering battery on a two-style toy LM
   patchclamp run MODEL --prompt 'Hello' --cache 'blocks.*.attn.hook_pattern' --out acts.safetensors
   patchclamp patch MODEL --clean 'When Mary and John went to the store, John gave a drink to' \
       --corrupted 'When Mary and John went to the store, Mary gave a drink to' \
@@ -68,7 +71,7 @@ enum Cmd {
     Run(run::Args),
     /// Generate text after prompts (greedy or sampled) with a key-value cache.
     Generate(generate::Args),
-    /// Steering vectors: extract them from contrastive pairs.
+    /// Steering vectors: extract them from contrastive pairs; sweep a vector's scale.
     #[command(subcommand)]
     Steer(steer::Cmd),
     /// Activation patching over (layer, position) or (layer, head), with heatmaps.
