@@ -32,6 +32,13 @@ pub struct Args {
     control_vector: Vec<String>,
     #[command(flatten)]
     steer: SteerArgs,
+    /// Ablate a direction everywhere: project block K's direction of a control vector out of
+    /// the embedding and every attention and MLP write (repeatable).
+    #[arg(long, value_name = "FILE.gguf:K")]
+    ablate: Vec<String>,
+    /// Apply Linear-AcT maps (from `steer fit-act`) at strength λ in [0, 1] (default 1).
+    #[arg(long, value_name = "FILE.safetensors[:λ]")]
+    transport: Vec<String>,
     /// Record hook points matching PATTERN over the whole generation (TL names, `*` globs),
     /// joined along positions as one forward over the sequence would record them; needs --out.
     #[arg(long, value_name = "PATTERN")]
@@ -266,6 +273,26 @@ pub fn read_control_vectors(
     Ok(out)
 }
 
+/// The interventions of `--ablate FILE.gguf:K`: block K's direction projected out everywhere.
+fn ablation(spec: &str, cfg: &Config) -> anyhow::Result<Vec<Intervention>> {
+    let Some((file, k)) = spec
+        .rsplit_once(':')
+        .and_then(|(f, k)| Some((f, k.parse::<usize>().ok()?)))
+    else {
+        bail!("--ablate {spec}: expected FILE.gguf:K (the block whose direction to ablate)");
+    };
+    let cv = ControlVector::read(std::path::Path::new(file))?;
+    let Some(direction) = cv.directions.get(&k) else {
+        let have: Vec<String> = cv.directions.keys().map(|k| k.to_string()).collect();
+        bail!(
+            "--ablate {spec}: {file} has no direction.{k} (it has blocks {})",
+            have.join(", ")
+        );
+    };
+    patchclamp_lab::steering::directional_ablation(cfg, direction)
+        .with_context(|| format!("--ablate {spec}"))
+}
+
 /// The generated text of `ids` (the ids themselves for a model without a tokenizer).
 pub fn text_of(s: &Subject, ids: &[u32]) -> String {
     match &s.tok {
@@ -320,6 +347,24 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     let vectors = read_control_vectors(&a.control_vector, "--control-vector", &s.model.cfg)?;
     interventions.extend(a.steer.interventions(&vectors, 1.0, &s.model.cfg)?);
+    for spec in &a.ablate {
+        interventions.extend(ablation(spec, &s.model.cfg)?);
+    }
+    for spec in &a.transport {
+        let (file, strength) = match spec.rsplit_once(':') {
+            Some((f, l)) if l.parse::<f64>().is_ok() => (f, l.parse::<f64>()?),
+            _ => (spec.as_str(), 1.0),
+        };
+        if !(0.0..=1.0).contains(&strength) {
+            bail!("--transport {spec}: the strength λ must be in [0, 1] (0 is the identity, 1 the fitted map)");
+        }
+        let (point, t) = patchclamp_report::transport_file::read(std::path::Path::new(file))?;
+        let iv = t.intervention(point, strength);
+        // Checked now against the model (its point, width, λ), not at the first step.
+        iv.validate(&s.model.cfg, 1, 1, &Default::default())
+            .with_context(|| format!("--transport {spec}"))?;
+        interventions.push(iv);
+    }
     let prompts = a.prompts.read(&s)?;
     let spec = a.decode.spec(&s)?;
     let mut generations = vec![];

@@ -71,7 +71,7 @@ enum Cmd {
     Run(run::Args),
     /// Generate text after prompts (greedy or sampled) with a key-value cache.
     Generate(generate::Args),
-    /// Steering vectors: extract them from contrastive pairs; sweep a vector's scale.
+    /// Steering: extract vectors from contrastive pairs, sweep a vector's scale, fit Linear-AcT maps.
     #[command(subcommand)]
     Steer(steer::Cmd),
     /// Activation patching over (layer, position) or (layer, head), with heatmaps.

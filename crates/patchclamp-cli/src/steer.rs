@@ -18,6 +18,30 @@ pub enum Cmd {
     Extract(ExtractArgs),
     /// Generate under a control vector at several scales; report.html shows them side by side.
     Sweep(Box<SweepArgs>),
+    /// Fit Linear-AcT maps from source to target prompts at one hook point (per-unit 1-D transport).
+    FitAct(FitActArgs),
+}
+
+/// Arguments of `steer fit-act`.
+#[derive(clap::Args)]
+pub struct FitActArgs {
+    /// A model folder, a cached repo id, or a lab checkpoint (prompts as token ids).
+    model: String,
+    /// The prompts whose activations are moved (one per line, or JSONL).
+    #[arg(long)]
+    source: PathBuf,
+    /// The prompts whose activations they are moved to.
+    #[arg(long)]
+    target: PathBuf,
+    /// The hook point to fit at (every position of every prompt is a sample).
+    #[arg(long, default_value = "blocks.0.hook_resid_post")]
+    point: String,
+    /// The map file to write (.safetensors; apply it with `generate --transport FILE:λ`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Arguments of `steer sweep`.
@@ -91,7 +115,35 @@ pub fn main(c: Cmd) -> anyhow::Result<()> {
     match c {
         Cmd::Extract(a) => extract_main(a),
         Cmd::Sweep(a) => sweep_main(*a),
+        Cmd::FitAct(a) => fit_act_main(a),
     }
+}
+
+fn fit_act_main(a: FitActArgs) -> anyhow::Result<()> {
+    if a.out.extension().is_none_or(|e| e != "safetensors") {
+        bail!("--out {} should end in .safetensors", a.out.display());
+    }
+    if a.out.exists() && !a.force {
+        bail!("{} exists; pass --force to replace it", a.out.display());
+    }
+    let s = Subject::load(&a.model, false, &crate::device())?;
+    patchclamp_report::run_dir::outside_model(&a.out, &s.home)?;
+    let point = patchclamp_core::HookPoint::parse_for(&a.point, &s.model.cfg)
+        .with_context(|| format!("--point {}", a.point))?;
+    let prompts = |p: &PathBuf| -> anyhow::Result<Vec<Vec<u32>>> {
+        Ok(s.read_prompts(p)?.into_iter().map(|p| p.tokens).collect())
+    };
+    let (source, target) = (prompts(&a.source)?, prompts(&a.target)?);
+    let t = patchclamp_lab::steering::linear_act(&s.model, &source, &target, point)?;
+    patchclamp_report::transport_file::write(&a.out, point, &t)?;
+    crate::print(&format!(
+        "Linear-AcT maps for {} units at {point} from {} source and {} target prompts: wrote {}",
+        t.scale.len(),
+        source.len(),
+        target.len(),
+        a.out.display()
+    ));
+    Ok(())
 }
 
 fn sweep_main(a: SweepArgs) -> anyhow::Result<()> {

@@ -387,6 +387,7 @@ fn prepare(dir: &Path) {
     w("stim.txt", "The cat sat\nThe dog ran\nA cat sat\n");
     w("ctrl.txt", "sat cat The\nran dog The\nsat cat A\n");
     w("empty.txt", "");
+    w("garbage.safetensors", "not a safetensors file at all");
     w("pos.txt", "The cat sat the\nA dog the\n");
     w("neg3.txt", "The cat sat a\nA dog a\nThe mat a\n");
     w("pairs.jsonl", "{\"positive\": \"The cat sat the\", \"negative\": \"The cat sat a\"}\n{\"positive\": \"A dog the\", \"negative\": \"A dog a\"}\n");
@@ -1551,6 +1552,41 @@ fn table(dir: &Path) -> Table {
         NoPanic,
         format!("generate {g} --prompts {d}/empty.txt"),
         "holds no prompts",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --prompt 'The cat' --ablate {cv}"),
+        "expected FILE.gguf:K",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --prompt 'The cat' --ablate {cv}:5"),
+        "has no direction.5",
+    );
+    t.err(
+        Degenerate,
+        format!("generate {g} --prompt 'The cat' --transport {d}/map.safetensors:1.5"),
+        "must be in [0, 1]",
+    );
+    t.err(
+        Loader,
+        format!("generate {g} --prompt 'The cat' --transport {d}/garbage.safetensors"),
+        "garbage.safetensors",
+    );
+    t.err(
+        Loader,
+        format!("generate {g} --prompt 'The cat' --transport {g}/model.safetensors"),
+        "not a Linear-AcT map",
+    );
+    t.err(
+        Degenerate,
+        format!("steer fit-act {g} --source {d}/pos.txt --target {d}/neg3.txt --point blocks.7.hook_resid_post --out {{out}}/m.safetensors"),
+        "blocks.7",
+    );
+    t.err(
+        Files,
+        format!("steer fit-act {g} --source {d}/pos.txt --target {d}/neg3.txt --out {{out}}/m.bin"),
+        "should end in .safetensors",
     );
     let llama = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -401,3 +401,80 @@ fn steer_sweep_puts_each_scale_side_by_side_and_measures_it() {
     assert_eq!(m["complete"], true);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ablate_leaves_no_component_along_the_direction_in_any_residual() {
+    let cv_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/control-vectors/gpt2-fixture.gguf"
+    );
+    let dir = common::tmp("generate-ablate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gen.safetensors");
+    ok(bin()
+        .args(["generate", &fixture("gpt2"), "--prompt", "The cat sat"])
+        .args(["--max-new-tokens", "4", "--ablate", &format!("{cv_file}:1")])
+        .args(["--cache", "blocks.*.hook_resid_post", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap());
+    let cv = patchclamp_report::control_vector::ControlVector::read(std::path::Path::new(cv_file))
+        .unwrap();
+    let r = &cv.directions[&1];
+    let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let acts = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    for l in 0..2 {
+        let t = &acts[&format!("blocks.{l}.hook_resid_post")];
+        let rows: Vec<Vec<f32>> = t.get(0).unwrap().to_vec2().unwrap();
+        let scale = rows.iter().flatten().map(|x| x.abs()).fold(0f32, f32::max);
+        for row in rows {
+            let dot: f32 = row.iter().zip(r).map(|(a, b)| a * b).sum::<f32>() / norm;
+            assert!(
+                dot.abs() < 1e-4 * scale.max(1.0),
+                "block {l}: component {dot}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn fit_act_writes_maps_that_generate_applies_at_any_strength() {
+    let dir = common::tmp("fit-act");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, tgt, map) = (
+        dir.join("src.txt"),
+        dir.join("tgt.txt"),
+        dir.join("map.safetensors"),
+    );
+    std::fs::write(&src, "The cat sat on the mat\nA dog ran a\nThe cat\n").unwrap();
+    std::fs::write(&tgt, "a a a a\nthe the the\nmat mat mat a\n").unwrap();
+    ok(bin()
+        .args(["steer", "fit-act", &fixture("gpt2"), "--source"])
+        .arg(&src)
+        .arg("--target")
+        .arg(&tgt)
+        .args(["--point", "blocks.0.hook_resid_post", "--out"])
+        .arg(&map)
+        .output()
+        .unwrap());
+    let (point, t) = patchclamp_report::transport_file::read(&map).unwrap();
+    assert_eq!(point.to_string(), "blocks.0.hook_resid_post");
+    assert_eq!(t.scale.len(), 32);
+    assert!(t.low.iter().zip(&t.high).all(|(a, b)| a <= b));
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--prompt", "The cat sat", "--max-new-tokens", "8"];
+        args.extend(extra);
+        ids(&generations(&args)[0]["tokens"])
+    };
+    let plain = run(&[]);
+    let zero = format!("{}:0", map.display());
+    let full = format!("{}:1", map.display());
+    assert_eq!(run(&["--transport", &zero]), plain, "λ = 0 is the identity");
+    assert_ne!(
+        run(&["--transport", &full]),
+        plain,
+        "λ = 1 moves the activations"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

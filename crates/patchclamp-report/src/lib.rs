@@ -24,6 +24,7 @@ pub mod plot;
 pub mod revision;
 pub mod run_dir;
 pub mod training;
+pub mod transport_file;
 pub mod vocab;
 
 use std::path::Path;
