@@ -2,7 +2,7 @@
 //! argument groups every generating command shares (prompts, decoding, control vectors).
 
 use anyhow::{bail, Context};
-use patchclamp_core::generate::{generate_batch, GenerateSpec, Sampling};
+use patchclamp_core::generate::{generate_batches, GenerateSpec, Sampling};
 use patchclamp_core::hooks::Positions;
 use patchclamp_core::{Config, Intervention};
 use patchclamp_report::control_vector::ControlVector;
@@ -242,6 +242,17 @@ impl SteerArgs {
     }
 }
 
+/// `FILE:NUMBER` split at its last colon, or the whole of `spec` and `default`.
+fn file_and_number(spec: &str, default: f64) -> (&str, f64) {
+    match spec.rsplit_once(':') {
+        Some((f, x)) => match x.parse::<f64>() {
+            Ok(x) => (f, x),
+            Err(_) => (spec, default),
+        },
+        None => (spec, default),
+    }
+}
+
 /// Reads each `FILE[:SCALE]` (scale 1 when absent), warning when a file's model hint is not
 /// the model's family.
 pub fn read_control_vectors(
@@ -251,10 +262,7 @@ pub fn read_control_vectors(
 ) -> anyhow::Result<Vec<(ControlVector, f64)>> {
     let mut out = vec![];
     for spec in specs {
-        let (file, scale) = match spec.rsplit_once(':') {
-            Some((f, sc)) if sc.parse::<f64>().is_ok() => (f, sc.parse::<f64>()?),
-            _ => (spec.as_str(), 1.0),
-        };
+        let (file, scale) = file_and_number(spec, 1.0);
         if !scale.is_finite() {
             bail!("{flag} {spec}: the scale must be finite");
         }
@@ -351,10 +359,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         interventions.extend(ablation(spec, &s.model.cfg)?);
     }
     for spec in &a.transport {
-        let (file, strength) = match spec.rsplit_once(':') {
-            Some((f, l)) if l.parse::<f64>().is_ok() => (f, l.parse::<f64>()?),
-            _ => (spec.as_str(), 1.0),
-        };
+        let (file, strength) = file_and_number(spec, 1.0);
         if !(0.0..=1.0).contains(&strength) {
             bail!("--transport {spec}: the strength λ must be in [0, 1] (0 is the identity, 1 the fitted map)");
         }
@@ -367,11 +372,16 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     let prompts = a.prompts.read(&s)?;
     let spec = a.decode.spec(&s)?;
-    let mut generations = vec![];
-    for chunk in prompts.chunks(a.decode.batch()) {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
-        let mut sofar: Vec<Vec<u32>> = vec![vec![]; chunk.len()];
-        let done = generate_batch(&s.model, &ids, &spec, &interventions, &record, |i, t| {
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|(_, ids)| ids.clone()).collect();
+    let mut sofar: Vec<Vec<u32>> = vec![vec![]; ids.len()];
+    let done = generate_batches(
+        &s.model,
+        &ids,
+        a.decode.batch(),
+        &spec,
+        &interventions,
+        &record,
+        |i, t| {
             // Decoding the text so far is only needed to look for stop strings.
             if a.stop.is_empty() {
                 return true;
@@ -379,27 +389,28 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             sofar[i].push(t);
             let so_far = text_of(&s, &sofar[i]);
             !a.stop.iter().any(|stop| so_far.contains(stop))
-        })?;
-        for ((prompt, ids), (g, recorded)) in chunk.iter().zip(done) {
-            if let Some(t) = &target {
-                let ran: Vec<u32> = ids
-                    .iter()
-                    .chain(&g.tokens[..g.tokens.len() - 1])
-                    .copied()
-                    .collect();
-                let tokens = candle_core::Tensor::new(ran.as_slice(), &crate::device())?
-                    .to_dtype(candle_core::DType::I64)?
-                    .unsqueeze(0)?;
-                t.write(&recorded, tokens)?;
-            }
-            generations.push(ShownGeneration {
-                prompt: prompt.clone(),
-                prompt_tokens: ids.clone(),
-                text: text_of(&s, &g.tokens),
-                tokens: g.tokens,
-                stop: g.stop,
-            });
+        },
+    )?;
+    let mut generations = vec![];
+    for ((prompt, ids), (g, recorded)) in prompts.iter().zip(done) {
+        if let Some(t) = &target {
+            let ran: Vec<u32> = ids
+                .iter()
+                .chain(&g.tokens[..g.tokens.len() - 1])
+                .copied()
+                .collect();
+            let tokens = candle_core::Tensor::new(ran.as_slice(), &crate::device())?
+                .to_dtype(candle_core::DType::I64)?
+                .unsqueeze(0)?;
+            t.write(&recorded, tokens)?;
         }
+        generations.push(ShownGeneration {
+            prompt: prompt.clone(),
+            prompt_tokens: ids.clone(),
+            text: text_of(&s, &g.tokens),
+            tokens: g.tokens,
+            stop: g.stop,
+        });
     }
     let outcome = GenerateOutcome { generations };
     if a.json {

@@ -206,12 +206,7 @@ fn sweep_main(a: SweepArgs) -> anyhow::Result<()> {
         .map(|r| SweepColumn {
             scale: r.scale,
             metric: r.metric,
-            mean_tokens: r
-                .generations
-                .iter()
-                .map(|g| g.tokens.len() as f64)
-                .sum::<f64>()
-                / r.generations.len() as f64,
+            mean_tokens: r.mean_tokens,
             generations: prompts
                 .iter()
                 .zip(r.generations)

@@ -188,6 +188,9 @@ pub fn generate_with(
     Ok(out.pop().expect("one prompt, one generation"))
 }
 
+/// One prompt's generation and what was recorded during it.
+pub type Generated = (Generation, ActivationCache);
+
 /// Generates after every prompt at once (a ragged batch, left-padded): each prompt gets the
 /// tokens it would get alone (its own draws, from the same seed), and the recording of each
 /// equals its recording alone. `on_token(prompt, token)` returns `false` to stop that prompt.
@@ -198,10 +201,74 @@ pub fn generate_batch(
     spec: &GenerateSpec,
     interventions: &[Intervention],
     record: &[HookPoint],
+    on_token: impl FnMut(usize, u32) -> bool,
+) -> Result<Vec<Generated>> {
+    generate_batches(
+        model,
+        prompts,
+        prompts.len().max(1),
+        spec,
+        interventions,
+        record,
+        on_token,
+    )
+}
+
+/// [`generate_batch`] `batch` prompts at a time (the tokens do not depend on `batch`):
+/// `rows` selections and per-row positions keep naming prompts of the whole list.
+pub fn generate_batches(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    batch: usize,
+    spec: &GenerateSpec,
+    interventions: &[Intervention],
+    record: &[HookPoint],
     mut on_token: impl FnMut(usize, u32) -> bool,
-) -> Result<Vec<(Generation, ActivationCache)>> {
-    let cfg = &model.cfg;
+) -> Result<Vec<Generated>> {
     check(model, prompts, spec, interventions)?;
+    if batch == 0 {
+        return Err(Error::Input(
+            "the batch must hold at least one prompt".into(),
+        ));
+    }
+    let mut acted = vec![false; interventions.len()];
+    let mut out = Vec::with_capacity(prompts.len());
+    for (c, chunk) in prompts.chunks(batch).enumerate() {
+        let start = c * batch;
+        let (which, local): (Vec<usize>, Vec<Intervention>) = interventions
+            .iter()
+            .enumerate()
+            .filter_map(|(k, iv)| Some((k, iv.for_prompts(start, chunk.len())?)))
+            .unzip();
+        let (done, local_acted) = one_batch(model, chunk, spec, &local, record, |i, t| {
+            on_token(start + i, t)
+        })?;
+        for (k, a) in which.into_iter().zip(local_acted) {
+            acted[k] |= a;
+        }
+        out.extend(done);
+    }
+    for (iv, acted) in interventions.iter().zip(&acted) {
+        if !acted {
+            tracing::warn!(
+                "the intervention at {} never acted: it selects no position of any step",
+                iv.at
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// One batch of checked prompts; also says which interventions acted somewhere.
+fn one_batch(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    spec: &GenerateSpec,
+    interventions: &[Intervention],
+    record: &[HookPoint],
+    mut on_token: impl FnMut(usize, u32) -> bool,
+) -> Result<(Vec<Generated>, Vec<bool>)> {
+    let cfg = &model.cfg;
     let dev = model.device();
     let n = prompts.len();
     let mut acted = vec![false; interventions.len()];
@@ -327,15 +394,8 @@ pub fn generate_batch(
         cache.append(cfg, &step_cache)?;
         last = last_logits(&logits)?;
     }
-    for (iv, acted) in interventions.iter().zip(&acted) {
-        if !acted {
-            tracing::warn!(
-                "the intervention at {} never acted: it selects no position of any step",
-                iv.at
-            );
-        }
-    }
-    outs.into_iter()
+    let done = outs
+        .into_iter()
         .zip(stops)
         .zip(parts)
         .map(|((tokens, stop), steps)| {
@@ -348,7 +408,8 @@ pub fn generate_batch(
                 joined,
             ))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((done, acted))
 }
 
 /// Refuses what cannot generate, before any compute: bad settings, empty or too long prompts,

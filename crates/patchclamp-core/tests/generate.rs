@@ -591,3 +591,39 @@ fn generation_only_selections_are_refused_in_a_plain_forward() {
     let e = generate_with(&m, &PROMPT, &greedy(2), &[iv], &[], |_| true).unwrap_err();
     assert!(e.to_string().contains("prompt"), "{e}");
 }
+
+#[test]
+fn batches_of_a_longer_list_keep_rows_and_per_row_positions_naming_its_prompts() {
+    // Four prompts two at a time equal all four at once, with a `rows` selection naming prompt
+    // 3 and per-row positions: the second batch's prompts are still prompts 2 and 3.
+    use patchclamp_core::generate::generate_batches;
+    let m = load(&fixture("llama"), &Device::Cpu).unwrap().model;
+    let vector = vec!["1.0"; m.cfg.d_model].join(", ");
+    let ivs: Vec<Intervention> = [
+        format!("at = 'blocks.0.hook_resid_post'\nselect = {{ rows = [3] }}\nop = {{ kind = 'add', vector = [{vector}], coef = 20.0 }}"),
+        format!("at = 'blocks.0.hook_resid_post'\nselect = {{ positions = {{ per_row = [[], [], [0], []] }} }}\nop = {{ kind = 'add', vector = [{vector}], coef = -20.0 }}"),
+    ]
+    .iter()
+    .map(|t| toml::from_str(t).unwrap())
+    .collect();
+    let prompts = ragged();
+    let all = generate_batch(&m, &prompts, &greedy(6), &ivs, &[], |_, _| true).unwrap();
+    let mut seen = vec![];
+    let pairs = generate_batches(&m, &prompts, 2, &greedy(6), &ivs, &[], |i, _| {
+        seen.push(i);
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        all.iter().map(|(g, _)| g).collect::<Vec<_>>(),
+        pairs.iter().map(|(g, _)| g).collect::<Vec<_>>()
+    );
+    assert!(
+        seen.contains(&3),
+        "the callback names prompts of the whole list"
+    );
+    let plain = generate_batch(&m, &prompts, &greedy(6), &[], &[], |_, _| true).unwrap();
+    assert_eq!(all[0].0, plain[0].0, "prompt 0 is not selected");
+    assert_ne!(all[3].0, plain[3].0, "prompt 3 is steered");
+    assert_ne!(all[2].0, plain[2].0, "prompt 2's position 0 is steered");
+}

@@ -750,3 +750,12 @@ fn dynamic_composition_equals_its_replay_without_the_cache() {
         seq.push(tok);
     }
 }
+
+#[test]
+fn linear_act_from_prompts_to_themselves_is_refused() {
+    use patchclamp_lab::steering::linear_act;
+    let m = model();
+    let p = vec![vec![3u32, 7, 8], vec![9, 10, 11]];
+    let e = linear_act(&m, &p, &p, HookPoint::ResidPost(0)).unwrap_err();
+    assert!(e.to_string().contains("the same"), "{e}");
+}

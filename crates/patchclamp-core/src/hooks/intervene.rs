@@ -479,6 +479,34 @@ impl Intervention {
         Some(iv)
     }
 
+    /// This intervention for prompts `start..start + len` of a longer list generated as their
+    /// own batch: `rows` and per-row positions renumbered from `start`. `None` when it names
+    /// none of them.
+    pub fn for_prompts(&self, start: usize, len: usize) -> Option<Intervention> {
+        let mut iv = self.clone();
+        if let Some(rows) = &self.select.rows {
+            let kept: Vec<usize> = rows
+                .iter()
+                .filter(|&&r| r >= start && r < start + len)
+                .map(|r| r - start)
+                .collect();
+            if kept.is_empty() {
+                return None;
+            }
+            iv.select.rows = Some(kept);
+        }
+        if let Some(Positions::PerRow(lists)) = &self.select.positions {
+            let kept: Vec<Vec<i64>> = (start..start + len)
+                .map(|i| lists.get(i).cloned().unwrap_or_default())
+                .collect();
+            if kept.iter().all(|l| l.is_empty()) {
+                return None;
+            }
+            iv.select.positions = Some(Positions::PerRow(kept));
+        }
+        Some(iv)
+    }
+
     /// The window positions (0-based within the row's `len`) this selects for one row.
     fn window_positions(&self, w: &RowWindow) -> Vec<usize> {
         let (lo, hi) = (w.offset as i64, (w.offset + w.len) as i64);
@@ -569,8 +597,12 @@ impl Intervention {
                     Ok(v.tensor(dev)?.to_dtype(x.dtype())?.broadcast_as(x.shape())?)
                 };
                 let (w, b) = (t(scale)?, t(shift)?);
-                let moved = (x + ((x * (w - 1.0)? )? + b)?.affine(*strength, 0.0)?)?;
-                let inside = (x.ge(&t(low)?)?.to_dtype(DType::U8)? * x.le(&t(high)?)?.to_dtype(DType::U8)?)?;
+                // x + λ·(T(x) − x), with T(x) − x = (w − 1)·x + b.
+                let step = ((x * (w - 1.0)?)? + b)?;
+                let moved = (x + step.affine(*strength, 0.0)?)?;
+                let above = x.ge(&t(low)?)?.to_dtype(DType::U8)?;
+                let below = x.le(&t(high)?)?.to_dtype(DType::U8)?;
+                let inside = (above * below)?;
                 self.blend(x, &inside.where_cond(&moved, x)?)
             }
             Op::SubspacePatch { basis, source } => {

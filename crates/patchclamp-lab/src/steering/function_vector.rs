@@ -9,7 +9,6 @@
 //!   output through its own slice of the output projection, with the projection's bias in
 //!   every term (the reference code projects each head's slice alone through `out_proj`).
 
-use candle_core::{Tensor, D};
 use patchclamp_core::hooks::{Positions, Values};
 use patchclamp_core::{HookPoint, Hooks, Input, Intervention, Model, Op, Padding, Selection};
 use serde::{Deserialize, Serialize};
@@ -98,7 +97,8 @@ pub fn function_vector(
     let lasts = last(&input);
     let answer_prob = |hooks: &mut Hooks| -> Result<Vec<f64>> {
         let logits = model.forward(&input, hooks)?;
-        let probs = softmax_rows(&logits)?;
+        let probs: Vec<Vec<Vec<f32>>> =
+            patchclamp_core::model::softmax_last_dim(&logits)?.to_vec3()?;
         Ok(corrupted
             .iter()
             .enumerate()
@@ -182,12 +182,4 @@ impl FunctionVector {
             decode: None,
         }
     }
-}
-
-/// Softmax over the vocabulary: `[batch][pos][vocab]` probabilities.
-fn softmax_rows(logits: &Tensor) -> Result<Vec<Vec<Vec<f32>>>> {
-    let m = logits.max_keepdim(D::Minus1)?;
-    let e = logits.broadcast_sub(&m)?.exp()?;
-    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-    Ok(p.to_vec3()?)
 }

@@ -15,6 +15,8 @@ pub struct ScaleRun {
     pub generations: Vec<Generation>,
     /// The metric's mean over the prompts, when one was given.
     pub metric: Option<f64>,
+    /// The mean number of generated tokens (a stop token ends a generation early).
+    pub mean_tokens: f64,
 }
 
 /// A per-generation metric: `(prompt index, generation) → value`.
@@ -62,8 +64,13 @@ pub fn sweep(
     let mut out = vec![];
     for (&scale, ivs) in scales.iter().zip(&steering) {
         let mut generations = vec![];
-        for chunk in prompts.chunks(batch) {
-            let got = generate_batch(model, chunk, &spec.generate, ivs, &[], |_, _| true)?;
+        for (c, chunk) in prompts.chunks(batch).enumerate() {
+            // `rows` name prompts of the whole list: renumbered for this chunk.
+            let local: Vec<Intervention> = ivs
+                .iter()
+                .filter_map(|iv| iv.for_prompts(c * batch, chunk.len()))
+                .collect();
+            let got = generate_batch(model, chunk, &spec.generate, &local, &[], |_, _| true)?;
             generations.extend(got.into_iter().map(|(g, _)| g));
             done += chunk.len();
             progress(done, total);
@@ -76,10 +83,16 @@ pub fn sweep(
                 .sum::<f64>()
                 / generations.len() as f64
         });
+        let mean_tokens = generations
+            .iter()
+            .map(|g| g.tokens.len() as f64)
+            .sum::<f64>()
+            / generations.len() as f64;
         out.push(ScaleRun {
             scale,
             generations,
             metric,
+            mean_tokens,
         });
     }
     Ok(out)

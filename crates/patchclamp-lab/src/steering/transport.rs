@@ -94,6 +94,11 @@ pub fn linear_act(
     target: &[Vec<u32>],
     at: HookPoint,
 ) -> Result<Transport> {
+    if source == target {
+        return Err(Error::Input(
+            "the source and target prompts are the same: every map would be the identity".into(),
+        ));
+    }
     let samples = |prompts: &[Vec<u32>]| -> Result<Vec<Vec<f64>>> {
         let mut out = vec![];
         for p in prompts {
