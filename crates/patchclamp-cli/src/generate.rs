@@ -242,6 +242,17 @@ impl SteerArgs {
     }
 }
 
+/// Warns when `file` was made for another family than `cfg`'s: it fits (its shapes were
+/// checked), so it is applied, but it was fitted on other activations.
+fn warn_model_hint(file: &str, hint: &str, cfg: &Config) {
+    if !hint.is_empty() && hint != cfg.family.name() {
+        tracing::warn!(
+            "{file} was made for a {hint} model; this one is {} (its width and blocks fit, so it is applied)",
+            cfg.family.name()
+        );
+    }
+}
+
 /// `FILE:NUMBER` split at its last colon, or the whole of `spec` and `default`.
 fn file_and_number(spec: &str, default: f64) -> (&str, f64) {
     match spec.rsplit_once(':') {
@@ -269,13 +280,7 @@ pub fn read_control_vectors(
         let cv = ControlVector::read(std::path::Path::new(file))?;
         // Checked now (width, blocks), not when the first generation reaches it.
         cv.interventions(1.0, None, cfg.n_layers, cfg.d_model)?;
-        if !cv.model_hint.is_empty() && cv.model_hint != cfg.family.name() {
-            tracing::warn!(
-                "{file} was made for a {} model; this one is {} (its width and blocks fit, so it is applied)",
-                cv.model_hint,
-                cfg.family.name()
-            );
-        }
+        warn_model_hint(file, &cv.model_hint, cfg);
         out.push((cv, scale));
     }
     Ok(out)
@@ -363,8 +368,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         if !(0.0..=1.0).contains(&strength) {
             bail!("--transport {spec}: the strength λ must be in [0, 1] (0 is the identity, 1 the fitted map)");
         }
-        let (point, t) = patchclamp_report::transport_file::read(std::path::Path::new(file))?;
-        let iv = t.intervention(point, strength);
+        let f = patchclamp_report::transport_file::read(std::path::Path::new(file))?;
+        warn_model_hint(file, &f.model_hint, &s.model.cfg);
+        let iv = f.transport.intervention(f.point, strength);
         // Checked now against the model (its point, width, λ), not at the first step.
         iv.validate(&s.model.cfg, 1, 1, &Default::default())
             .with_context(|| format!("--transport {spec}"))?;

@@ -135,7 +135,7 @@ fn fit_act_main(a: FitActArgs) -> anyhow::Result<()> {
     };
     let (source, target) = (prompts(&a.source)?, prompts(&a.target)?);
     let t = patchclamp_lab::steering::linear_act(&s.model, &source, &target, point)?;
-    patchclamp_report::transport_file::write(&a.out, point, &t)?;
+    patchclamp_report::transport_file::write(&a.out, point, s.model.cfg.family.name(), &t)?;
     crate::print(&format!(
         "Linear-AcT maps for {} units at {point} from {} source and {} target prompts: wrote {}",
         t.scale.len(),

@@ -388,6 +388,20 @@ fn prepare(dir: &Path) {
     w("ctrl.txt", "sat cat The\nran dog The\nsat cat A\n");
     w("empty.txt", "");
     w("garbage.safetensors", "not a safetensors file at all");
+    // Linear-AcT maps fitted on a gpt2 model (32 units at block 0's output).
+    let units = |x: f64| vec![x; 32];
+    patchclamp_report::transport_file::write(
+        &dir.join("map-gpt2.safetensors"),
+        "blocks.0.hook_resid_post".parse().unwrap(),
+        "gpt2",
+        &patchclamp_lab::steering::Transport {
+            scale: units(1.5),
+            shift: units(0.1),
+            low: units(-10.0),
+            high: units(10.0),
+        },
+    )
+    .unwrap();
     w("pos.txt", "The cat sat the\nA dog the\n");
     w("neg3.txt", "The cat sat a\nA dog a\nThe mat a\n");
     w("pairs.jsonl", "{\"positive\": \"The cat sat the\", \"negative\": \"The cat sat a\"}\n{\"positive\": \"A dog the\", \"negative\": \"A dog a\"}\n");
@@ -736,6 +750,13 @@ fn warns_inactive(o: &Output, _: &Path) -> Result<(), String> {
 fn warns_model_hint(o: &Output, _: &Path) -> Result<(), String> {
     let e = stderr(o);
     (e.contains("WARN") && e.contains("was made for a gpt2 model; this one is llama"))
+        .then_some(())
+        .ok_or(format!("no model-hint warning in {e:?}"))
+}
+
+fn warns_transport_hint(o: &Output, _: &Path) -> Result<(), String> {
+    let e = stderr(o);
+    (e.contains("WARN") && e.contains("map-gpt2.safetensors was made for a gpt2 model"))
         .then_some(())
         .ok_or(format!("no model-hint warning in {e:?}"))
 }
@@ -1591,6 +1612,13 @@ fn table(dir: &Path) -> Table {
     let llama = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/models/llama"
+    );
+    t.ok(
+        Degenerate,
+        None,
+        format!("generate {llama} --tokens 1,2 --max-new-tokens 2 --transport {d}/map-gpt2.safetensors:0.5"),
+        "Linear-AcT maps fitted on another family are applied with a warning",
+        warns_transport_hint,
     );
     t.ok(
         Degenerate,

@@ -458,8 +458,10 @@ fn fit_act_writes_maps_that_generate_applies_at_any_strength() {
         .arg(&map)
         .output()
         .unwrap());
-    let (point, t) = patchclamp_report::transport_file::read(&map).unwrap();
+    let f = patchclamp_report::transport_file::read(&map).unwrap();
+    let (point, t) = (f.point, f.transport);
     assert_eq!(point.to_string(), "blocks.0.hook_resid_post");
+    assert_eq!(f.model_hint, "gpt2");
     assert_eq!(t.scale.len(), 32);
     assert!(t.low.iter().zip(&t.high).all(|(a, b)| a <= b));
     let run = |extra: &[&str]| {

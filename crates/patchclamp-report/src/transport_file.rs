@@ -1,5 +1,6 @@
 //! Linear-AcT maps on disk: one safetensors file with the per-unit `scale`, `shift`, `low` and
-//! `high` (F32, 1-D, one width) and, in its metadata, the hook point they were fitted at and
+//! `high` (F32, 1-D, one width) and, in its metadata, the hook point they were fitted at, the
+//! family of the model they were fitted on (`model_hint`, as control vectors have) and
 //! `format = patchclamp-transport-1`.
 
 use std::collections::HashMap;
@@ -20,8 +21,18 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
     Error::Input(format!("{}: {}", path.display(), msg.into()))
 }
 
-/// Writes `t`, fitted at `point`, to `path` (atomically).
-pub fn write(path: &Path, point: HookPoint, t: &Transport) -> Result<()> {
+/// A Linear-AcT map file's contents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportFile {
+    /// Where the maps were fitted.
+    pub point: HookPoint,
+    /// The family of the model they were fitted on (empty when the file does not say).
+    pub model_hint: String,
+    pub transport: Transport,
+}
+
+/// Writes `t`, fitted at `point` of a `model_hint` model, to `path` (atomically).
+pub fn write(path: &Path, point: HookPoint, model_hint: &str, t: &Transport) -> Result<()> {
     let cols = [&t.scale, &t.shift, &t.low, &t.high];
     let named: Vec<(&str, Tensor)> = FIELDS
         .iter()
@@ -35,6 +46,7 @@ pub fn write(path: &Path, point: HookPoint, t: &Transport) -> Result<()> {
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("point".to_string(), point.to_string()),
+        ("model_hint".to_string(), model_hint.to_string()),
     ]);
     let bytes = safetensors::serialize(named.iter().map(|(k, t)| (*k, t)), Some(meta))
         .map_err(|e| bad(path, e.to_string()))?;
@@ -47,9 +59,8 @@ pub fn write(path: &Path, point: HookPoint, t: &Transport) -> Result<()> {
     })
 }
 
-/// Reads a transport file: the point it was fitted at and its maps, checked for one width,
-/// finite values and `low ≤ high`.
-pub fn read(path: &Path) -> Result<(HookPoint, Transport)> {
+/// Reads a transport file, checked for one width, finite values and `low ≤ high`.
+pub fn read(path: &Path) -> Result<TransportFile> {
     let bytes = patchclamp_core::fsutil::read_bytes(
         path,
         patchclamp_core::fsutil::SPEC_LIMIT,
@@ -108,5 +119,9 @@ pub fn read(path: &Path) -> Result<(HookPoint, Transport)> {
             format!("unit {i}'s band is reversed (low > high)"),
         ));
     }
-    Ok((point, t))
+    Ok(TransportFile {
+        point,
+        model_hint: meta.get("model_hint").cloned().unwrap_or_default(),
+        transport: t,
+    })
 }
