@@ -64,7 +64,12 @@ impl Outcome for SweepOutcome {
 
     fn figures(&self, _vocab: &Vocab, page: &mut Page) -> Result<()> {
         let xs: Vec<f64> = self.columns.iter().map(|c| c.scale).collect();
-        if let Some(name) = &self.metric_name {
+        let measured: Vec<(f64, f64)> = self
+            .columns
+            .iter()
+            .filter_map(|c| Some((c.scale, c.metric?)))
+            .collect();
+        if let (Some(name), false) = (&self.metric_name, measured.is_empty()) {
             page.line(
                 "metric",
                 &format!("{name}, mean over the prompts, against the vector's scale"),
@@ -74,12 +79,8 @@ impl Outcome for SweepOutcome {
                     y_label: name.clone(),
                     series: vec![Series {
                         name: name.clone(),
-                        xs: xs.clone(),
-                        ys: self
-                            .columns
-                            .iter()
-                            .map(|c| c.metric.unwrap_or(f64::NAN))
-                            .collect(),
+                        xs: measured.iter().map(|m| m.0).collect(),
+                        ys: measured.iter().map(|m| m.1).collect(),
                         dashed: false,
                     }],
                     markers: vec![],
