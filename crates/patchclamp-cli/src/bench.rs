@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use candle_core::Tensor;
 use patchclamp_core::model::Weights;
 use patchclamp_core::rng::Rng;
@@ -142,6 +142,10 @@ pub struct ForwardArgs {
     /// CPU threads for the kernels.
     #[arg(long, default_value_t = crate::default_threads(), value_parser = crate::thread_count)]
     threads: usize,
+    /// Also time a forward that records only the points this pattern names (mode
+    /// `cache-filtered`, e.g. 'blocks.*.hook_resid_pre').
+    #[arg(long, value_name = "PATTERN")]
+    cache: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -397,7 +401,22 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
     };
     let base_rss = rss_kib("VmRSS");
     let mut rows = Vec::new();
-    for mode in ["plain", "cache-all"] {
+    let filtered = match &a.cache {
+        Some(p) => {
+            let sel =
+                patchclamp_core::Selector::parse(p).with_context(|| format!("--cache {p}"))?;
+            sel.resolve(&patchclamp_core::HookPoint::all(cfg), cfg)
+                .with_context(|| format!("--cache {p}"))?;
+            Some(sel)
+        }
+        None => None,
+    };
+    let modes: &[&str] = if filtered.is_some() {
+        &["plain", "cache-all", "cache-filtered"]
+    } else {
+        &["plain", "cache-all"]
+    };
+    for &mode in modes {
         reset_peak_rss();
         let bar = indicatif::ProgressBar::new((a.warmup + a.iters) as u64)
             .with_message(format!("{label} {mode}"));
@@ -407,10 +426,10 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
         let mut times = Vec::new();
         let mut cache_bytes = 0;
         for i in 0..a.warmup + a.iters {
-            let mut hooks = if mode == "plain" {
-                Hooks::none()
-            } else {
-                Hooks::none().capture_all()
+            let mut hooks = match (mode, &filtered) {
+                ("plain", _) => Hooks::none(),
+                ("cache-filtered", Some(sel)) => Hooks::none().capture(sel.clone()),
+                _ => Hooks::none().capture_all(),
             };
             let t = Instant::now();
             let logits = model.forward(&input, &mut hooks)?;

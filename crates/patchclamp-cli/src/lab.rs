@@ -7,8 +7,9 @@ use patchclamp_lab::experiment::{presets, singh, Experiment, FinishedRun};
 use patchclamp_lab::toy::protocols;
 use patchclamp_report::{outcomes, RunDir};
 
-use crate::train::{execute, register, Prepared};
+use crate::train::execute;
 use patchclamp_lab::train::Resume;
+use patchclamp_report::train_run::{register, Prepared};
 
 /// The experiments of the lab.
 const EXPERIMENTS: &[(&str, &str)] = &[
@@ -125,7 +126,7 @@ fn run_all(
 ) -> anyhow::Result<(RunDir, Vec<FinishedRun>)> {
     let prepared = runs
         .into_iter()
-        .map(|(label, exp)| Prepared::new(&label, exp))
+        .map(|(label, exp)| Ok(Prepared::new(&label, exp)?))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut run = RunDir::create(out, command, force)?;
     let all: String = prepared.iter().map(|p| p.exp.identity()).collect();

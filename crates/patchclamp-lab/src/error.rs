@@ -38,6 +38,10 @@ pub enum Error {
     #[error("{path} is not a valid checkpoint: {msg}")]
     Safetensors { path: PathBuf, msg: String },
 
+    /// A stop was requested (an interrupt) and the loop ended at a step boundary.
+    #[error("interrupted")]
+    Interrupted,
+
     // --- below ---
     /// An error of the engine (forward pass, hooks, loading).
     #[error(transparent)]

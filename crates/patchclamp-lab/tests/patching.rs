@@ -207,3 +207,11 @@ fn sweeps_equal_transformer_lens_patching_matrices() {
         }
     }
 }
+
+#[test]
+fn equal_reference_metrics_are_refused_not_normalised_to_nan() {
+    use patchclamp_lab::causal::patching::check_references;
+    assert!(check_references(1.5, 1.5).is_err());
+    assert!(check_references(f32::NAN, 0.0).is_err());
+    assert!(check_references(1.5, 0.5).is_ok());
+}

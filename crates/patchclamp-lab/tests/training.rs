@@ -248,6 +248,39 @@ fn resume_after_kill_continues_bit_identically() {
 }
 
 #[test]
+fn resume_from_a_checkpoint_between_evaluations_logs_the_same_train_loss() {
+    // Checkpoints every 5 steps, evaluations every 10: killed at 17, resumed from 15, the
+    // evaluation at 20 must average the losses of steps 11–20, five of them from before.
+    let dir = std::env::temp_dir().join(format!("pc-resume-mid-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let t = TaskSpec::Repeated(task());
+    let make = || {
+        let cfg = ModelSpec {
+            d_model: 32,
+            n_heads: 4,
+            ..ModelSpec::default()
+        }
+        .config(24, 24)
+        .unwrap();
+        let mut sp = spec(30);
+        sp.checkpoint_every = 5;
+        Trainer::new(cfg, 1, sp).unwrap()
+    };
+    let opts = |name: &str, stop| RunOptions {
+        log: Some(dir.join(name).join("log.jsonl")),
+        checkpoint: Some(dir.join(name).join("ckpt.safetensors")),
+        resume: Resume::IfPresent,
+        stop_after: stop,
+    };
+    run(&mut make(), &t, &opts("whole", None), |_| {}).unwrap();
+    run(&mut make(), &t, &opts("cut", Some(17)), |_| {}).unwrap();
+    run(&mut make(), &t, &opts("cut", None), |_| {}).unwrap();
+    let read = |n: &str| std::fs::read_to_string(dir.join(n).join("log.jsonl")).unwrap();
+    assert_eq!(read("whole"), read("cut"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_run_without_interventions_logs_no_free_copy_and_a_clamped_one_does() {
     let mut tr = trainer(
         10,

@@ -23,6 +23,7 @@ pub mod output;
 pub mod plot;
 pub mod revision;
 pub mod run_dir;
+pub mod train_run;
 pub mod training;
 pub mod transport_file;
 pub mod vocab;

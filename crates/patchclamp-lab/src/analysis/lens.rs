@@ -18,8 +18,8 @@ pub struct LogitLens {
     pub top: Vec<Vec<Vec<(u32, f32)>>>,
     /// Probability of each tracked token per `[layer][position][tracked]`.
     pub tracked: Vec<Vec<Vec<f32>>>,
-    /// Probability of the actual next token per `[layer][position]` (the last position has none
-    /// and reads NaN).
+    /// Probability of the actual next token per `[layer][position]`, for every position that
+    /// has one (all but the last).
     pub next_token: Vec<Vec<f32>>,
     /// Entropy (nats) of each layer's distribution per `[layer][position]`.
     pub entropy: Vec<Vec<f32>>,
@@ -104,10 +104,9 @@ pub fn logit_lens(model: &Model, tokens: &[u32], k: usize, tracked: &[u32]) -> R
             best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             top.push(best);
             tr.push(tracked.iter().map(|&i| row[i as usize]).collect());
-            next.push(match tokens.get(t + 1) {
-                Some(&n) => row[n as usize],
-                None => f32::NAN,
-            });
+            if let Some(&n) = tokens.get(t + 1) {
+                next.push(row[n as usize]);
+            }
             ent.push(
                 -row.iter()
                     .filter(|&&x| x > 0.0)

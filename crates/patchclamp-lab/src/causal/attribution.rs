@@ -45,6 +45,7 @@ pub fn attribute(
         })?;
     let n_layers = points.len();
     let n_cols = values.len() / n_layers;
+    super::patching::check_references(clean_m, corrupt_m)?;
     let denom = clean_m - corrupt_m;
     // The estimate is of M_patched − M_base; report it like a sweep: M_base + estimate.
     let base = match direction {

@@ -338,6 +338,7 @@ pub fn sweep(
     let clean_lp = last_logprobs(clean_logits)?;
     let clean_metric = metric_rows(clean_logits, cfg.metric, Some(&clean_lp))?[0];
     let corrupt_metric = metric_rows(corrupt_logits, cfg.metric, Some(&clean_lp))?[0];
+    check_references(clean_metric, corrupt_metric)?;
     let base_metric = match cfg.direction {
         Direction::Denoise => corrupt_metric,
         Direction::Noise => clean_metric,
@@ -381,6 +382,7 @@ pub fn sweep(
     }
     let mut done = unchanged;
     progress(done, total);
+    crate::util::interrupt::check()?;
     for group in plan(variants, seq, cfg.batch) {
         let b = group.rows.len();
         let mut patches = RowPatches::default();
@@ -404,6 +406,7 @@ pub fn sweep(
         }
         done += b;
         progress(done, total);
+        crate::util::interrupt::check()?;
     }
     let denom = clean_metric - corrupt_metric;
     let normalized = values
@@ -422,6 +425,17 @@ pub fn sweep(
         corrupt_metric,
         unchanged,
     })
+}
+
+/// Fails when the two reference runs give the same metric: the normalised sweep
+/// `(value − corrupt) / (clean − corrupt)` would be 0/0 everywhere.
+pub fn check_references(clean: f32, corrupt: f32) -> Result<()> {
+    if !(clean - corrupt).is_normal() {
+        return Err(Error::Numeric(format!(
+            "the clean and corrupted runs give the same metric ({clean}): nothing can be normalised; choose prompts or answer tokens the model tells apart"
+        )));
+    }
+    Ok(())
 }
 
 /// Fails for a window the sweep could not use as given (0, or wider than the model), so the

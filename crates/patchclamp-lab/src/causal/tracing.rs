@@ -209,6 +209,7 @@ pub fn trace(
         }
         done += variants.len() - rows.len();
         progress(done, total);
+        crate::util::interrupt::check()?;
         for group in plan(rows, seq, cfg.batch) {
             let b = group.rows.len();
             let mut patches = RowPatches::default();
@@ -233,6 +234,7 @@ pub fn trace(
             }
             done += b;
             progress(done, total);
+            crate::util::interrupt::check()?;
         }
     }
     let s = cfg.samples as f32;

@@ -74,6 +74,7 @@ pub fn sweep(
             generations.extend(got.into_iter().map(|(g, _)| g));
             done += chunk.len();
             progress(done, total);
+            crate::util::interrupt::check()?;
         }
         let metric = metric.map(|m| {
             generations

@@ -108,7 +108,15 @@ pub fn run(
         result.evals.push(ev);
     }
     let t = task.task();
-    let mut since = vec![];
+    // The losses since the last evaluation, which its `train_loss` averages: on resume, the
+    // logged steps after it (a checkpoint need not fall on an evaluation step).
+    let last_eval = result.evals.last().map_or(0, |e| e.step);
+    let mut since: Vec<f32> = result
+        .steps
+        .iter()
+        .filter(|s| s.step > last_eval)
+        .map(|s| s.loss)
+        .collect();
     while tr.step < tr.spec.steps {
         if opts.stop_after.is_some_and(|n| tr.step >= n) {
             return Ok(result);
@@ -137,6 +145,13 @@ pub fn run(
             if (every > 0 && tr.step.is_multiple_of(every)) || tr.step == tr.spec.steps {
                 save_checkpoint(tr, ck)?;
             }
+        }
+        if crate::util::interrupt::check().is_err() {
+            // A clean stop: the checkpoint of this step, so `--resume` continues from here.
+            if let Some(ck) = &opts.checkpoint {
+                save_checkpoint(tr, ck)?;
+            }
+            return Err(Error::Interrupted);
         }
     }
     Ok(result)

@@ -106,23 +106,26 @@ impl Outcome for LensOutcome {
             .enumerate()
             .take(MAX_LENS_FIGURES)
         {
-            let heat = Heatmap {
-                title: format!("logit lens: P(next token), prompt {i}"),
-                values: lens.next_token.iter().flatten().copied().collect(),
-                rows: lens.layers.len(),
-                cols: lens.tokens.len(),
-                row_labels: lens.layers.iter().map(|l| short_layer(l)).collect(),
-                col_labels: lens
-                    .tokens
-                    .iter()
-                    .enumerate()
-                    .map(|(t, &id)| format!("{t}:{}", vocab.show(id)))
-                    .collect(),
-                x_label: "position (input token)".into(),
-                y_label: "layer".into(),
-                colorbar_label: "probability of the next token".into(),
-            };
-            page.heatmap(&format!("lens_{i}"), &format!("Prompt {i}: {text}"), heat);
+            // Every position but the last has a next token to score.
+            let cols = lens.tokens.len() - 1;
+            if cols > 0 {
+                let heat = Heatmap {
+                    title: format!("logit lens: P(next token), prompt {i}"),
+                    values: lens.next_token.iter().flatten().copied().collect(),
+                    rows: lens.layers.len(),
+                    cols,
+                    row_labels: lens.layers.iter().map(|l| short_layer(l)).collect(),
+                    col_labels: lens.tokens[..cols]
+                        .iter()
+                        .enumerate()
+                        .map(|(t, &id)| format!("{t}:{}", vocab.show(id)))
+                        .collect(),
+                    x_label: "position (input token)".into(),
+                    y_label: "layer".into(),
+                    colorbar_label: "probability of the next token".into(),
+                };
+                page.heatmap(&format!("lens_{i}"), &format!("Prompt {i}: {text}"), heat);
+            }
             page.html.push_str(&top_table(vocab, lens, i));
         }
         if let Some(c) = &self.latent {

@@ -1,0 +1,64 @@
+//! `patchclamp._native`: the compiled half of the Python package. Each function parses its
+//! arguments, calls one engine or lab function with the GIL released, and returns numpy
+//! arrays and JSON; the pure-Python half (`python/patchclamp`) gives them TransformerLens's
+//! names and shapes.
+
+mod analysis;
+mod arrays;
+mod causal;
+mod errors;
+mod generate;
+mod hooks;
+mod lab;
+mod model;
+mod steering;
+
+use pyo3::prelude::*;
+
+/// Uses `n` threads for every later computation (once, before the first one).
+#[pyfunction]
+fn set_num_threads(n: usize) -> PyResult<()> {
+    if n == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "the thread count must be at least 1",
+        ));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|_| {
+            pyo3::exceptions::PyRuntimeError::new_err(
+                "the thread pool already started: call set_num_threads before the first computation, or set RAYON_NUM_THREADS before importing patchclamp",
+            )
+        })
+}
+
+/// The number of threads computations use.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<model::Model>()?;
+    m.add_class::<arrays::TensorMemory>()?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(causal::patching_sweep, m)?)?;
+    m.add_function(wrap_pyfunction!(causal::attribution_sweep, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::lens, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::dla, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::heads, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::extremes, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::trace, m)?)?;
+    m.add_function(wrap_pyfunction!(steering::steering_extract, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        steering::directional_ablation_interventions,
+        m
+    )?)?;
+    m.add_function(wrap_pyfunction!(lab::train, m)?)?;
+    m.add_function(wrap_pyfunction!(lab::presets, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
