@@ -5,12 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
-# The binary the Python suite compares its numbers with (built above for the CLI tests).
-cargo build --locked -p patchclamp
 venv="$PWD/target/py-venv"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check 'maturin>=1.9.4,<2' 'numpy>=1.23' 'pytest>=7'
 (cd crates/patchclamp-py && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --locked --quiet)
+# The binary the suite compares its numbers with is the one `cargo test` built for the CLI's tests.
 PATCHCLAMP_BIN="$PWD/target/debug/patchclamp" "$venv/bin/python" -m pytest -q -p no:cacheprovider crates/patchclamp-py/tests

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use patchclamp_lab::steering::{extract_at, sweep, Method, SweepSpec};
 use patchclamp_report::control_vector::ControlVector;
-use patchclamp_report::outcomes::{ShownGeneration, SweepColumn, SweepOutcome};
+use patchclamp_report::outcomes::{SweepColumn, SweepOutcome};
 use patchclamp_report::run_dir::RunDir;
 use patchclamp_report::Subject;
 
@@ -201,25 +201,7 @@ fn sweep_main(a: SweepArgs) -> anyhow::Result<()> {
         },
     )?;
     bar.finish_and_clear();
-    let columns = runs
-        .into_iter()
-        .map(|r| SweepColumn {
-            scale: r.scale,
-            metric: r.metric,
-            mean_tokens: r.mean_tokens,
-            generations: prompts
-                .iter()
-                .zip(r.generations)
-                .map(|((prompt, ids), g)| ShownGeneration {
-                    prompt: prompt.clone(),
-                    prompt_tokens: ids.clone(),
-                    text: text(&g.tokens),
-                    tokens: g.tokens,
-                    stop: g.stop,
-                })
-                .collect(),
-        })
-        .collect();
+    let columns = SweepColumn::of(runs, &prompts, text);
     let range = a.steer.layer_range.as_deref().unwrap_or("1-last");
     let outcome = SweepOutcome {
         vectors: a

@@ -6,15 +6,24 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use numpy::PyArrayDyn;
+use patchclamp_core::HookPoint;
 use patchclamp_lab::analysis::dla::{direct_logit_attribution, LogitDirection};
 use patchclamp_lab::analysis::extremes::{extremes as find_extremes, ExtremeSpec};
 use patchclamp_lab::analysis::heads::{head_report, HeadProbe};
+use patchclamp_lab::analysis::hydra::hydra as run_hydra;
 use patchclamp_lab::analysis::lens::logit_lens;
+use patchclamp_lab::analysis::linear_probe::{
+    probe_points, tcav_of_labels, FitSpec, Pooling, TcavSets,
+};
+use patchclamp_lab::analysis::neurons::{
+    ablate_against_random, census_study, localize as find_units, pooled_units, StudySpec,
+};
 use patchclamp_lab::causal::patching::Metric;
 use patchclamp_lab::causal::tracing::{trace as run_trace, TraceConfig, TraceKind};
 use patchclamp_lab::util::interrupt;
 use patchclamp_report::outcomes::{
-    DlaOutcome, ExtremesOutcome, HeadsOutcome, LensOutcome, TraceOutcome,
+    DlaOutcome, ExtremesOutcome, HeadsOutcome, HydraOutcome, LensOutcome, LocalizeOutcome,
+    NeuronsOutcome, ProbeOutcome, TraceOutcome,
 };
 use patchclamp_report::{Outcome, Page, RunDir};
 use pyo3::exceptions::PyValueError;
@@ -24,10 +33,10 @@ use crate::model::Model;
 use crate::{arrays, errors};
 
 /// What an analysis returns: its result as JSON, its summary lines, and its grids by name.
-type Analysed<'py> = (String, String, HashMap<String, Bound<'py, PyArrayDyn<f32>>>);
+pub type Analysed<'py> = (String, String, HashMap<String, Bound<'py, PyArrayDyn<f32>>>);
 
 /// The outcome as JSON, summary and grids; written into `out` (a new run folder) when given.
-fn finish<'py>(
+pub fn finish<'py>(
     py: Python<'py>,
     m: &Model,
     command: &str,
@@ -65,6 +74,271 @@ fn checked(m: &Model, prompts: &[Vec<u32>]) -> PyResult<()> {
         m.subject.ids(p).map_err(errors::report)?;
     }
     Ok(())
+}
+
+/// The direction `answer` (minus `wrong`) is read along, checked against the vocabulary.
+fn direction(m: &Model, answer: u32, wrong: Option<u32>) -> PyResult<LogitDirection> {
+    let s = &m.subject;
+    Ok(LogitDirection {
+        target: s.ids(&[answer]).map_err(errors::report)?[0],
+        baseline: wrong
+            .map(|w| s.ids(&[w]).map(|v| v[0]))
+            .transpose()
+            .map_err(errors::report)?,
+    })
+}
+
+/// The MLP neuron census streamed over `prompts` (dead, lazy, token / bigram / positional
+/// detectors; LAPE and average-precision experts when prompts carry labels); Ctrl-C stops
+/// between batches.
+#[pyfunction]
+#[pyo3(signature = (model, prompts, labels, batch = 16, top = 10, lape_top_rate = 0.01, out = None, force = false, progress = None))]
+#[allow(clippy::too_many_arguments)]
+pub fn neurons<'py>(
+    py: Python<'py>,
+    model: &Model,
+    prompts: Vec<Vec<u32>>,
+    labels: Vec<Option<String>>,
+    batch: usize,
+    top: usize,
+    lape_top_rate: f64,
+    out: Option<PathBuf>,
+    force: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Analysed<'py>> {
+    checked(model, &prompts)?;
+    if labels.len() != prompts.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} labels for {} prompts: give one per prompt (or none)",
+            labels.len(),
+            prompts.len()
+        )));
+    }
+    let m = &model.subject.model;
+    let stream: Vec<(Vec<u32>, Option<String>)> = prompts.into_iter().zip(labels).collect();
+    let total: usize = stream.iter().map(|(p, _)| p.len()).sum();
+    let spec = StudySpec {
+        batch,
+        top,
+        lape_top_rate,
+    };
+    let raised = crate::hooks::Raised::default();
+    interrupt::clear();
+    let mut done = 0usize;
+    let r = py.detach(|| {
+        census_study(m, &stream, &spec, |n| {
+            done += n as usize;
+            crate::causal::step(&raised, progress.as_ref(), done, total)
+        })
+    });
+    if let Some(e) = raised.take() {
+        return Err(e);
+    }
+    let outcome = NeuronsOutcome {
+        model: model.spec.clone(),
+        study: r.map_err(errors::lab)?,
+        d_mlp: m.cfg.d_mlp(),
+    };
+    finish(py, model, "neurons", &outcome, out, force)
+}
+
+/// The localizer: the `fraction` of units (`"resid_post"` or `"mlp_post"`, pooled over
+/// positions and layers) that respond more to `stimuli` than to `control` (Welch t), and with
+/// `eval` prompts the loss increase of ablating them against `random_draws` random sets.
+#[pyfunction]
+#[pyo3(signature = (model, stimuli, control, units = "resid_post", fraction = 0.01, eval = None, random_draws = 10, seed = 0, out = None, force = false))]
+#[allow(clippy::too_many_arguments)]
+pub fn localize<'py>(
+    py: Python<'py>,
+    model: &Model,
+    stimuli: Vec<Vec<u32>>,
+    control: Vec<Vec<u32>>,
+    units: &str,
+    fraction: f64,
+    eval: Option<Vec<Vec<u32>>>,
+    random_draws: usize,
+    seed: u64,
+    out: Option<PathBuf>,
+    force: bool,
+) -> PyResult<Analysed<'py>> {
+    checked(model, &stimuli)?;
+    checked(model, &control)?;
+    if let Some(e) = &eval {
+        checked(model, e)?;
+    }
+    let m = &model.subject.model;
+    let cfg = &m.cfg;
+    let (point, width): (fn(usize) -> HookPoint, usize) = match units {
+        "resid_post" => (HookPoint::ResidPost, cfg.d_model),
+        "mlp_post" if cfg.has_mlp() => (HookPoint::MlpPost, cfg.d_mlp()),
+        "mlp_post" => {
+            return Err(PyValueError::new_err(
+                "units=\"mlp_post\": this model has no MLPs",
+            ))
+        }
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown units {other:?}; use \"resid_post\" or \"mlp_post\""
+            )))
+        }
+    };
+    let (localized, ablation) = py
+        .detach(|| -> patchclamp_lab::Result<_> {
+            let xa = pooled_units(m, &stimuli, point)?;
+            let xb = pooled_units(m, &control, point)?;
+            let localized = find_units(&xa, &xb, width, fraction)?;
+            let ablation = match &eval {
+                Some(seqs) => Some(ablate_against_random(
+                    m,
+                    seqs,
+                    &localized.units,
+                    point,
+                    width,
+                    (random_draws, seed),
+                    || {},
+                )?),
+                None => None,
+            };
+            Ok((localized, ablation))
+        })
+        .map_err(errors::lab)?;
+    let outcome = LocalizeOutcome {
+        model: model.spec.clone(),
+        units: units.to_string(),
+        fraction,
+        localized,
+        ablation,
+    };
+    finish(py, model, "localize", &outcome, out, force)
+}
+
+/// Linear probes on labelled prompts (held-out accuracy at each `points`, default every block's
+/// output), or — given `tcav = (concept, random, class, inputs)` — TCAV of the concept label
+/// for the class token at the one point, with its random-concept test.
+#[pyfunction]
+#[pyo3(signature = (model, prompts, labels, points = None, pooling = "last", test_fraction = 0.25, seed = 0, tcav = None, tcav_runs = 10, out = None, force = false))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn probe<'py>(
+    py: Python<'py>,
+    model: &Model,
+    prompts: Vec<Vec<u32>>,
+    labels: Vec<Option<String>>,
+    points: Option<Vec<String>>,
+    pooling: &str,
+    test_fraction: f64,
+    seed: u64,
+    tcav: Option<(String, String, u32, String, Option<String>)>,
+    tcav_runs: usize,
+    out: Option<PathBuf>,
+    force: bool,
+) -> PyResult<Analysed<'py>> {
+    checked(model, &prompts)?;
+    if labels.len() != prompts.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} labels for {} prompts: give one per prompt",
+            labels.len(),
+            prompts.len()
+        )));
+    }
+    let m = &model.subject.model;
+    let pooling = match pooling {
+        "last" => Pooling::Last,
+        "mean" => Pooling::Mean,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown pooling {other:?}; use \"last\" or \"mean\""
+            )))
+        }
+    };
+    let points: Vec<HookPoint> = match &points {
+        Some(names) => names
+            .iter()
+            .map(|n| crate::hooks::point(m, n))
+            .collect::<PyResult<_>>()?,
+        None => (0..m.cfg.n_layers).map(HookPoint::ResidPost).collect(),
+    };
+    let mut outcome = ProbeOutcome {
+        model: model.spec.clone(),
+        pooling: format!("{pooling:?}").to_lowercase(),
+        probes: None,
+        tcav: None,
+        tcav_question: None,
+    };
+    match tcav {
+        None => {
+            let probes = py
+                .detach(|| {
+                    probe_points(
+                        m,
+                        &prompts,
+                        &labels,
+                        &points,
+                        pooling,
+                        (test_fraction, seed),
+                        FitSpec::default(),
+                        || {},
+                    )
+                })
+                .map_err(errors::lab)?;
+            outcome.probes = Some(probes);
+        }
+        Some((concept, random, class_id, class_label, inputs)) => {
+            if points.len() != 1 {
+                return Err(PyValueError::new_err(
+                    "TCAV reads one point: give points=[NAME]",
+                ));
+            }
+            let class_id = model.subject.ids(&[class_id]).map_err(errors::report)?[0];
+            let sets = TcavSets {
+                concept: &concept,
+                random: &random,
+                inputs: inputs.as_deref(),
+            };
+            let labelled: Vec<(Vec<u32>, Option<String>)> =
+                prompts.into_iter().zip(labels).collect();
+            let t = py
+                .detach(|| {
+                    tcav_of_labels(m, &labelled, &sets, points[0], class_id, (tcav_runs, seed))
+                })
+                .map_err(errors::lab)?;
+            outcome.tcav = Some(t);
+            outcome.tcav_question = Some((concept.clone(), class_label, points[0].to_string()));
+        }
+    }
+    finish(py, model, "probe", &outcome, out, force)
+}
+
+/// Hydra: each layer's direct against its total effect when ablated (resampled from
+/// `sources`), and which later layers compensate.
+#[pyfunction]
+#[pyo3(signature = (model, prompts, texts, sources, source_texts, answer, wrong = None, out = None, force = false))]
+#[allow(clippy::too_many_arguments)]
+pub fn hydra<'py>(
+    py: Python<'py>,
+    model: &Model,
+    prompts: Vec<Vec<u32>>,
+    texts: Vec<String>,
+    sources: Vec<Vec<u32>>,
+    source_texts: Vec<String>,
+    answer: u32,
+    wrong: Option<u32>,
+    out: Option<PathBuf>,
+    force: bool,
+) -> PyResult<Analysed<'py>> {
+    checked(model, &prompts)?;
+    checked(model, &sources)?;
+    let dir = direction(model, answer, wrong)?;
+    let m = &model.subject.model;
+    let h = py
+        .detach(|| run_hydra(m, &prompts, &sources, dir))
+        .map_err(errors::lab)?;
+    let outcome = HydraOutcome {
+        model: model.spec.clone(),
+        prompts: texts,
+        sources: source_texts,
+        hydra: h,
+    };
+    finish(py, model, "hydra", &outcome, out, force)
 }
 
 /// The logit lens of each prompt: the top tokens of every layer at every position, and the
@@ -119,13 +393,7 @@ pub fn dla<'py>(
 ) -> PyResult<Analysed<'py>> {
     checked(model, &prompts)?;
     let m = &model.subject.model;
-    let dir = LogitDirection {
-        target: model.subject.ids(&[answer]).map_err(errors::report)?[0],
-        baseline: wrong
-            .map(|w| model.subject.ids(&[w]).map(|v| v[0]))
-            .transpose()
-            .map_err(errors::report)?,
-    };
+    let dir = direction(model, answer, wrong)?;
     let dla = py
         .detach(|| direct_logit_attribution(m, &prompts, dir))
         .map_err(errors::lab)?;

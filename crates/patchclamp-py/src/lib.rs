@@ -52,7 +52,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(analysis::heads, m)?)?;
     m.add_function(wrap_pyfunction!(analysis::extremes, m)?)?;
     m.add_function(wrap_pyfunction!(analysis::trace, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::neurons, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::hydra, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::localize, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::probe, m)?)?;
     m.add_function(wrap_pyfunction!(steering::steering_extract, m)?)?;
+    m.add_function(wrap_pyfunction!(steering::steering_sweep, m)?)?;
+    m.add_function(wrap_pyfunction!(steering::control_vector_direction, m)?)?;
+    m.add_function(wrap_pyfunction!(steering::fit_act, m)?)?;
+    m.add_function(wrap_pyfunction!(steering::transport_intervention, m)?)?;
     m.add_function(wrap_pyfunction!(
         steering::directional_ablation_interventions,
         m

@@ -38,8 +38,10 @@ def same(py, cli_json, cli_grids, ignore=("model",)):
         (lambda m: pc.heads(m, n=8, block=6), ["heads", GPT2, "--n", "8", "--block", "6"]),
         (lambda m: pc.extremes(m, [PROMPT, "hello world"], abs_min=1.0, ratio=2.0), ["extremes", GPT2, "--prompt", PROMPT, "--prompt", "hello world", "--abs-min", "1", "--ratio", "2"]),
         (lambda m: pc.trace(m, PROMPT, answer=" sat", subject="cat", samples=3), ["trace", GPT2, "--prompt", PROMPT, "--answer", " sat", "--subject", "cat", "--samples", "3"]),
+        (lambda m: pc.neurons(m, [PROMPT, "hello world", "The cat sat"], batch=2, top=3), ["neurons", GPT2, "--prompt", PROMPT, "--prompt", "hello world", "--prompt", "The cat sat", "--batch", "2", "--top", "3"]),
+        (lambda m: pc.hydra(m, ["The cat sat on the"], ["The mat sat on the"], answer=" sat", wrong=" on"), ["hydra", GPT2, "--prompt", "The cat sat on the", "--source", "The mat sat on the", "--answer", " sat", "--wrong", " on"]),
     ],
-    ids=["lens", "dla", "heads", "extremes", "trace"],
+    ids=["lens", "dla", "heads", "extremes", "trace", "neurons", "hydra"],
 )
 def test_the_same_result_as_the_cli(gpt2, cli, tmp_path, call, args):
     py = call(gpt2)
@@ -74,5 +76,35 @@ def test_analysis_errors(gpt2):
         pc.trace(gpt2, PROMPT, answer=" sat", subject=[2, 3], noise=0.0)
     with pytest.raises(ValueError, match="kind"):
         pc.trace(gpt2, PROMPT, answer=" sat", subject=[2], kind="ffn")
+    with pytest.raises(ValueError, match="labels"):
+        pc.neurons(gpt2, [PROMPT, "hello"], labels=["en"])
     with pytest.raises(AttributeError, match="no field"):
         pc.heads(gpt2, n=4, block=4).nonexistent
+
+
+def test_localize_equals_the_cli(gpt2, cli, tmp_path):
+    stim = ["The cat sat on the mat", "The cat sat again", "A cat on a mat"]
+    ctrl = ["hello world", "world of hello", "hello again world"]
+    (tmp_path / "s.txt").write_text("\n".join(stim) + "\n")
+    (tmp_path / "c.txt").write_text("\n".join(ctrl) + "\n")
+    (tmp_path / "e.txt").write_text("\n".join(stim + ctrl) + "\n")
+    py = pc.localize(gpt2, stim, ctrl, fraction=0.1, eval=stim + ctrl, random_draws=3)
+    same(py, *cli_run(cli, tmp_path, "localize", GPT2, "--stimuli", str(tmp_path / "s.txt"), "--control",
+                      str(tmp_path / "c.txt"), "--fraction", "0.1", "--eval", str(tmp_path / "e.txt"),
+                      "--random-draws", "3"))
+    assert py.ablation is not None
+    with pytest.raises(ValueError, match="units"):
+        pc.localize(gpt2, stim, ctrl, units="attn")
+
+
+def test_probe_equals_the_cli(gpt2, cli, tmp_path):
+    rows = [("The cat sat on the mat", "cat"), ("A cat sat", "cat"), ("The cat again", "cat"), ("cat cat", "cat"),
+            ("hello world", "hi"), ("world hello", "hi"), ("hello again", "hi"), ("hello hello", "hi")]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows))
+    py = pc.probe(gpt2, [t for t, _ in rows], [l for _, l in rows], test_fraction=0.25)
+    same(py, *cli_run(cli, tmp_path, "probe", GPT2, "--prompts", str(tmp_path / "p.jsonl"), "--test-fraction", "0.25"))
+    assert len(py.probes) == 2
+    with pytest.raises(ValueError, match="labels"):
+        pc.probe(gpt2, ["a b", "c d"], ["x"])
+    with pytest.raises(ValueError, match="pooling"):
+        pc.probe(gpt2, ["a b", "c d"], ["x", "y"], pooling="max")

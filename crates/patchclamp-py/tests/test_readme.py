@@ -19,3 +19,4 @@ def test_readme_python_example(tmp_path, monkeypatch):
     assert isinstance(scope["text"], str) and scope["grid"].values.shape == (2, 7)
     assert (tmp_path / "runs" / "heads" / "report.html").is_file()
     assert len(scope["run"].steps) == 200 and scope["run"].report.is_file()
+    assert (tmp_path / "runs" / "mood.gguf").is_file() and sorted(scope["vec"].vectors) == [1]

@@ -649,6 +649,7 @@ pub fn stream_census(
             c.add(&one, std::slice::from_ref(tokens))?;
         }
         on_tokens(seqs.iter().map(|s| s.len() as u64).sum());
+        crate::util::interrupt::check()?;
     }
     Ok(out)
 }

@@ -10,7 +10,7 @@ with TransformerLens's names and shapes over patchclamp's Rust engine::
 """
 
 from . import analysis, lab, patching, steering, utils
-from .analysis import AnalysisResult, dla, extremes, heads, lens, trace
+from .analysis import AnalysisResult, dla, extremes, heads, hydra, lens, localize, neurons, probe, trace
 from ._native import __version__, get_num_threads, set_num_threads
 from .cache import ActivationCache
 from .model import Config, Generation, HookedTransformer, HookPoint, load
@@ -22,7 +22,10 @@ __all__ = [
     "dla",
     "extremes",
     "heads",
+    "hydra",
     "lens",
+    "localize",
+    "neurons",
     "trace",
     "Config",
     "Generation",
@@ -33,6 +36,7 @@ __all__ = [
     "lab",
     "load",
     "patching",
+    "probe",
     "set_num_threads",
     "steering",
     "utils",

@@ -104,6 +104,55 @@ def extremes(model: HookedTransformer, prompts: Prompts, triggers: Sequence[Toke
     return _result("extremes", _native.extremes(model._m, rows, [_token(model, t) for t in triggers], abs_min, ratio, _out(out), force))
 
 
+def neurons(model: HookedTransformer, prompts: Prompts, labels: Optional[Sequence[Optional[str]]] = None,
+            batch: int = 16, top: int = 10, lape_top_rate: float = 0.01, out=None, force: bool = False,
+            progress: Optional[Callable[[int, int], Any]] = None) -> AnalysisResult:
+    """The MLP neuron census over ``prompts`` (streamed): dead and lazy neurons, token, bigram
+    and positional detectors; with ``labels`` (one per prompt, e.g. a language) LAPE and
+    average-precision experts."""
+    rows, _ = _prompts(model, prompts)
+    labs = [None] * len(rows) if labels is None else list(labels)
+    return _result("neurons", _native.neurons(model._m, rows, labs, batch, top, lape_top_rate, _out(out), force, progress))
+
+
+def localize(model: HookedTransformer, stimuli: Prompts, control: Prompts, units: str = "resid_post",
+             fraction: float = 0.01, eval: Optional[Prompts] = None, random_draws: int = 10, seed: int = 0,
+             out=None, force: bool = False) -> AnalysisResult:
+    """The Fedorenko-style localizer: units responding more to ``stimuli`` than to ``control``
+    (Welch t, the top ``fraction``), and with ``eval`` prompts the loss increase of ablating
+    them against random unit sets."""
+    a, _ = _prompts(model, stimuli)
+    b, _ = _prompts(model, control)
+    e = None if eval is None else _prompts(model, eval)[0]
+    return _result("localize", _native.localize(model._m, a, b, units, fraction, e, random_draws, seed, _out(out), force))
+
+
+def probe(model: HookedTransformer, prompts: Prompts, labels: Sequence[str], points: Optional[Sequence[str]] = None,
+          pooling: str = "last", test_fraction: float = 0.25, seed: int = 0, tcav: Optional[Dict[str, Any]] = None,
+          tcav_runs: int = 10, out=None, force: bool = False) -> AnalysisResult:
+    """Linear probes of ``labels`` (one per prompt) at ``points`` (default: every block's
+    output), held-out accuracy per point; or TCAV with ``tcav={"concept": L, "random": L,
+    "class": token, "inputs": L or None}`` at the one point."""
+    rows, _ = _prompts(model, prompts)
+    t = None
+    if tcav is not None:
+        t = (tcav["concept"], tcav["random"], _token(model, tcav["class"]), str(tcav["class"]), tcav.get("inputs"))
+    return _result("probe", _native.probe(
+        model._m, rows, list(labels), None if points is None else list(points), pooling, test_fraction, seed, t,
+        tcav_runs, _out(out), force))
+
+
+def hydra(model: HookedTransformer, prompts: Prompts, sources: Prompts, answer: Token, wrong: Optional[Token] = None,
+          out=None, force: bool = False) -> AnalysisResult:
+    """Hydra (McGrath et al.): each layer's direct and total effect when resample-ablated from
+    ``sources``, and the compensation by later layers."""
+    rows, texts = _prompts(model, prompts)
+    srows, stexts = _prompts(model, sources)
+    return _result("hydra", _native.hydra(
+        model._m, rows, texts, srows, stexts, _token(model, answer), None if wrong is None else _token(model, wrong),
+        _out(out), force))
+
+
 def _find(hay: List[int], needle: List[int]) -> Optional[List[int]]:
     for i in range(len(hay) - len(needle) + 1):
         if needle and hay[i : i + len(needle)] == needle:

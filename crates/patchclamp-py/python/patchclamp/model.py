@@ -225,7 +225,8 @@ class HookedTransformer:
     ):
         """A forward pass with hook functions ``fn(activation, hook)`` (each may return a
         replacement array) and/or declarative ``interventions`` (dicts in the intervention-file
-        schema; they run in the engine, no Python per activation)."""
+        schema; they run in the engine, no Python per activation). ``reset_hooks_end`` is
+        accepted for TransformerLens's signature: hooks never outlive the call here."""
         if bwd_hooks:
             raise NotImplementedError("backward hooks are not supported; use patchclamp.patching.attribute")
         functions = []

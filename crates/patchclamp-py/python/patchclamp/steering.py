@@ -64,6 +64,60 @@ def extract(
 
 def directional_ablation(model: HookedTransformer, direction) -> List[Dict[str, Any]]:
     """The interventions that project ``direction`` out of every residual point and block
-    output (Arditi et al. 2024): pass them as ``interventions=`` to any forward or generation."""
+    output (Arditi et al. 2024): pass them as ``interventions=`` to any forward or generation.
+    ``direction`` is an array, or ``(control_vector.gguf, block)`` as the CLI's ``--ablate``."""
+    if isinstance(direction, tuple) and len(direction) == 2 and not np.isscalar(direction[0]):
+        direction = _native.control_vector_direction(os.fspath(direction[0]), int(direction[1]))
     d = np.asarray(direction, dtype=np.float32).ravel().tolist()
     return json.loads(_native.directional_ablation_interventions(model._m, d))
+
+
+def fit_act(model: HookedTransformer, source: Sequence[Prompt], target: Sequence[Prompt],
+            point: str = "blocks.0.hook_resid_post", out: Union[str, os.PathLike] = "act.safetensors",
+            force: bool = False) -> int:
+    """Fits Linear-AcT maps (Rodriguez et al. 2024) at ``point`` carrying the activations of
+    ``source`` prompts onto those of ``target`` prompts, and writes them to ``out``; returns the
+    number of units mapped. Apply them with :func:`transport`."""
+    return _native.fit_act(model._m, [_ids(model, p) for p in source], [_ids(model, p) for p in target], point,
+                           os.fspath(out), force)
+
+
+def transport(model: HookedTransformer, path: Union[str, os.PathLike], strength: float = 1.0) -> List[Dict[str, Any]]:
+    """The intervention that applies a Linear-AcT map file at ``strength`` λ ∈ [0, 1]."""
+    return json.loads(_native.transport_intervention(model._m, os.fspath(path), float(strength)))
+
+
+def sweep(
+    model: HookedTransformer,
+    prompts: Sequence[Prompt],
+    vectors: Sequence[Union[str, os.PathLike, Tuple[Union[str, os.PathLike], float]]],
+    scales: Sequence[float] = (-2, -1, 0, 1, 2),
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    layers: Optional[Tuple[int, int]] = None,
+    after_prompt: bool = False,
+    contains: Sequence[str] = (),
+    batch: Optional[int] = None,
+    out: Optional[Union[str, os.PathLike]] = None,
+    force: bool = False,
+    progress=None,
+):
+    """Generations under control vectors at each of ``scales`` (as ``patchclamp steer sweep``),
+    the share containing one of ``contains`` per scale; with ``out`` the CLI's report folder."""
+    from .analysis import _result
+
+    rows = [_ids(model, p) for p in prompts]
+    texts = [p if isinstance(p, str) else " ".join(map(str, p)) for p in prompts]
+    vecs = [(os.fspath(v[0]), float(v[1])) if isinstance(v, tuple) else (os.fspath(v), 1.0) for v in vectors]
+    eos = model.cfg.raw.get("eos_token_id")
+    spec = {
+        "max_new_tokens": int(max_new_tokens),
+        "sampling": {"temperature": float(temperature) if do_sample else None, "repetition_penalty": 1.0,
+                     "frequency_penalty": 0.0, "seed": int(seed)},
+        "stop_tokens": [] if eos is None else [eos],
+    }
+    return _result("steer sweep", _native.steering_sweep(
+        model._m, rows, texts, vecs, [float(s) for s in scales], json.dumps(spec), None if layers is None else tuple(layers),
+        after_prompt, list(contains), batch, None if out is None else os.fspath(out), force, progress))

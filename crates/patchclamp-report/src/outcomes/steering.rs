@@ -22,6 +22,35 @@ pub struct SweepColumn {
     pub mean_tokens: f64,
 }
 
+impl SweepColumn {
+    /// The columns of a sweep's runs: each generation shown with its prompt (`prompts[i]`:
+    /// as given, and its ids) and its text (`text` decodes ids).
+    pub fn of(
+        runs: Vec<patchclamp_lab::steering::sweep::ScaleRun>,
+        prompts: &[(String, Vec<u32>)],
+        text: impl Fn(&[u32]) -> String,
+    ) -> Vec<SweepColumn> {
+        runs.into_iter()
+            .map(|r| SweepColumn {
+                scale: r.scale,
+                metric: r.metric,
+                mean_tokens: r.mean_tokens,
+                generations: prompts
+                    .iter()
+                    .zip(r.generations)
+                    .map(|((prompt, ids), g)| ShownGeneration {
+                        prompt: prompt.clone(),
+                        prompt_tokens: ids.clone(),
+                        text: text(&g.tokens),
+                        tokens: g.tokens,
+                        stop: g.stop,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
 /// `steer sweep`'s outcome.
 #[derive(Serialize)]
 pub struct SweepOutcome {
