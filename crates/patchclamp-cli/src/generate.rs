@@ -306,18 +306,6 @@ fn ablation(spec: &str, cfg: &Config) -> anyhow::Result<Vec<Intervention>> {
         .with_context(|| format!("--ablate {spec}"))
 }
 
-/// The generated text of `ids` (the ids themselves for a model without a tokenizer).
-pub fn text_of(s: &Subject, ids: &[u32]) -> String {
-    match &s.tok {
-        Some(t) => t.decode(ids).unwrap_or_else(|_| format!("{ids:?}")),
-        None => ids
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-    }
-}
-
 pub fn main(a: Args) -> anyhow::Result<()> {
     a.prompts.check()?;
     if a.stop.iter().any(|s| s.is_empty()) {
@@ -393,7 +381,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 return true;
             }
             sofar[i].push(t);
-            let so_far = text_of(&s, &sofar[i]);
+            let so_far = s.text_of(&sofar[i]);
             !a.stop.iter().any(|stop| so_far.contains(stop))
         },
     )?;
@@ -413,7 +401,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         generations.push(ShownGeneration {
             prompt: prompt.clone(),
             prompt_tokens: ids.clone(),
-            text: text_of(&s, &g.tokens),
+            text: s.text_of(&g.tokens),
             tokens: g.tokens,
             stop: g.stop,
         });

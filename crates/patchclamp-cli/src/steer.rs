@@ -172,7 +172,7 @@ fn sweep_main(a: SweepArgs) -> anyhow::Result<()> {
     patchclamp_report::run_dir::outside_model(&a.out, &s.home)?;
     patchclamp_report::run_dir::check(&a.out, "steer sweep", a.force)?;
     let ids: Vec<Vec<u32>> = prompts.iter().map(|(_, ids)| ids.clone()).collect();
-    let text = |ids: &[u32]| crate::generate::text_of(&s, ids);
+    let text = |ids: &[u32]| s.text_of(ids);
     let contains = |_: usize, g: &patchclamp_core::generate::Generation| -> f64 {
         let t = text(&g.tokens);
         a.contains.iter().any(|c| t.contains(c.as_str())) as u8 as f64
@@ -231,16 +231,7 @@ fn sweep_main(a: SweepArgs) -> anyhow::Result<()> {
 }
 
 fn extract_main(a: ExtractArgs) -> anyhow::Result<()> {
-    let method = match a.method.as_str() {
-        "mean" => Method::Mean,
-        "pca-diff" => Method::PcaDiff,
-        "pca-center" => Method::PcaCenter,
-        "llama-mean" => Method::LlamaMean,
-        "llama-pca" => Method::LlamaPca,
-        m => {
-            bail!("unknown --method '{m}'; use mean, pca-diff, pca-center, llama-mean or llama-pca")
-        }
-    };
+    let method = Method::from_name(&a.method).context("--method")?;
     let layers = crate::generate::layer_range(&a.layers).context("--layers")?;
     if a.out.extension().is_none_or(|e| e != "gguf") {
         bail!("--out {} should end in .gguf", a.out.display());

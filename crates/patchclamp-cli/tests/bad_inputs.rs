@@ -1502,7 +1502,10 @@ fn table(dir: &Path) -> Table {
         format!("steer extract {g} --pairs {d}/pairs.jsonl --out {{out}}/v.gguf {extra}")
     };
     for (extra, want) in [
-        ("--layers 1-1 --method median", "unknown --method 'median'"),
+        (
+            "--layers 1-1 --method median",
+            "--method: unknown method 'median'",
+        ),
         ("--layers 2-1", "the range is empty"),
         ("--layers x", "expected A-B"),
         ("--layers 0-1", "no slot for block 0"),

@@ -1,7 +1,7 @@
 //! Tensors across the boundary: engine tensors out as numpy arrays, numpy arrays in as tensors.
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
-use numpy::ndarray::{ArrayViewD, IxDyn};
+use numpy::ndarray::{ArrayViewD, IxDyn, ShapeBuilder};
 use numpy::{
     PyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods,
 };
@@ -17,8 +17,9 @@ pub struct TensorMemory {
     _tensor: Tensor,
 }
 
-/// A read-only float32 numpy array over `t`'s memory when it is a contiguous f32 CPU tensor
-/// (no copy), else a float32 copy.
+/// A read-only float32 numpy array over `t`'s memory when it is an f32 CPU tensor — strided
+/// views (a head's slice of a fused projection, a transpose) included, so no activation is
+/// copied — else a float32 copy.
 ///
 /// Read-only because the memory may be shared: a cached `hook_pos_embed` is a view of the
 /// position-embedding weights, and the logits are also the cache's `logits`. The engine
@@ -26,20 +27,31 @@ pub struct TensorMemory {
 /// for as long as the array (which holds the tensor) lives. `.copy()` gives a writable array.
 pub fn to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let dims = t.dims().to_vec();
-    let ptr = {
+    let view = {
         let (storage, layout) = t.storage_and_layout();
-        match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(v[start..end].as_ptr()),
+        match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                let (start, stride) = (layout.start_offset(), layout.stride().to_vec());
+                // The furthest element the view reaches must lie inside the storage.
+                let last = start
+                    + dims
+                        .iter()
+                        .zip(&stride)
+                        .map(|(&d, &s)| d.saturating_sub(1) * s)
+                        .sum::<usize>();
+                let empty = dims.contains(&0);
+                (empty || last < v.len()).then(|| (v[start.min(v.len())..].as_ptr(), stride))
+            }
             _ => None,
         }
     };
-    let arr = match ptr {
-        Some(ptr) => {
+    let arr = match view {
+        Some((ptr, stride)) => {
             let holder = Bound::new(py, TensorMemory { _tensor: t.clone() })?.into_any();
-            // SAFETY: `ptr` points at `dims`' product of f32s inside the tensor's storage,
-            // which `holder` keeps alive and which nothing writes (see above).
+            // SAFETY: every element the shape and strides reach lies inside the tensor's
+            // storage (checked above), which `holder` keeps alive and which nothing writes.
             unsafe {
-                let view = ArrayViewD::from_shape_ptr(IxDyn(&dims), ptr);
+                let view = ArrayViewD::from_shape_ptr(IxDyn(&dims).strides(IxDyn(&stride)), ptr);
                 PyArray::borrow_from_array(&view, holder)
             }
         }

@@ -79,11 +79,7 @@ pub fn run<'py>(
                 return true;
             }
             sofar[i].push(t);
-            let text = s
-                .tok
-                .as_ref()
-                .and_then(|tok| tok.decode(&sofar[i]).ok())
-                .unwrap_or_default();
+            let text = s.text_of(&sofar[i]);
             !stop.iter().any(|x| text.contains(x))
         })
     });
@@ -100,15 +96,9 @@ pub fn run<'py>(
         }
         recordings.push(cache);
         generations.push(ShownGeneration {
-            prompt: match &s.tok {
-                Some(t) => t.decode(ids).unwrap_or_default(),
-                None => format!("{ids:?}"),
-            },
+            prompt: s.text_of(ids),
             prompt_tokens: ids.clone(),
-            text: match &s.tok {
-                Some(t) => t.decode(&g.tokens).unwrap_or_default(),
-                None => String::new(),
-            },
+            text: s.text_of(&g.tokens),
             tokens: g.tokens,
             stop: g.stop,
         });

@@ -31,18 +31,7 @@ pub fn steering_extract(
     out: Option<PathBuf>,
     force: bool,
 ) -> PyResult<(Vec<usize>, Vec<Vec<f32>>)> {
-    let method = match method {
-        "mean" => Method::Mean,
-        "pca-diff" => Method::PcaDiff,
-        "pca-center" => Method::PcaCenter,
-        "llama-mean" => Method::LlamaMean,
-        "llama-pca" => Method::LlamaPca,
-        m => {
-            return Err(PyValueError::new_err(format!(
-                "unknown method {m:?}; use \"mean\", \"pca-diff\", \"pca-center\", \"llama-mean\" or \"llama-pca\""
-            )))
-        }
-    };
+    let method = Method::from_name(method).map_err(errors::lab)?;
     let s = &model.subject;
     let (a, b) = layers;
     if a > b || b >= s.model.cfg.n_layers {
@@ -243,14 +232,7 @@ pub fn steering_sweep<'py>(
         patchclamp_report::run_dir::outside_model(out, &s.home).map_err(errors::report)?;
         patchclamp_report::run_dir::check(out, "steer sweep", force).map_err(errors::report)?;
     }
-    let text = |ids: &[u32]| match &s.tok {
-        Some(t) => t.decode(ids).unwrap_or_else(|_| format!("{ids:?}")),
-        None => ids
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-    };
+    let text = |ids: &[u32]| s.text_of(ids);
     let contains_metric = |_: usize, g: &patchclamp_core::generate::Generation| -> f64 {
         let t = text(&g.tokens);
         contains.iter().any(|c| t.contains(c.as_str())) as u8 as f64

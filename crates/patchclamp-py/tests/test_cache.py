@@ -20,6 +20,7 @@ def test_lookups(run, gpt2):
     assert cache["pattern", 1] is cache["blocks.1.attn.hook_pattern"]
     assert cache["scale", 0, "ln1"] is cache["blocks.0.ln1.hook_scale"]
     assert cache["scale"] is cache["ln_final.hook_scale"]
+    assert cache["logits"].shape == (1, 21, 320) and "logits" in cache
     assert ("q", 0) in cache and "nope" not in cache
     assert len(cache) == len(gpt2.hook_names())
     assert cache["pattern", 1].shape == (1, 4, 21, 21)
@@ -79,3 +80,14 @@ def test_processed_model_apply_ln(reference):
     _, cache = m.run_with_cache(reference("gpt2")["tokens.0"])
     ln = cache.accumulated_resid(apply_ln=True)
     assert np.abs(ln[-1] - cache["ln_final.hook_normalized"]).max() < 1e-5
+
+
+def test_strided_views_hold_the_right_values(gpt2, reference):
+    """Per-head points are strided views of the engine's memory (no copy): their values are
+    TransformerLens's all the same, and they are not C-contiguous copies."""
+    r = reference("gpt2")
+    _, cache = gpt2.run_with_cache(r["tokens.0"])
+    for name in ["blocks.0.attn.hook_q", "blocks.1.attn.hook_k", "blocks.1.attn.hook_v", "blocks.0.attn.hook_pattern"]:
+        assert np.abs(cache[name][0] - r[f"raw.{name}"]).max() <= 1e-4, name
+        assert not cache[name].flags.writeable
+    assert any(not cache[n].flags.c_contiguous for n in cache.keys()), "some point is a strided view"

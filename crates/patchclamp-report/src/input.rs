@@ -167,6 +167,19 @@ impl Subject {
         Ok(id)
     }
 
+    /// The text of `ids` (the ids themselves, space-separated, for a model without a
+    /// tokenizer, or when they do not decode).
+    pub fn text_of(&self, ids: &[u32]) -> String {
+        match &self.tok {
+            Some(t) => t.decode(ids).unwrap_or_else(|_| format!("{ids:?}")),
+            None => ids
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+
     /// A token's text for labels.
     pub fn show(&self, id: u32) -> String {
         self.vocab().show(id)

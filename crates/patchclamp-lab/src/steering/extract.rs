@@ -37,6 +37,25 @@ pub enum Method {
     LlamaPca,
 }
 
+impl Method {
+    /// The method of its command-line name (`mean`, `pca-diff`, `pca-center`, `llama-mean`,
+    /// `llama-pca`), as every face spells it.
+    pub fn from_name(name: &str) -> Result<Method> {
+        Ok(match name {
+            "mean" => Method::Mean,
+            "pca-diff" => Method::PcaDiff,
+            "pca-center" => Method::PcaCenter,
+            "llama-mean" => Method::LlamaMean,
+            "llama-pca" => Method::LlamaPca,
+            m => {
+                return Err(Error::Input(format!(
+                    "unknown method '{m}'; use mean, pca-diff, pca-center, llama-mean or llama-pca"
+                )))
+            }
+        })
+    }
+}
+
 /// One vector per layer, each to be added at that block's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SteeringVectors {

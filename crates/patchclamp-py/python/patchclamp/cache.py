@@ -32,8 +32,14 @@ class ActivationCache:
         self.has_batch_dim = has_batch_dim
 
     # --- the mapping ---
+    def _name(self, key) -> str:
+        # A recorded name is itself (`logits` has no dot but is a full name); else TL's short forms.
+        if isinstance(key, str) and key in self.cache_dict:
+            return key
+        return get_act_name(*key) if isinstance(key, tuple) else get_act_name(key)
+
     def __getitem__(self, key) -> np.ndarray:
-        name = get_act_name(*key) if isinstance(key, tuple) else get_act_name(key)
+        name = self._name(key)
         try:
             return self.cache_dict[name]
         except KeyError:
@@ -49,8 +55,7 @@ class ActivationCache:
         return f"unknown hook point '{name}'{hint}"
 
     def __contains__(self, key) -> bool:
-        name = get_act_name(*key) if isinstance(key, tuple) else get_act_name(key)
-        return name in self.cache_dict
+        return self._name(key) in self.cache_dict
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.cache_dict)
