@@ -2088,6 +2088,11 @@ fn table(dir: &Path) -> Table {
         "bench forward --shape nope",
         "unknown --shape 'nope'",
     );
+    t.err(
+        Degenerate,
+        "bench forward --shape tiny --cache blocks.9.hook_z",
+        "--cache blocks.9.hook_z: unknown hook point",
+    );
 
     // Writes that fail say "writing" and name the path, once.
     t.err(

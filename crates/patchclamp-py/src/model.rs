@@ -64,11 +64,6 @@ impl Model {
             .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
-    /// Whether the model has a tokenizer (lab checkpoints take token ids).
-    fn has_tokenizer(&self) -> bool {
-        self.subject.tok.is_some()
-    }
-
     /// The token ids of `text`, with BOS as TransformerLens adds it (`prepend_bos` overrides).
     #[pyo3(signature = (text, prepend_bos = None))]
     fn to_tokens(&self, text: &str, prepend_bos: Option<bool>) -> PyResult<Vec<u32>> {
@@ -111,6 +106,16 @@ impl Model {
             hooks::point(&self.subject.model, &n)?;
         }
         Ok(())
+    }
+
+    /// The hook names a pattern (`blocks.*.hook_resid_pre`) selects, with the engine's globs.
+    fn resolve_hook_names(&self, pattern: &str) -> PyResult<Vec<String>> {
+        let cfg = &self.subject.model.cfg;
+        let sel = patchclamp_core::Selector::parse(pattern).map_err(errors::core)?;
+        let points = sel
+            .resolve(&HookPoint::all(cfg), cfg)
+            .map_err(errors::core)?;
+        Ok(points.iter().map(|p| p.to_string()).collect())
     }
 
     /// One forward pass over `tokens` rows: logits `[batch, pos, d_vocab]` and the activations

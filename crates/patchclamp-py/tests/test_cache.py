@@ -91,3 +91,11 @@ def test_strided_views_hold_the_right_values(gpt2, reference):
         assert np.abs(cache[name][0] - r[f"raw.{name}"]).max() <= 1e-4, name
         assert not cache[name].flags.writeable
     assert any(not cache[n].flags.c_contiguous for n in cache.keys()), "some point is a strided view"
+
+
+def test_missing_names_say_why(gpt2, reference):
+    _, cache = gpt2.run_with_cache(reference("gpt2")["tokens.0"], names_filter="hook_embed")
+    with pytest.raises(KeyError, match="not recorded"):
+        cache["blocks.0.hook_resid_pre"]
+    with pytest.raises(KeyError, match="did you mean"):
+        cache["blocks.0.hook_resid_prx"]

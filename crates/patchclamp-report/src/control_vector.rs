@@ -157,13 +157,8 @@ impl ControlVector {
         let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut buf = std::io::Cursor::new(Vec::new());
         gguf_file::write(&mut buf, &meta, &refs).map_err(fail)?;
-        patchclamp_core::fsutil::write_atomic(path, buf.get_ref()).map_err(|e| match e {
-            patchclamp_core::Error::Write { source, .. } => Error::Write {
-                path: path.to_path_buf(),
-                source,
-            },
-            e => Error::Core(e),
-        })
+        patchclamp_core::fsutil::write_atomic(path, buf.get_ref())
+            .map_err(|e| crate::run_dir::write_error(path, e))
     }
 
     /// Writes the directions as safetensors (`direction.{k}`, F32), atomically.
@@ -183,13 +178,8 @@ impl ControlVector {
             std::collections::HashMap::from([("model_hint".to_string(), self.model_hint.clone())]);
         let bytes = safetensors::serialize(named.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
             .map_err(|e| bad(path, e.to_string()))?;
-        patchclamp_core::fsutil::write_atomic(path, &bytes).map_err(|e| match e {
-            patchclamp_core::Error::Write { source, .. } => Error::Write {
-                path: path.to_path_buf(),
-                source,
-            },
-            e => Error::Core(e),
-        })
+        patchclamp_core::fsutil::write_atomic(path, &bytes)
+            .map_err(|e| crate::run_dir::write_error(path, e))
     }
 
     /// The interventions that apply it: `scale · direction.k` added to block k's output at every

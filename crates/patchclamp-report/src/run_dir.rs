@@ -249,7 +249,8 @@ fn check_ours(root: &Path, command: &str, force: bool) -> Result<Option<Manifest
 }
 
 /// A core I/O error as the report floor's write error (the path named once).
-fn write_error(path: &Path, e: patchclamp_core::Error) -> Error {
+/// A failed write of `path` as the report floor's error (every file it writes says which).
+pub(crate) fn write_error(path: &Path, e: patchclamp_core::Error) -> Error {
     match e {
         patchclamp_core::Error::Io { source, .. }
         | patchclamp_core::Error::Write { source, .. } => Error::Write {

@@ -50,13 +50,8 @@ pub fn write(path: &Path, point: HookPoint, model_hint: &str, t: &Transport) -> 
     ]);
     let bytes = safetensors::serialize(named.iter().map(|(k, t)| (*k, t)), Some(meta))
         .map_err(|e| bad(path, e.to_string()))?;
-    patchclamp_core::fsutil::write_atomic(path, &bytes).map_err(|e| match e {
-        patchclamp_core::Error::Write { source, .. } => Error::Write {
-            path: path.to_path_buf(),
-            source,
-        },
-        e => Error::Core(e),
-    })
+    patchclamp_core::fsutil::write_atomic(path, &bytes)
+        .map_err(|e| crate::run_dir::write_error(path, e))
 }
 
 /// Reads a transport file, checked for one width, finite values and `low ≤ high`.

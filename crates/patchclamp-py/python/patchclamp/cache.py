@@ -46,13 +46,12 @@ class ActivationCache:
             raise KeyError(self._missing(name)) from None
 
     def _missing(self, name: str) -> str:
-        import difflib
-
-        if name in self.model.hook_names():
-            return f"{name} was not recorded (names_filter left it out)"
-        near = difflib.get_close_matches(name, list(self.model.hook_names()), n=3)
-        hint = f"; did you mean {', '.join(near)}?" if near else ""
-        return f"unknown hook point '{name}'{hint}"
+        # The engine names the nearest points of an unknown name (its KeyError's message).
+        try:
+            self.model._m.check_hook_names([name])
+        except KeyError as e:
+            return e.args[0]
+        return f"{name} was not recorded (names_filter left it out)"
 
     def __contains__(self, key) -> bool:
         return self._name(key) in self.cache_dict

@@ -231,9 +231,7 @@ class HookedTransformer:
             raise NotImplementedError("backward hooks are not supported; use patchclamp.patching.attribute")
         functions = []
         for name, fn in fwd_hooks:
-            names = self._names(name)
-            if any("*" in n for n in names):
-                names = [n for n in self.hook_names() if _glob(n, names)]
+            names = [r for n in self._names(name) for r in (self._m.resolve_hook_names(n) if "*" in n else [n])]
             functions.append((names, _wrap(fn)))
         return self._run(input, [], None, interventions, functions, return_type)[0]
 
@@ -352,12 +350,6 @@ def load(path_or_repo: str, processing: bool = False) -> HookedTransformer:
     """Loads a Hugging Face folder, a cached ``ORG/NAME`` (never downloaded) or a lab
     checkpoint; ``processing=True`` applies TransformerLens's weight processing."""
     return HookedTransformer(_native.Model.load(str(path_or_repo), bool(processing)))
-
-
-def _glob(name: str, patterns: Sequence[str]) -> bool:
-    import fnmatch
-
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def _wrap(fn: HookFn):
