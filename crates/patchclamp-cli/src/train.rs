@@ -1,12 +1,12 @@
-//! `patchclamp train exp.toml`: one training run from an experiment file, and the run
-//! executor `lab` shares (progress bar, run folder, log, checkpoint, final model).
+//! `patchclamp train exp.toml`: one training run from an experiment file, and the progress
+//! bars `lab` shares.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use patchclamp_lab::experiment::{Experiment, FinishedRun};
-use patchclamp_lab::train::{Event, Resume, RunOptions};
-use patchclamp_report::train_run::{self, Prepared, TrainRequest};
+use patchclamp_lab::experiment::Experiment;
+use patchclamp_lab::train::{Event, Resume};
+use patchclamp_report::train_run::{self, TrainRequest};
 
 /// Arguments of `train`.
 #[derive(clap::Args)]
@@ -38,21 +38,8 @@ pub struct Args {
     force: bool,
 }
 
-/// Trains a prepared run with a progress bar in `mp`.
-pub fn execute(
-    p: Prepared,
-    opts: &RunOptions,
-    dir: PathBuf,
-    mp: &indicatif::MultiProgress,
-) -> anyhow::Result<FinishedRun> {
-    let bar = progress_bar(&p.label, p.exp.train.steps, mp)?;
-    let done = train_run::execute(p, opts, dir, |label, e| show(&bar, label, e))?;
-    bar.finish();
-    Ok(done)
-}
-
 /// A run's progress bar, named by its label.
-fn progress_bar(
+pub fn progress_bar(
     label: &str,
     steps: u64,
     mp: &indicatif::MultiProgress,
@@ -66,7 +53,7 @@ fn progress_bar(
 }
 
 /// One training event on a run's bar.
-fn show(bar: &indicatif::ProgressBar, label: &str, e: Event) {
+pub fn show(bar: &indicatif::ProgressBar, label: &str, e: Event) {
     match e {
         Event::Step(s) => bar.set_position(s.step),
         Event::Eval(ev) => bar.set_message(format!("in-context loss {:.3}", ev.in_context_loss)),

@@ -1,10 +1,13 @@
-//! `patchclamp.lab.train`: an experiment trained into a run folder, as `patchclamp train`.
+//! `patchclamp.lab`: an experiment trained into a run folder, as `patchclamp train`, and the
+//! lab's calibrated experiments, as `patchclamp lab`.
 
 use std::path::{Path, PathBuf};
 
+use patchclamp_core::Intervention;
 use patchclamp_lab::experiment::Experiment;
 use patchclamp_lab::train::{Event, Resume};
 use patchclamp_lab::util::interrupt;
+use patchclamp_report::lab_run::{self, LabEvent, LabRequest};
 use patchclamp_report::train_run::{self, TrainRequest};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -119,4 +122,101 @@ pub fn train(
     }
     let done = r.map_err(errors::report)?;
     Ok((done.dir, done.summary))
+}
+
+/// The lab's experiments as (name, description) pairs, as `patchclamp lab` lists them.
+#[pyfunction]
+pub fn experiments() -> Vec<(&'static str, &'static str)> {
+    lab_run::EXPERIMENTS.to_vec()
+}
+
+/// Runs one of the lab's experiments into `out` (default `runs/NAME`), as `patchclamp lab
+/// NAME`; `clamp` is a TOML file with `[[interventions]]` (or, with `clamp_is_json`, a JSON
+/// list of interventions) to train one more run under. `progress(label, kind, step, value)`
+/// sees each run's start (`"start"`, its length), steps (`"step"`, loss), evaluations
+/// (`"eval"`, in-context loss) and a protocol's stages (`"stage"`). Ctrl-C stops the runs
+/// after their current step. Returns the folder, its main page and the summary lines.
+#[pyfunction]
+#[pyo3(name = "lab_run", signature = (name, out = None, seed = 0, steps = None, clamp = None, clamp_is_json = false, force = false, progress = None))]
+#[allow(clippy::too_many_arguments)]
+pub fn run_lab(
+    py: Python<'_>,
+    name: &str,
+    out: Option<PathBuf>,
+    seed: u64,
+    steps: Option<u64>,
+    clamp: Option<String>,
+    clamp_is_json: bool,
+    force: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<(PathBuf, PathBuf, Vec<String>)> {
+    let clamp = match clamp {
+        None => None,
+        Some(text) if clamp_is_json => Some(
+            serde_json::from_str::<Vec<Intervention>>(&text)
+                .map_err(|e| PyValueError::new_err(format!("clamp: {e}")))?,
+        ),
+        Some(path) => Some(lab_run::read_clamp(Path::new(&path)).map_err(errors::report)?),
+    };
+    let req = LabRequest {
+        command: format!("patchclamp.lab.run({name:?})"),
+        name: name.to_string(),
+        seed,
+        steps,
+        out: out.unwrap_or_else(|| Path::new("runs").join(name)),
+        clamp,
+        force,
+    };
+    let raised = crate::hooks::Raised::default();
+    interrupt::clear();
+    let call = |label: &str, kind: &str, step: u64, value: f64| {
+        if let Some(f) = &progress {
+            Python::attach(|py| {
+                if let Err(e) = f.call1(py, (label, kind, step, value)) {
+                    raised.set(e);
+                    interrupt::request();
+                }
+            })
+        }
+    };
+    let on_event = |e: LabEvent| match e {
+        LabEvent::Start { label, steps } => call(label, "start", 0, steps as f64),
+        LabEvent::Train { label, event } => match event {
+            Event::Step(s) => call(label, "step", s.step, s.loss as f64),
+            Event::Eval(ev) => call(label, "eval", ev.step, ev.in_context_loss as f64),
+            Event::Resumed(s) => call(label, "resumed", s, f64::NAN),
+        },
+        LabEvent::Stage(stage) => call(stage, "stage", 0, f64::NAN),
+    };
+    // The runs train on worker threads, where Python cannot see signals: this thread waits
+    // for them and turns a Ctrl-C into the engine's interrupt.
+    let r = py.detach(|| {
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = tx.send(lab_run::run(req, on_event));
+            });
+            loop {
+                match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                    Ok(r) => break r,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = Python::attach(|py| py.check_signals()) {
+                            raised.set(e);
+                            interrupt::request();
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        break Err(patchclamp_report::Error::Input(
+                            "the lab thread stopped without a result".into(),
+                        ))
+                    }
+                }
+            }
+        })
+    });
+    if let Some(e) = raised.take() {
+        return Err(e);
+    }
+    let done = r.map_err(errors::report)?;
+    Ok((done.dir, done.report, done.lines))
 }

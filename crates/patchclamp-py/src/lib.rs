@@ -67,6 +67,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     m.add_function(wrap_pyfunction!(lab::train, m)?)?;
     m.add_function(wrap_pyfunction!(lab::presets, m)?)?;
+    m.add_function(wrap_pyfunction!(lab::experiments, m)?)?;
+    m.add_function(wrap_pyfunction!(lab::run_lab, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

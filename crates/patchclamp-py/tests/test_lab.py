@@ -87,3 +87,67 @@ def test_presets_are_the_flagship_runs():
     assert runs[1][1]["interventions"][0]["op"]["kind"] == "zero"
     with pytest.raises(ValueError, match="preset"):
         pc.lab.presets("grokking")
+
+
+def cli_lines(cli, *args):
+    """What `patchclamp lab …` prints, without its timing line."""
+    out = subprocess.run([cli, "lab", *args], check=True, capture_output=True, text=True).stdout
+    return [l for l in out.splitlines() if not l.startswith("finished in")]
+
+
+def test_lab_experiments_are_the_cli_list(cli):
+    names = [n for n, _ in pc.lab.experiments()]
+    assert names == ["induction", "singh-ih", "toy-phase", "critical-periods", "steering"]
+    listed = subprocess.run([cli, "lab"], check=True, capture_output=True, text=True).stdout
+    assert all(f"  {n} " in listed for n in names)
+
+
+def test_lab_toy_phase_equals_the_cli(tmp_path, cli):
+    lab = pc.lab.run("toy-phase", out=tmp_path / "py", steps=60)
+    assert isinstance(lab, pc.lab.LabRun) and lab.report.is_file() and lab.runs == {}
+    assert lab.lines == cli_lines(cli, "toy-phase", "--steps", "60", "--out", str(tmp_path / "cli"))
+    assert lab.summary == json.loads((tmp_path / "cli" / "summary.json").read_text())
+
+
+def test_lab_induction_with_a_clamp_equals_the_cli(tmp_path, cli):
+    clamp = [{"at": "blocks.0.attn.hook_pattern", "select": {"heads": [0]}, "op": {"kind": "zero"}}]
+    seen = []
+    lab = pc.lab.run("induction", out=tmp_path / "py", steps=12, clamp=clamp,
+                     progress=lambda label, kind, step, value: seen.append((label, kind, step)))
+    assert sorted(lab.runs) == ["induction-baseline", "induction-custom-clamp", "induction-layer0-ablated",
+                                "induction-prev-token-clamp"]
+    starts = [label for label, kind, _ in seen if kind == "start"]
+    assert len(starts) == 4 and "custom clamp" in starts
+    assert sum(kind == "step" for _, kind, _ in seen) == 4 * 12
+    (tmp_path / "clamp.toml").write_text(
+        '[[interventions]]\nat = "blocks.0.attn.hook_pattern"\nselect = { heads = [0] }\nop = { kind = "zero" }\n')
+    lines = cli_lines(cli, "induction", "--steps", "12", "--clamp", str(tmp_path / "clamp.toml"),
+                      "--out", str(tmp_path / "cli"))
+    assert lab.lines == lines and lab.report == lab.path / "report.html" and lab.report.is_file()
+    for name, run in lab.runs.items():
+        assert log_lines(run) == (tmp_path / "cli" / name / "log.jsonl").read_text().splitlines(), name
+    assert lab.runs["induction-baseline"].curve("in_context_loss")[0].tolist()[0] == 0
+
+
+def test_lab_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown experiment 'grokking'"):
+        pc.lab.run("grokking", out=tmp_path / "a")
+    with pytest.raises(ValueError, match="--steps does not apply"):
+        pc.lab.run("critical-periods", out=tmp_path / "b", steps=10)
+    with pytest.raises(ValueError, match="--clamp applies to induction"):
+        pc.lab.run("toy-phase", out=tmp_path / "c", clamp=[])
+    with pytest.raises(FileNotFoundError):
+        pc.lab.run("induction", out=tmp_path / "d", clamp=tmp_path / "missing.toml")
+    assert not any((tmp_path / d).exists() for d in "abcd")
+
+
+def test_lab_ctrl_c_stops_every_run(tmp_path):
+    def interrupt(label, kind, step, value):
+        if kind == "step" and step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        pc.lab.run("induction", out=tmp_path / "cut", steps=400, progress=interrupt)
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["complete"] is False
+    logs = list((tmp_path / "cut").glob("*/log.jsonl"))
+    assert len(logs) == 3 and all(len(p.read_text().splitlines()) < 400 for p in logs)

@@ -20,3 +20,4 @@ def test_readme_python_example(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "heads" / "report.html").is_file()
     assert len(scope["run"].steps) == 200 and scope["run"].report.is_file()
     assert (tmp_path / "runs" / "mood.gguf").is_file() and sorted(scope["vec"].vectors) == [1]
+    assert scope["lab"].report.resolve() == (tmp_path / "runs" / "toy-phase" / "loss.svg").resolve() and scope["lab"].lines

@@ -7,7 +7,9 @@
 //! 3. [`Outcome`]: what a typed lab result implements to be written: `result.json` (the
 //!    result itself), `result.safetensors`, figures ([`plot`]) and `report.html`
 //!    ([`write_outcome`]). [`outcomes`] holds the implementations for the lab's analyses.
-//! 4. [`training`]: the report of training runs (curves, patterns, `summary.json`).
+//! 4. [`training`]: the report of training runs (curves, patterns, `summary.json`);
+//!    [`train_run`] trains an experiment into a folder, [`lab_run`] runs the lab's calibrated
+//!    experiments (several runs side by side, the toy protocols, the K8 battery).
 //!
 //! The CLI, the Python package and a server call the same lab function, get the same struct,
 //! and hand it here: a face adds no numbers.
@@ -18,6 +20,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod html;
 pub mod input;
+pub mod lab_run;
 pub mod outcomes;
 pub mod output;
 pub mod plot;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use patchclamp_core::{HookPoint, Hooks, Op};
-use patchclamp_lab::analysis::probes;
+use patchclamp_lab::analysis::heads::HeadProbe;
 use patchclamp_lab::experiment::FinishedRun as RunOutput;
 use patchclamp_lab::tasks::TaskSpec;
 use patchclamp_lab::train::{EvalRecord, Summary};
@@ -213,7 +213,15 @@ pub fn write(
         }
         // Final attention patterns of the induction and previous-token heads, as trained.
         if let (TaskSpec::Repeated(t), Some(s)) = (&r.exp.task, &r.summary) {
-            let probe = probes::repeated_probe(t.vocab, (t.seq_len / 2).min(12), 1, 7);
+            let probe = HeadProbe {
+                n: 1,
+                block: (t.seq_len / 2).min(12),
+                repeats: 2,
+                seed: 7,
+                prefix: None,
+                chunk: 1,
+            }
+            .sequences(t.vocab);
             let heads: Vec<(usize, usize, &str)> = [
                 s.induction_head.map(|(l, h)| (l, h, "induction")),
                 s.prev_token_head.map(|(l, h)| (l, h, "previous-token")),

@@ -97,6 +97,16 @@ pub struct AttentionScores {
 
 /// The attention-pattern scores of every head on `probe`'s sequences, streamed in chunks.
 pub fn attention_scores(model: &Model, probe: &HeadProbe) -> Result<AttentionScores> {
+    attention_scores_under(model, probe, |_| Ok(Hooks::none()))
+}
+
+/// [`attention_scores`] under the hooks `hooks(chunk)` builds for each chunk of sequences (a
+/// trainer's clamps, which may need the chunk's tokens).
+pub fn attention_scores_under(
+    model: &Model,
+    probe: &HeadProbe,
+    mut hooks: impl FnMut(&[Vec<u32>]) -> Result<Hooks>,
+) -> Result<AttentionScores> {
     let cfg = &model.cfg;
     if probe.repeats < 2 || probe.block < 2 || probe.n == 0 {
         return Err(Error::Input(
@@ -133,7 +143,7 @@ pub fn attention_scores(model: &Model, probe: &HeadProbe) -> Result<AttentionSco
             .collect();
         let chunk = chunk.as_slice();
         let input = Input::batch(chunk, Padding::Right, 0, model.device())?;
-        let mut hooks = Hooks::none().capture(Selector::parse("blocks.*.attn.hook_pattern")?);
+        let mut hooks = hooks(chunk)?.capture(Selector::parse("blocks.*.attn.hook_pattern")?);
         model.forward(&input, &mut hooks)?;
         for l in 0..nl {
             let pat = hooks.cache().get(HookPoint::Pattern(l)).expect("captured");

@@ -1,14 +1,15 @@
-//! Measurements taken during training: per-head attention scores on repeated random tokens,
-//! composition scores between heads, Singh et al.'s induction strength, and phase-change
-//! detection on a metric's curve (METHODS.md §1a, §2.1a).
+//! Measurements taken during training: the per-head scores it records (computed by the head
+//! census, [`crate::analysis::heads`]), composition scores between heads, Singh et al.'s
+//! induction strength, and phase-change detection on a metric's curve (METHODS.md §1a, §2.1a).
 
-use crate::error::Result;
 use candle_core::{Tensor, D};
-use patchclamp_core::rng::Rng;
 use patchclamp_core::{HookPoint, Hooks, Input, Model, Selector};
 use serde::{Deserialize, Serialize};
 
-/// Per-layer, per-head attention scores (`[layer][head]`).
+use crate::analysis::heads::AttentionScores;
+use crate::error::Result;
+
+/// The attention scores training records per `[layer][head]` on `r r` probes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HeadScores {
     /// `mean_t A[t, t−1]`.
@@ -19,49 +20,20 @@ pub struct HeadScores {
     pub duplicate: Vec<Vec<f32>>,
 }
 
-/// `n` sequences `r r` of `half` uniform random tokens (a fixed seed: the same probe at every
-/// evaluation).
-pub fn repeated_probe(vocab: usize, half: usize, n: usize, seed: u64) -> Vec<Vec<u32>> {
-    let mut rng = Rng::new(seed);
-    (0..n)
-        .map(|_| {
-            let r: Vec<u32> = (0..half).map(|_| rng.below(vocab as u64) as u32).collect();
-            [r.clone(), r].concat()
-        })
-        .collect()
-}
-
-/// Head scores of `model` on `probe` (each `r r`), under `hooks` (clamps, if any).
-pub fn head_scores(model: &Model, probe: &[Vec<u32>], hooks: Hooks) -> Result<HeadScores> {
-    let cfg = &model.cfg;
-    let mut hooks = hooks.capture(Selector::parse("blocks.*.attn.hook_pattern")?);
-    let input = Input::batch(probe, patchclamp_core::Padding::Right, 0, model.device())?;
-    model.forward(&input, &mut hooks)?;
-    let s = probe[0].len();
-    let half = s / 2;
-    let mut out = HeadScores::default();
-    for l in 0..cfg.n_layers {
-        let pat = hooks
-            .cache()
-            .get(HookPoint::Pattern(l))
-            .expect("captured")
-            .mean(0)?
-            .to_vec3::<f32>()?; // [H, S, S], averaged over sequences
-        let diag = |h: usize, lag: usize, from: usize| -> f32 {
-            let ts: Vec<usize> = (from.max(lag)..s).collect();
-            ts.iter().map(|&t| pat[h][t][t - lag]).sum::<f32>() / ts.len() as f32
+impl From<&AttentionScores> for HeadScores {
+    /// The three scores training records, from the head census's (one implementation).
+    fn from(s: &AttentionScores) -> Self {
+        let f32s = |m: &[Vec<f64>]| -> Vec<Vec<f32>> {
+            m.iter()
+                .map(|row| row.iter().map(|&x| x as f32).collect())
+                .collect()
         };
-        out.prev_token
-            .push((0..cfg.attn.n_heads).map(|h| diag(h, 1, 1)).collect());
-        out.induction.push(
-            (0..cfg.attn.n_heads)
-                .map(|h| diag(h, half - 1, half))
-                .collect(),
-        );
-        out.duplicate
-            .push((0..cfg.attn.n_heads).map(|h| diag(h, half, half)).collect());
+        HeadScores {
+            prev_token: f32s(&s.prev_token),
+            induction: f32s(&s.induction),
+            duplicate: f32s(&s.duplicate),
+        }
     }
-    Ok(out)
 }
 
 /// How one head's output feeds another's input (Elhage et al. 2021).

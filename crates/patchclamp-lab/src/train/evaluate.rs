@@ -7,6 +7,7 @@ use patchclamp_core::Hooks;
 use serde::{Deserialize, Serialize};
 
 use super::Trainer;
+use crate::analysis::heads::{attention_scores_under, HeadProbe};
 use crate::analysis::probes::{self, Composition};
 use crate::error::Result;
 use crate::tasks::{Batch, Split, TaskSpec};
@@ -60,7 +61,8 @@ pub struct EvalRecord {
 pub(super) struct EvalSet {
     batch: Batch,
     held_out: Option<Batch>,
-    probe: Vec<Vec<u32>>,
+    /// The head-score probe (repeated-segment tasks with room for `r r`, r ≥ 2 tokens).
+    probe: Option<HeadProbe>,
 }
 
 pub(super) fn eval_set(tr: &Trainer, task: &TaskSpec) -> EvalSet {
@@ -72,10 +74,15 @@ pub(super) fn eval_set(tr: &Trainer, task: &TaskSpec) -> EvalSet {
         _ => None,
     };
     let probe = match task {
-        TaskSpec::Repeated(r) => {
-            probes::repeated_probe(r.vocab, r.seq_len / 2, 16, tr.spec.seed ^ 0x9_90BE)
-        }
-        _ => vec![],
+        TaskSpec::Repeated(r) if r.seq_len / 2 >= 2 => Some(HeadProbe {
+            n: 16,
+            block: r.seq_len / 2,
+            repeats: 2,
+            seed: tr.spec.seed ^ 0x9_90BE,
+            prefix: None,
+            chunk: 16,
+        }),
+        _ => None,
     };
     EvalSet {
         batch,
@@ -100,8 +107,8 @@ pub(super) fn evaluate(
         Some(b) => losses(&model, task, b, clamped(b)?)?.3,
         None => None,
     };
-    let heads = scores(&model, task, &set.probe, || {
-        tr.hooks(step, &probe_batch(&set.probe))
+    let heads = scores(&model, &set.probe, |seqs| {
+        tr.hooks(step, &probe_batch(seqs))
     })?;
     let clamped_strength = strength(&model, task, &set.batch, clamped(&set.batch)?)?;
     let active = tr.interventions.iter().any(|iv| iv.when.active(step));
@@ -110,7 +117,7 @@ pub(super) fn evaluate(
         Some(FreeEval {
             loss,
             in_context_loss,
-            heads: scores(&model, task, &set.probe, || Ok(Hooks::none()))?,
+            heads: scores(&model, &set.probe, |_| Ok(Hooks::none()))?,
             induction_strength: strength(&model, task, &set.batch, Hooks::none())?,
             accuracy,
         })
@@ -149,15 +156,15 @@ fn probe_batch(probe: &[Vec<u32>]) -> Batch {
     }
 }
 
+/// The recorded head scores on `probe` (none without one), by the head census's code.
 fn scores(
     model: &patchclamp_core::Model,
-    task: &TaskSpec,
-    probe: &[Vec<u32>],
-    hooks: impl FnOnce() -> Result<Hooks>,
+    probe: &Option<HeadProbe>,
+    hooks: impl FnMut(&[Vec<u32>]) -> Result<Hooks>,
 ) -> Result<HeadScores> {
-    match task {
-        TaskSpec::Repeated(_) => probes::head_scores(model, probe, hooks()?),
-        _ => Ok(HeadScores::default()),
+    match probe {
+        Some(p) => Ok(HeadScores::from(&attention_scores_under(model, p, hooks)?)),
+        None => Ok(HeadScores::default()),
     }
 }
 

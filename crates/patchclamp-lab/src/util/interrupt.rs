@@ -19,9 +19,10 @@ pub fn clear() {
     REQUESTED.store(false, Ordering::SeqCst);
 }
 
-/// `Err(Interrupted)` when a stop was requested (the request is used up).
+/// `Err(Interrupted)` when a stop was requested. The request stands until a face clears it,
+/// so every loop running under it stops (the lab trains several runs at once).
 pub fn check() -> crate::Result<()> {
-    if REQUESTED.swap(false, Ordering::SeqCst) {
+    if REQUESTED.load(Ordering::SeqCst) {
         return Err(crate::Error::Interrupted);
     }
     Ok(())

@@ -64,6 +64,17 @@ def train(
     force: bool = False,
     progress: Optional[Callable[[str, int, float], Any]] = None,
 ) -> Tuple[str, str]: ...
+def experiments() -> List[Tuple[str, str]]: ...
+def lab_run(
+    name: str,
+    out: Optional[str] = None,
+    seed: int = 0,
+    steps: Optional[int] = None,
+    clamp: Optional[str] = None,
+    clamp_is_json: bool = False,
+    force: bool = False,
+    progress: Optional[Callable[[str, str, int, float], Any]] = None,
+) -> Tuple[str, str, List[str]]: ...
 
 Analysed = Tuple[str, str, Dict[str, np.ndarray]]
 

@@ -20,7 +20,11 @@ class Run:
 
     def __init__(self, path: Union[str, os.PathLike]):
         self.path = Path(path)
-        if not (self.path / "manifest.json").is_file():
+        # A lab comparison keeps its runs in sub-folders under one manifest.
+        finished = (self.path / "manifest.json").is_file() or (
+            (self.path / "log.jsonl").is_file() and (self.path.parent / "manifest.json").is_file()
+        )
+        if not finished:
             raise FileNotFoundError(f"{self.path} holds no finished patchclamp run (no manifest.json)")
 
     def _lines(self) -> List[Dict[str, Any]]:
@@ -113,3 +117,71 @@ def train(
     if progress is True:
         print(file=sys.stderr)
     return Run(path)
+
+
+class LabRun:
+    """A lab experiment's folder (``patchclamp lab NAME``): its main page, the lines the CLI
+    prints, and the training runs it holds (by folder name)."""
+
+    def __init__(self, path: Union[str, os.PathLike], report: Union[str, os.PathLike], lines: List[str]):
+        self.path = Path(path)
+        self.report = Path(report)
+        self.lines = list(lines)
+
+    @property
+    def runs(self) -> Dict[str, Run]:
+        """The training runs, by sub-folder name (empty for the toy protocols and K8)."""
+        return {p.name: Run(p) for p in sorted(self.path.iterdir()) if (p / "log.jsonl").is_file()}
+
+    @property
+    def summary(self) -> Dict[str, Any]:
+        """``summary.json`` (every experiment writes one)."""
+        with open(self.path / "summary.json") as f:
+            return json.load(f)
+
+    def __repr__(self) -> str:
+        return f"LabRun({str(self.path)!r})"
+
+
+def experiments() -> List[Tuple[str, str]]:
+    """The lab's experiments as ``(name, description)`` pairs, as ``patchclamp lab`` lists them."""
+    return list(_native.experiments())
+
+
+def _lab_bar() -> Callable[[str, str, int, float], None]:
+    """One line per event worth a line on stderr."""
+
+    def show(label: str, kind: str, step: int, value: float) -> None:
+        if kind == "eval":
+            print(f"{label}: step {step:>6}  in-context loss {value:.4f}", file=sys.stderr, flush=True)
+        elif kind == "stage":
+            print(label, file=sys.stderr, flush=True)
+
+    return show
+
+
+def run(
+    name: str,
+    out: Optional[Union[str, os.PathLike]] = None,
+    seed: int = 0,
+    steps: Optional[int] = None,
+    clamp: Union[None, str, os.PathLike, List[Dict[str, Any]]] = None,
+    force: bool = False,
+    progress: Union[None, bool, Callable[[str, str, int, float], Any]] = None,
+) -> LabRun:
+    """Runs one of the lab's experiments (see :func:`experiments`) into ``out`` (default
+    ``runs/NAME``), exactly as ``patchclamp lab NAME``: the same folder, runs and report.
+    ``clamp`` (a TOML file with ``[[interventions]]``, or a list of intervention dicts) trains
+    one more run under those interventions (``induction``, ``singh-ih``).
+    ``progress(label, kind, step, value)`` sees each run's ``"start"`` (value: its steps),
+    ``"step"`` (loss), ``"eval"`` (in-context loss) and a protocol's ``"stage"`` (label: the
+    stage); ``True`` prints evaluations and stages on stderr. Ctrl-C stops the runs cleanly."""
+    if clamp is None or isinstance(clamp, (list, tuple)):
+        text, is_json = (None if clamp is None else json.dumps(list(clamp))), True
+    else:
+        text, is_json = os.fspath(clamp), False
+    cb = _lab_bar() if progress is True else (progress or None)
+    path, report, lines = _native.lab_run(
+        name, None if out is None else os.fspath(out), seed, steps, text, is_json, force, cb
+    )
+    return LabRun(path, report, lines)
