@@ -631,6 +631,7 @@ fn prepare(dir: &Path) {
         ),
     );
     w("clamp-nan.toml", "[[interventions]]\nat = \"blocks.0.hook_attn_out\"\nop = { kind = \"scale\", factor = nan }\n");
+    w("clamp-empty.toml", "interventions = []\n");
     w("clamp-head.toml", "[[interventions]]\nat = \"blocks.0.attn.hook_pattern\"\nselect = { heads = [7] }\nop = { kind = \"zero\" }\n");
 }
 
@@ -1379,6 +1380,16 @@ fn table(dir: &Path) -> Table {
         Degenerate,
         "lab toy-phase --clamp {dir}/clamp-nan.toml --out {out}",
         "--clamp applies to induction and singh-ih",
+    );
+    t.err(
+        Degenerate,
+        "lab steering --clamp {dir}/clamp-nan.toml --out {out}",
+        "steers it afterwards",
+    );
+    t.err(
+        Degenerate,
+        "lab induction --clamp {dir}/clamp-empty.toml --steps 2 --out {out}",
+        "the clamp holds no interventions",
     );
     t.err(Degenerate, "lab nonsense", "unknown experiment 'nonsense'");
 

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use patchclamp_core::Intervention;
 use patchclamp_lab::experiment::Experiment;
 use patchclamp_lab::train::{Event, Resume};
 use patchclamp_lab::util::interrupt;
@@ -152,10 +151,7 @@ pub fn run_lab(
 ) -> PyResult<(PathBuf, PathBuf, Vec<String>)> {
     let clamp = match clamp {
         None => None,
-        Some(text) if clamp_is_json => Some(
-            serde_json::from_str::<Vec<Intervention>>(&text)
-                .map_err(|e| PyValueError::new_err(format!("clamp: {e}")))?,
-        ),
+        Some(text) if clamp_is_json => Some(crate::hooks::interventions(&text)?),
         Some(path) => Some(lab_run::read_clamp(Path::new(&path)).map_err(errors::report)?),
     };
     let req = LabRequest {
@@ -192,26 +188,19 @@ pub fn run_lab(
     // for them and turns a Ctrl-C into the engine's interrupt.
     let r = py.detach(|| {
         std::thread::scope(|s| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            s.spawn(move || {
-                let _ = tx.send(lab_run::run(req, on_event));
-            });
-            loop {
-                match rx.recv_timeout(std::time::Duration::from_millis(100)) {
-                    Ok(r) => break r,
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(e) = Python::attach(|py| py.check_signals()) {
-                            raised.set(e);
-                            interrupt::request();
-                        }
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                        break Err(patchclamp_report::Error::Input(
-                            "the lab thread stopped without a result".into(),
-                        ))
-                    }
+            let worker = s.spawn(move || lab_run::run(req, on_event));
+            while !worker.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if let Err(e) = Python::attach(|py| py.check_signals()) {
+                    raised.set(e);
+                    interrupt::request();
                 }
             }
+            worker.join().unwrap_or_else(|_| {
+                Err(patchclamp_report::Error::Input(
+                    "the lab thread panicked".into(),
+                ))
+            })
         })
     });
     if let Some(e) = raised.take() {

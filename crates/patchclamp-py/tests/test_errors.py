@@ -43,6 +43,8 @@ def test_bad_interventions_are_value_errors(gpt2):
         gpt2.run_with_hooks([0, 1], interventions=[{"at": "blocks.0.hook_mlp_out", "op": {"kind": "add", "vector": [1.0, 2.0]}}])
     with pytest.raises(ValueError, match="NaN"):
         gpt2.run_with_hooks([0, 1], interventions=[{"at": "blocks.0.hook_mlp_out", "op": {"kind": "add", "vector": np.full(32, np.nan)}}])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        gpt2.run_with_hooks([0, 1], interventions=[{"at": "blocks.0.hook_mlp_out", "op": {"kind": "scale", "factor": float("nan")}}])
 
 
 def test_generation_settings_are_checked(gpt2):

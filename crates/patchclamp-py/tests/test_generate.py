@@ -36,6 +36,9 @@ def test_steered_generation_equals_steered_recompute(gpt2):
     out = gpt2.generate(prompt, max_new_tokens=8, do_sample=False, stop_at_eos=False, interventions=iv)
     assert out[0, 4:].tolist() == greedy_by_recompute(gpt2, prompt, 8, iv)
     assert out[0, 4:].tolist() != greedy_by_recompute(gpt2, prompt, 8), "the steer changed the text"
+    as_array = [{**iv[0], "op": {**iv[0]["op"], "vector": np.sin(np.arange(32)) * 3}}]
+    assert np.array_equal(gpt2.generate(prompt, max_new_tokens=8, do_sample=False, stop_at_eos=False,
+                                        interventions=as_array), out), "a numpy vector steers as its list does"
 
 
 def cli_tokens(cli, *args):

@@ -138,7 +138,25 @@ def test_lab_errors(tmp_path):
         pc.lab.run("toy-phase", out=tmp_path / "c", clamp=[])
     with pytest.raises(FileNotFoundError):
         pc.lab.run("induction", out=tmp_path / "d", clamp=tmp_path / "missing.toml")
-    assert not any((tmp_path / d).exists() for d in "abcd")
+    with pytest.raises(ValueError, match="the clamp holds no interventions"):
+        pc.lab.run("induction", out=tmp_path / "e", steps=2, clamp=[])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        pc.lab.run("induction", out=tmp_path / "f", steps=2,
+                   clamp=[{"at": "blocks.0.hook_attn_out", "op": {"kind": "scale", "factor": float("nan")}}])
+    with pytest.raises(ValueError, match="steps"):
+        pc.lab.run("steering", out=tmp_path / "g", steps=0)
+    assert not any((tmp_path / d).exists() for d in "abcdefg")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a patchclamp run"):
+        pc.lab.run("toy-phase", out=tmp_path / "theirs", steps=5)
+    assert sorted(p.name for p in (tmp_path / "theirs").iterdir()) == ["notes.txt"]
+
+    def broken(label, kind, step, value):
+        raise RuntimeError("my callback broke")
+
+    with pytest.raises(RuntimeError, match="my callback broke"):
+        pc.lab.run("induction", out=tmp_path / "h", steps=50, progress=broken)
 
 
 def test_lab_ctrl_c_stops_every_run(tmp_path):

@@ -83,9 +83,12 @@ pub fn run(req: LabRequest, on_event: impl Fn(LabEvent) + Sync) -> Result<LabDon
     let refuse = |what: &str| Err(Error::Input(what.to_string()));
     match name {
         "induction" | "singh-ih" => multi_run(req, &on_event),
-        "toy-phase" | "critical-periods" | "steering" if req.clamp.is_some() => refuse(&format!(
-            "{name} trains its models without your clamps; --clamp applies to induction and singh-ih"
+        "toy-phase" | "critical-periods" if req.clamp.is_some() => refuse(&format!(
+            "{name} trains plain factor models without hook points; --clamp applies to induction and singh-ih (the toy clamps are built in)"
         )),
+        "steering" if req.clamp.is_some() => refuse(
+            "steering trains its model plainly and steers it afterwards; --clamp applies to induction and singh-ih",
+        ),
         "toy-phase" => {
             let t = protocols::toy_phase(req.seed, req.steps.unwrap_or(1000) as usize)?;
             let mut run = RunDir::create(&req.out, &kind(&req), req.force)?;
@@ -139,6 +142,11 @@ fn multi_run(mut req: LabRequest, on_event: &(impl Fn(LabEvent) + Sync)) -> Resu
         presets::induction(req.seed, req.steps.unwrap_or(1500))
     };
     if let Some(ivs) = req.clamp.take() {
+        if ivs.is_empty() {
+            return Err(Error::Input(
+                "the clamp holds no interventions: its run would repeat the baseline; give at least one [[interventions]]".into(),
+            ));
+        }
         let mut e = runs[0].1.clone();
         e.name = if singh {
             "singh-custom-clamp"

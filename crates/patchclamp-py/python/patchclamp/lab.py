@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from . import _native
+from .model import _interventions_list, _interventions_text
 
 Progress = Union[None, bool, Callable[[str, int, float], Any]]
 
@@ -176,8 +177,9 @@ def run(
     ``progress(label, kind, step, value)`` sees each run's ``"start"`` (value: its steps),
     ``"step"`` (loss), ``"eval"`` (in-context loss) and a protocol's ``"stage"`` (label: the
     stage); ``True`` prints evaluations and stages on stderr. Ctrl-C stops the runs cleanly."""
-    if clamp is None or isinstance(clamp, (list, tuple)):
-        text, is_json = (None if clamp is None else json.dumps(list(clamp))), True
+    if clamp is None or isinstance(clamp, (list, tuple, dict)):
+        text = None if clamp is None else _interventions_text(_interventions_list(clamp))
+        is_json = True
     else:
         text, is_json = os.fspath(clamp), False
     cb = _lab_bar() if progress is True else (progress or None)

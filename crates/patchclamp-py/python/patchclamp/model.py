@@ -299,7 +299,7 @@ class HookedTransformer:
             ivs += json.loads(self._control_vector(cv))
         names = [] if not record else self._names(record)
         out, recordings = self._m.generate(
-            prompts, json.dumps(spec), json.dumps(ivs) if ivs else None, names, batch, list(stop)
+            prompts, json.dumps(spec), _interventions_text(ivs) if ivs else None, names, batch, list(stop)
         )
         gens = [
             Generation(g["prompt_tokens"], g["tokens"], g["text"], g["stop"], ActivationCache(r, self))
@@ -377,7 +377,18 @@ def _interventions_list(interventions) -> List[Dict[str, Any]]:
 
 def _interventions_json(interventions) -> Optional[str]:
     ivs = _interventions_list(interventions)
-    return json.dumps(ivs, default=_jsonable) if ivs else None
+    return _interventions_text(ivs) if ivs else None
+
+
+def _interventions_text(ivs: List[Dict[str, Any]]) -> str:
+    """Intervention dicts as the engine's JSON (numpy and torch values as lists). JSON has no
+    NaN, so a non-finite number is refused here, by name, not as a parse error."""
+    try:
+        return json.dumps(ivs, default=_jsonable, allow_nan=False)
+    except ValueError as e:
+        if "JSON compliant" not in str(e):
+            raise
+        raise ValueError("an intervention holds NaN or Inf: every value must be finite") from None
 
 
 def _jsonable(x):
