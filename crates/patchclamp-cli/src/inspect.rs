@@ -10,6 +10,8 @@ pub struct Args {
     /// Apply TransformerLens's weight processing (fold_ln, centring, fold_value_biases) first.
     #[arg(long)]
     processed: bool,
+    #[command(flatten)]
+    sae: crate::sae::SaeArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -18,7 +20,7 @@ pub struct Args {
 pub fn main(a: Args) -> anyhow::Result<()> {
     let m = crate::load_model(&a.model, a.processed)?;
     let cfg = &m.model.cfg;
-    let points = hook_point_shapes(cfg);
+    let points = hook_point_shapes(cfg, &a.sae.splices(cfg)?);
     if a.json {
         let out = InspectOutcome {
             dir: &m.files.dir,

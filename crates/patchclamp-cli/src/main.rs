@@ -7,6 +7,7 @@ mod inspect;
 mod lab;
 mod patch;
 mod run;
+mod sae;
 mod steer;
 mod trace;
 mod train;
@@ -31,6 +32,12 @@ Examples:
   patchclamp generate MODEL --prompts prompts.txt --batch 16 --max-new-tokens 64 --json   # one ragged batch
   patchclamp steer sweep MODEL --vector v.gguf --scales=-2,0,2 --prompt 'Hello' --out runs/sweep
   patchclamp lab steering                          # K8: the steering battery on a two-style toy LM
+  patchclamp lab sae-toy                           # K11: SAEs on a known superposition (seconds)
+  patchclamp sae train MODEL --hook blocks.0.hook_resid_post --corpus corpus.txt --arch topk --k 8 \
+      --d-sae 256 --tokens 200000 --out runs/sae
+  patchclamp sae eval runs/sae/sae MODEL --corpus corpus.txt --out runs/sae-eval
+  patchclamp run MODEL --prompt 'Hello' --sae runs/sae/sae --error-term \
+      --cache 'blocks.0.hook_resid_post.hook_sae_*' --out acts.safetensors
   patchclamp run MODEL --prompt 'Hello' --cache 'blocks.*.attn.hook_pattern' --out acts.safetensors
   patchclamp patch MODEL --clean 'When Mary and John went to the store, John gave a drink to' \
       --corrupted 'When Mary and John went to the store, Mary gave a drink to' \
@@ -74,6 +81,9 @@ enum Cmd {
     /// Steering: extract vectors from contrastive pairs, sweep a vector's scale, fit Linear-AcT maps.
     #[command(subcommand)]
     Steer(steer::Cmd),
+    /// Sparse autoencoders in SAELens's format: train, evaluate, describe (splice with --sae).
+    #[command(subcommand)]
+    Sae(sae::Cmd),
     /// Activation patching over (layer, position) or (layer, head), with heatmaps.
     Patch(patch::Args),
     /// Attribution patching: the first-order estimate of `patch`, from one backward pass.
@@ -114,6 +124,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::main(a),
         Cmd::Generate(a) => generate::main(a),
         Cmd::Steer(c) => steer::main(c),
+        Cmd::Sae(c) => sae::main(c),
         Cmd::Patch(a) => patch::main(a, patch::Method::Exact),
         Cmd::Attribute(a) => patch::main(a, patch::Method::Attribution),
         Cmd::Trace(a) => trace::main(a),

@@ -40,6 +40,8 @@ pub struct Args {
     /// Apply TransformerLens's weight processing first.
     #[arg(long)]
     processed: bool,
+    #[command(flatten)]
+    sae: crate::sae::SaeArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -71,7 +73,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let model = &subject.model;
     let dev = model.device().clone();
 
-    let mut hooks = Hooks::none();
+    let mut hooks = Hooks::none().splice_all(a.sae.splices(&model.cfg)?);
     if let Some(path) = &a.intervene {
         let list = read_interventions(path)?;
         for iv in &list {

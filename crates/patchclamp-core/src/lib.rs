@@ -23,13 +23,15 @@ pub mod input;
 pub mod load;
 pub mod model;
 pub mod rng;
+pub mod sae;
 pub mod sys;
 pub mod testing;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
-pub use hooks::{ActivationCache, HookPoint, Hooks, Intervention, Op, Selection, Selector};
+pub use hooks::{ActivationCache, HookPoint, Hooks, Intervention, Op, Selection, Selector, Splice};
 pub use input::{Input, Padding};
 pub use load::{load, Loaded};
 pub use model::{Config, Model, Processing};
+pub use sae::Sae;
 pub use tokenizer::Tokenizer;

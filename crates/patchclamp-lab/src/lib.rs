@@ -17,6 +17,7 @@ pub mod analysis;
 pub mod causal;
 pub mod error;
 pub mod experiment;
+pub mod sae;
 pub mod steering;
 pub mod tasks;
 pub mod toy;

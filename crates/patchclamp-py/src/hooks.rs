@@ -104,6 +104,25 @@ pub struct Spec {
     pub interventions: Option<String>,
     /// (hook names, function) pairs.
     pub functions: Vec<(Vec<String>, Py<PyAny>)>,
+    /// SAEs spliced into the pass.
+    pub saes: Vec<patchclamp_core::Splice>,
+}
+
+/// The splices of `(sae, use_error_term)` pairs, checked against `model`.
+pub fn splices(
+    model: &Model,
+    saes: &[(Py<crate::sae::Sae>, bool)],
+) -> PyResult<Vec<patchclamp_core::Splice>> {
+    Python::attach(|py| {
+        saes.iter()
+            .map(|(s, err)| {
+                let inner = s.bind(py).get().inner.clone();
+                let sp = patchclamp_core::Splice::new(inner, *err).map_err(errors::core)?;
+                sp.check(&model.cfg).map_err(errors::core)?;
+                Ok(sp)
+            })
+            .collect()
+    })
 }
 
 /// Parses a JSON list of interventions (or one object) in the intervention-file schema.
@@ -136,8 +155,8 @@ pub fn point(model: &Model, name: &str) -> PyResult<HookPoint> {
 
 /// The `Hooks` of `spec` for `model`, and the slot its functions' exceptions land in.
 pub fn build(model: &Model, spec: Spec) -> PyResult<(Hooks, Raised)> {
-    let mut hooks = Hooks::none();
-    let all = HookPoint::all(&model.cfg);
+    let mut hooks = Hooks::none().splice_all(spec.saes);
+    let all = hooks.points(&model.cfg);
     for pattern in &spec.capture {
         let sel = Selector::parse(pattern).map_err(errors::core)?;
         // Resolved now so an unknown name fails before any compute, with the nearest names.

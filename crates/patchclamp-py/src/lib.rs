@@ -11,6 +11,7 @@ mod generate;
 mod hooks;
 mod lab;
 mod model;
+mod sae;
 mod steering;
 
 use pyo3::prelude::*;
@@ -43,6 +44,11 @@ fn get_num_threads() -> usize {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::Model>()?;
     m.add_class::<arrays::TensorMemory>()?;
+    m.add_class::<sae::Sae>()?;
+    m.add_function(wrap_pyfunction!(sae::sae_train, m)?)?;
+    m.add_function(wrap_pyfunction!(sae::sae_eval, m)?)?;
+    m.add_function(wrap_pyfunction!(sae::sae_features, m)?)?;
+    m.add_function(wrap_pyfunction!(sae::sae_contrast, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(causal::patching_sweep, m)?)?;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use candle_core::Device;
 use numpy::PyArrayDyn;
-use patchclamp_core::{HookPoint, Input, Padding};
+use patchclamp_core::{Input, Padding};
 use patchclamp_report::control_vector::ControlVector;
 use patchclamp_report::Subject;
 use pyo3::exceptions::PyValueError;
@@ -92,12 +92,15 @@ impl Model {
             .collect()
     }
 
-    /// Every hook point's name, in forward order.
-    fn hook_names(&self) -> Vec<String> {
-        HookPoint::all(&self.subject.model.cfg)
+    /// Every hook point's name, in forward order (with the points of `saes` spliced).
+    #[pyo3(signature = (saes = vec![]))]
+    fn hook_names(&self, saes: Vec<(Py<crate::sae::Sae>, bool)>) -> PyResult<Vec<String>> {
+        let h =
+            patchclamp_core::Hooks::none().splice_all(hooks::splices(&self.subject.model, &saes)?);
+        Ok(h.points(&self.subject.model.cfg)
             .iter()
             .map(|p| p.to_string())
-            .collect()
+            .collect())
     }
 
     /// Checks hook names, raising KeyError with the nearest names for an unknown one.
@@ -109,19 +112,26 @@ impl Model {
     }
 
     /// The hook names a pattern (`blocks.*.hook_resid_pre`) selects, with the engine's globs.
-    fn resolve_hook_names(&self, pattern: &str) -> PyResult<Vec<String>> {
+    #[pyo3(signature = (pattern, saes = vec![]))]
+    fn resolve_hook_names(
+        &self,
+        pattern: &str,
+        saes: Vec<(Py<crate::sae::Sae>, bool)>,
+    ) -> PyResult<Vec<String>> {
         let cfg = &self.subject.model.cfg;
         let sel = patchclamp_core::Selector::parse(pattern).map_err(errors::core)?;
-        let points = sel
-            .resolve(&HookPoint::all(cfg), cfg)
-            .map_err(errors::core)?;
+        let h =
+            patchclamp_core::Hooks::none().splice_all(hooks::splices(&self.subject.model, &saes)?);
+        let points = sel.resolve(&h.points(cfg), cfg).map_err(errors::core)?;
         Ok(points.iter().map(|p| p.to_string()).collect())
     }
 
     /// One forward pass over `tokens` rows: logits `[batch, pos, d_vocab]` and the activations
     /// recorded at `capture` (names or globs), restricted to `positions` when given, with
-    /// `interventions` (JSON) and Python `functions` applied.
-    #[pyo3(signature = (tokens, capture = vec![], positions = None, interventions = None, functions = vec![]))]
+    /// `interventions` (JSON) and Python `functions` applied, `saes` `(sae, use_error_term)`
+    /// spliced in.
+    #[pyo3(signature = (tokens, capture = vec![], positions = None, interventions = None, functions = vec![], saes = vec![]))]
+    #[allow(clippy::too_many_arguments)]
     fn forward<'py>(
         &self,
         py: Python<'py>,
@@ -130,6 +140,7 @@ impl Model {
         positions: Option<Vec<i64>>,
         interventions: Option<String>,
         functions: Functions,
+        saes: Vec<(Py<crate::sae::Sae>, bool)>,
     ) -> PyResult<Ran<'py>> {
         let model = &self.subject.model;
         let input = self.input(&tokens)?;
@@ -140,6 +151,7 @@ impl Model {
                 positions,
                 interventions,
                 functions,
+                saes: hooks::splices(model, &saes)?,
             },
         )?;
         let r = py.detach(|| model.forward(&input, &mut h));

@@ -12,6 +12,7 @@ use patchclamp_lab::train::{Event, Resume};
 
 use crate::error::{Error, Result};
 use crate::outcomes;
+use crate::output::Outcome;
 use crate::run_dir::{self, RunDir};
 use crate::train_run::{execute, register, Prepared};
 
@@ -22,6 +23,7 @@ pub const EXPERIMENTS: &[(&str, &str)] = &[
     ("toy-phase", "the three-factor toy model of the phase change, with and without clamped factors (seconds)"),
     ("critical-periods", "deficits early or late in training of deep linear networks (seconds)"),
     ("steering", "K8: a two-style toy LM, then CAA, Linear-AcT, dynamic composition, directional ablation and a function vector (~1 min)"),
+    ("sae-toy", "K11: sparse autoencoders (ReLU + L1 tied and untied, TopK) on a known superposition: MMCS, FVU, L0, dead latents, loss-recovered limits (seconds)"),
 ];
 
 /// One lab experiment to run into a folder.
@@ -86,6 +88,10 @@ pub fn run(req: LabRequest, on_event: impl Fn(LabEvent) + Sync) -> Result<LabDon
         "toy-phase" | "critical-periods" if req.clamp.is_some() => refuse(&format!(
             "{name} trains plain factor models without hook points; --clamp applies to induction and singh-ih (the toy clamps are built in)"
         )),
+        "sae-toy" if req.clamp.is_some() => refuse(
+            "sae-toy trains SAEs on synthetic data with no hook points to clamp; --clamp applies to induction and singh-ih",
+        ),
+        "sae-toy" => sae_toy(req, &on_event),
         "steering" if req.clamp.is_some() => refuse(
             "steering trains its model plainly and steers it afterwards; --clamp applies to induction and singh-ih",
         ),
@@ -293,4 +299,28 @@ fn steering(req: LabRequest, on_event: &(impl Fn(LabEvent) + Sync)) -> Result<La
     let vocab = crate::vocab::Vocab::new(None);
     let w = crate::write_outcome(&mut run, &outcome, &vocab, "two-style toy LM")?;
     finish(run, "report.html", vec![w.summary])
+}
+
+/// K11: SAEs on a known superposition, into one report.
+fn sae_toy(req: LabRequest, on_event: &(impl Fn(LabEvent) + Sync)) -> Result<LabDone> {
+    let mut spec = patchclamp_lab::sae::toy::ToySpec {
+        seed: req.seed,
+        ..Default::default()
+    };
+    if let Some(steps) = req.steps {
+        if steps == 0 {
+            return Err(Error::Input(
+                "--steps 0 trains nothing; give at least 1".into(),
+            ));
+        }
+        spec.steps = steps;
+    }
+    run_dir::check(&req.out, &kind(&req), req.force)?;
+    let result = patchclamp_lab::sae::toy::run(&spec, |stage| on_event(LabEvent::Stage(stage)))?;
+    let outcome = outcomes::SaeToyOutcome { result };
+    let mut run = RunDir::create(&req.out, &kind(&req), req.force)?;
+    let vocab = crate::vocab::Vocab::new(None);
+    crate::write_outcome(&mut run, &outcome, &vocab, "synthetic superposition")?;
+    let lines = outcome.summary_lines(&vocab);
+    finish(run, "report.html", lines)
 }

@@ -26,6 +26,7 @@ pub mod output;
 pub mod plot;
 pub mod revision;
 pub mod run_dir;
+pub mod sae_run;
 pub mod train_run;
 pub mod training;
 pub mod transport_file;

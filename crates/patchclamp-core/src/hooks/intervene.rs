@@ -260,6 +260,27 @@ impl Intervention {
     ) -> Result<()> {
         let p = self.at;
         HookPoint::parse_for(&p.to_string(), cfg)?;
+        if p.sae().is_some() {
+            // An SAE point's shape is its SAE's: `Hooks::prepare` checks the rest against the
+            // spliced SAE before any compute.
+            return self
+                .when
+                .validate()
+                .map_err(|e| Error::Input(format!("intervention at {p}: {e}")));
+        }
+        self.validate_shaped(&p.shape(cfg, batch, seq), batch, seq, sources)
+    }
+
+    /// [`Intervention::validate`] for an activation of `shape` (an SAE point's).
+    pub fn validate_shaped(
+        &self,
+        shape: &[usize],
+        batch: usize,
+        seq: usize,
+        sources: &HashMap<String, ActivationCache>,
+    ) -> Result<()> {
+        let p = self.at;
+        let shape = shape.to_vec();
         self.when
             .validate()
             .map_err(|e| Error::Input(format!("intervention at {p}: {e}")))?;
@@ -268,7 +289,6 @@ impl Intervention {
                 "the intervention at {p} has a decode window: it acts only in generation"
             )));
         }
-        let shape = p.shape(cfg, batch, seq);
         let range = |what: &'static str, idx: &[usize], n: usize| -> Result<()> {
             match idx.iter().find(|&&i| i >= n) {
                 Some(&i) => Err(Error::OutOfRange {

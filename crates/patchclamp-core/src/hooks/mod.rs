@@ -78,13 +78,16 @@ mod cache;
 mod intervene;
 mod point;
 mod select;
+mod splice;
 
 pub use cache::{is_cache_file, ActivationCache, CACHE_FORMAT};
 pub use intervene::{Intervention, Op, Positions, RowWindow, Schedule, Selection, Values};
-pub use point::{HookPoint, NormSite};
+pub use point::{HookPoint, NormSite, SaeAt, SaeSite};
 pub use select::Selector;
+pub use splice::Splice;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use candle_core::Tensor;
 
@@ -111,6 +114,10 @@ pub struct Hooks {
     step: u64,
     /// The input tokens, kept only when an op reads them.
     tokens: Option<Vec<Vec<u32>>>,
+    /// SAEs spliced into the forward pass.
+    splices: Vec<Splice>,
+    /// Transcoders' outputs between their input and output points, by splice.
+    pending: HashMap<usize, splice::Pending>,
     // Resolved against a model config by `prepare`.
     capture_set: HashSet<HookPoint>,
     edit_index: HashMap<HookPoint, Vec<usize>>,
@@ -162,6 +169,36 @@ impl Hooks {
         ivs.into_iter().fold(self, |h, iv| h.intervene(iv))
     }
 
+    /// Splice an SAE into the forward pass: its `<point>.hook_sae_*` points exist while
+    /// it is spliced, and several SAEs splice at different points at once.
+    pub fn splice(mut self, splice: Splice) -> Self {
+        self.splices.push(splice);
+        self
+    }
+
+    /// Splice several SAEs, in order.
+    pub fn splice_all(self, splices: impl IntoIterator<Item = Splice>) -> Self {
+        splices.into_iter().fold(self, |h, s| h.splice(s))
+    }
+
+    /// The spliced SAEs.
+    pub fn splices(&self) -> &[Splice] {
+        &self.splices
+    }
+
+    /// Every hook point of `cfg` with these hooks' SAEs spliced, in forward order.
+    pub fn points(&self, cfg: &Config) -> Vec<HookPoint> {
+        splice::with_points(HookPoint::all(cfg), &self.splices)
+    }
+
+    /// The shape of `point`'s activation for a `batch × seq` input (an SAE point's from its SAE).
+    pub fn shape(&self, point: HookPoint, cfg: &Config, batch: usize, seq: usize) -> Vec<usize> {
+        match self.splice_of(point) {
+            Some((s, site)) => s.shape(site, cfg, batch, seq),
+            None => point.shape(cfg, batch, seq),
+        }
+    }
+
     /// Register another run's activations under `name`, for `patch` and `subspace_patch` ops.
     pub fn source(mut self, name: impl Into<String>, cache: ActivationCache) -> Self {
         self.sources.insert(name.into(), cache);
@@ -197,19 +234,51 @@ impl Hooks {
     /// Resolves selectors and checks every intervention against `cfg` and a `batch × seq`
     /// input before any compute.
     pub fn prepare(&mut self, cfg: &Config, batch: usize, seq: usize) -> Result<()> {
-        let all = HookPoint::all(cfg);
+        for (i, s) in self.splices.iter().enumerate() {
+            s.check(cfg)?;
+            if let Some(o) = self.splices[..i]
+                .iter()
+                .find(|o| o.at == s.at || o.out == s.out)
+            {
+                return Err(Error::Input(format!(
+                    "two SAEs splice at {} ({} and {}): splice one per point",
+                    if o.at == s.at { s.at.base() } else { s.out },
+                    o.sae.cfg.architecture_name(),
+                    s.sae.cfg.architecture_name()
+                )));
+            }
+        }
+        let all = self.points(cfg);
         self.capture_set.clear();
         for sel in &self.selectors {
             let matched = sel.resolve(&all, cfg)?;
             self.capture_set.extend(matched);
         }
+        if let Some(p) = self.capture_set.iter().find(|p| !self.has_point(**p)) {
+            return Err(self.no_sae(*p));
+        }
         self.edit_index.clear();
+        self.pending.clear();
         for (i, (p, action)) in self.actions.iter().enumerate() {
             if !p.exists_in(cfg) {
                 HookPoint::parse_for(&p.to_string(), cfg)?;
             }
+            if !self.has_point(*p) {
+                return Err(self.no_sae(*p));
+            }
             if let Action::Intervene(iv) = action {
-                iv.validate(cfg, batch, seq, &self.sources)?;
+                match self.splice_of(*p) {
+                    Some((s, site)) => {
+                        HookPoint::parse_for(&p.to_string(), cfg)?;
+                        iv.validate_shaped(
+                            &s.shape(site, cfg, batch, seq),
+                            batch,
+                            seq,
+                            &self.sources,
+                        )?
+                    }
+                    None => iv.validate(cfg, batch, seq, &self.sources)?,
+                }
                 if !iv.when.active(self.step) {
                     continue;
                 }
@@ -220,7 +289,47 @@ impl Hooks {
             }
             self.edit_index.entry(*p).or_default().push(i);
         }
+        // The forward must hand a spliced SAE's points to `at` and take back what it returns.
+        for s in &self.splices {
+            self.edit_index.entry(s.at.base()).or_default();
+            self.edit_index.entry(s.out).or_default();
+        }
         Ok(())
+    }
+
+    /// Whether `p` exists with these splices (every point that is not an SAE's does).
+    fn has_point(&self, p: HookPoint) -> bool {
+        p.sae().is_none() || self.splice_of(p).is_some()
+    }
+
+    /// The splice an SAE point belongs to, and its site.
+    fn splice_of(&self, p: HookPoint) -> Option<(&Splice, SaeSite)> {
+        let (at, site) = p.sae()?;
+        self.splices.iter().find(|s| s.at == at).map(|s| (s, site))
+    }
+
+    /// The error for an SAE point with no SAE spliced there.
+    fn no_sae(&self, p: HookPoint) -> Error {
+        let base = p
+            .sae()
+            .map(|(at, _)| at.base().to_string())
+            .unwrap_or_default();
+        let have: Vec<String> = self
+            .splices
+            .iter()
+            .map(|s| s.at.base().to_string())
+            .collect();
+        Error::UnknownHook {
+            name: p.to_string(),
+            near: format!(
+                " (no SAE is spliced at {base}; spliced: {})",
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            ),
+        }
     }
 
     /// Whether anything reads or changes `point` (lets the forward skip optional work).
@@ -233,7 +342,8 @@ impl Hooks {
         self.edit_index.contains_key(&point)
     }
 
-    /// The single place activations leave the forward pass: apply edits, record, pass on.
+    /// The single place activations leave the forward pass: apply edits, record, pass on
+    /// (through a spliced SAE, where one reads or writes here).
     pub fn at(&mut self, point: HookPoint, x: Tensor) -> Result<Tensor> {
         let mut x = x;
         if let Some(idx) = self.edit_index.get(&point) {
@@ -261,7 +371,94 @@ impl Hooks {
             };
             self.cache.insert(point, stored);
         }
+        if self.splices.is_empty() || point.sae().is_some() {
+            return Ok(x);
+        }
+        for i in 0..self.splices.len() {
+            if self.splices[i].at.base() == point {
+                x = self.run_splice(i, x)?;
+            } else if self.splices[i].out == point {
+                x = self.finish_transcoder(i, x)?;
+            }
+        }
         Ok(x)
+    }
+
+    /// Runs splice `i`'s SAE on `x` through its points; returns what replaces `x` (an SAE)
+    /// or `x` itself (a transcoder, which replaces its output point later).
+    fn run_splice(&mut self, i: usize, x: Tensor) -> Result<Tensor> {
+        let s = self.splices[i].clone();
+        let sae = Arc::clone(&s.sae);
+        let touched = SaeSite::ALL.iter().any(|&site| self.edits(s.point(site)));
+        let looked = touched || SaeSite::ALL.iter().any(|&site| self.wants(s.point(site)));
+        let transcoder = s.out != s.at.base();
+        if s.error_term && !looked {
+            // Nothing reads or edits the SAE: with the error term it is the identity.
+            if transcoder {
+                self.pending.remove(&i);
+            }
+            return Ok(x);
+        }
+        let x = x.contiguous()?;
+        let input = self.at(s.point(SaeSite::Input), sae.reshape_in(&x)?)?;
+        let (xn, state) = sae.normalize_in(&input)?;
+        let (pre, gate) = sae.pre_acts(&xn)?;
+        let pre = self.at(s.point(SaeSite::ActsPre), pre)?;
+        let acts = self.at(
+            s.point(SaeSite::ActsPost),
+            sae.activate(&pre, gate.as_ref())?,
+        )?;
+        let recons = self.at(s.point(SaeSite::Recons), sae.recons(&acts)?)?;
+        let like = (!transcoder).then(|| x.dims().to_vec());
+        let mut y = sae.finish(&recons, &state, like.as_deref())?;
+        if let Some(skip) = sae.skip(&x)? {
+            y = (y + skip)?;
+        }
+        // SAELens's error term comes from a clean pass with hooks off; untouched, it is this one.
+        let clean = match (s.error_term, touched) {
+            (true, true) => Some(sae.forward(&x)?),
+            _ => None,
+        };
+        if transcoder {
+            self.pending.insert(i, splice::Pending { y, clean });
+            return Ok(x);
+        }
+        self.output(&s, x, y, clean)
+    }
+
+    /// A transcoder's output point: its output (plus the error term) replaces `x`.
+    fn finish_transcoder(&mut self, i: usize, x: Tensor) -> Result<Tensor> {
+        let s = self.splices[i].clone();
+        match self.pending.remove(&i) {
+            Some(p) => self.output(&s, x, p.y, p.clean),
+            None if s.error_term => Ok(x),
+            None => Err(Error::Input(format!(
+                "the transcoder writing {} reads {}, which this forward did not compute",
+                s.out,
+                s.at.base()
+            ))),
+        }
+    }
+
+    /// The error and output points of a splice whose activation is `x` and whose
+    /// reconstruction is `y` (`clean`: the unedited one, when it differs).
+    fn output(
+        &mut self,
+        s: &Splice,
+        x: Tensor,
+        y: Tensor,
+        clean: Option<Tensor>,
+    ) -> Result<Tensor> {
+        if !s.error_term {
+            return self.at(s.point(SaeSite::Output), y);
+        }
+        let error = (&x - clean.as_ref().unwrap_or(&y))?;
+        let error_point = s.point(SaeSite::Error);
+        let edited = clean.is_some() || self.edits(error_point);
+        let error = self.at(error_point, error)?;
+        // Untouched, the output is x itself: the spliced forward equals the plain one bit for bit.
+        let out = if edited { (y + error)? } else { x };
+        self.at(s.point(SaeSite::Output), out)
     }
 
     /// The recorded activations.

@@ -71,6 +71,82 @@ pub enum HookPoint {
     FinalNormalized,
     /// `logits` — the output `[batch, pos, d_vocab]`.
     Logits,
+    /// `<point>.hook_sae_*` — a point of an SAE spliced at a block's point (SAELens's names);
+    /// it exists only while an SAE is spliced there.
+    Sae(SaeAt, SaeSite),
+}
+
+/// The block point an SAE is spliced at (`blocks.L.hook_resid_post`, …), kept `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SaeAt {
+    layer: usize,
+    kind: u8,
+}
+
+impl SaeAt {
+    /// The splice site at `base`; `None` for a point outside the blocks or an SAE point.
+    pub fn new(base: HookPoint) -> Option<SaeAt> {
+        let layer = base.layer()?;
+        if matches!(base, HookPoint::Sae(..)) {
+            return None;
+        }
+        let kind = LAYER_KINDS.iter().position(|(_, f)| f(layer) == base)?;
+        Some(SaeAt {
+            layer,
+            kind: kind as u8,
+        })
+    }
+
+    /// The hook point the SAE reads.
+    pub fn base(&self) -> HookPoint {
+        (LAYER_KINDS[self.kind as usize].1)(self.layer)
+    }
+
+    /// This site's point `site`.
+    pub fn point(&self, site: SaeSite) -> HookPoint {
+        HookPoint::Sae(*self, site)
+    }
+}
+
+/// The points of a spliced SAE, in the order they fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SaeSite {
+    /// `hook_sae_input` — what the SAE reads, reshaped to `[batch, pos, d_in]`.
+    Input,
+    /// `hook_sae_acts_pre` — encoder pre-activations `[batch, pos, d_sae]`.
+    ActsPre,
+    /// `hook_sae_acts_post` — the latents `[batch, pos, d_sae]`.
+    ActsPost,
+    /// `hook_sae_recons` — the decoder's reconstruction `[batch, pos, d_out]`.
+    Recons,
+    /// `hook_sae_error` — what the reconstruction misses (with the error term) `[batch, pos, d_out]`.
+    Error,
+    /// `hook_sae_output` — what replaces the activation, in the activation's shape.
+    Output,
+}
+
+impl SaeSite {
+    /// Every site, in firing order.
+    pub const ALL: [SaeSite; 6] = [
+        SaeSite::Input,
+        SaeSite::ActsPre,
+        SaeSite::ActsPost,
+        SaeSite::Recons,
+        SaeSite::Error,
+        SaeSite::Output,
+    ];
+
+    /// SAELens's hook name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SaeSite::Input => "hook_sae_input",
+            SaeSite::ActsPre => "hook_sae_acts_pre",
+            SaeSite::ActsPost => "hook_sae_acts_post",
+            SaeSite::Recons => "hook_sae_recons",
+            SaeSite::Error => "hook_sae_error",
+            SaeSite::Output => "hook_sae_output",
+        }
+    }
 }
 
 /// Per-layer point kinds, in forward order, with their TransformerLens suffixes.
@@ -119,6 +195,9 @@ impl HookPoint {
     /// what a forward that reads only the last position may compute for that position alone.
     pub fn is_query_side(&self) -> bool {
         use HookPoint::*;
+        if let Sae(at, _) = self {
+            return at.base().is_query_side();
+        }
         !matches!(
             self,
             Embed
@@ -155,13 +234,17 @@ impl HookPoint {
             | MlpPost(l)
             | MlpOut(l)
             | ResidPost(l) => Some(l),
+            Sae(at, _) => Some(at.layer),
             Embed | PosEmbed | FinalScale | FinalNormalized | Logits => None,
         }
     }
 
-    /// The name without the `blocks.L.` prefix (`attn.hook_z`, `hook_embed`).
+    /// The name without the `blocks.L.` prefix (`attn.hook_z`, `hook_embed`); an SAE point's
+    /// is its site's (`hook_sae_acts_post`).
     pub fn kind_name(&self) -> &'static str {
-        if let Some(l) = self.layer() {
+        if let HookPoint::Sae(_, site) = self {
+            site.name()
+        } else if let Some(l) = self.layer() {
             LAYER_KINDS
                 .iter()
                 .find(|(_, f)| f(l) == *self)
@@ -204,6 +287,14 @@ impl HookPoint {
         )
     }
 
+    /// The SAE site this point belongs to, for `<point>.hook_sae_*` names.
+    pub fn sae(&self) -> Option<(SaeAt, SaeSite)> {
+        match *self {
+            HookPoint::Sae(at, site) => Some((at, site)),
+            _ => None,
+        }
+    }
+
     /// Every hook point `cfg` has, in forward order.
     pub fn all(cfg: &Config) -> Vec<HookPoint> {
         let mut out = vec![HookPoint::Embed];
@@ -244,11 +335,13 @@ impl HookPoint {
             ResidMid(_) | MlpPre(_) | MlpPost(_) | MlpOut(_) => cfg.has_mlp(),
             MlpPreLinear(_) => cfg.gated_mlp(),
             FinalScale | FinalNormalized => cfg.norm.final_norm && cfg.has_norm(),
+            Sae(at, _) => at.base().exists_in(cfg),
             _ => true,
         }
     }
 
-    /// The activation's shape for a `batch × pos` input.
+    /// The activation's shape for a `batch × pos` input. An SAE point's shape depends on the
+    /// SAE: this gives its base point's (`Hooks` knows the spliced SAE's).
     pub fn shape(&self, cfg: &Config, batch: usize, pos: usize) -> Vec<usize> {
         use HookPoint::*;
         let (d, h, kv, dh) = (
@@ -267,6 +360,7 @@ impl HookPoint {
             Result(_) => vec![batch, pos, h, d],
             MlpPre(_) | MlpPreLinear(_) | MlpPost(_) => vec![batch, pos, cfg.d_mlp()],
             Logits => vec![batch, pos, cfg.d_vocab],
+            Sae(at, _) => at.base().shape(cfg, batch, pos),
         }
     }
 
@@ -305,6 +399,9 @@ impl HookPoint {
 
 impl fmt::Display for HookPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let HookPoint::Sae(at, site) = self {
+            return write!(f, "{}.{}", at.base(), site.name());
+        }
         match self.layer() {
             Some(l) => write!(f, "blocks.{l}.{}", self.kind_name()),
             None => f.write_str(self.kind_name()),
@@ -341,6 +438,18 @@ impl FromStr for HookPoint {
         // TransformerLens spells the final norm "ln_final"; accept the bare logits alias too.
         if name == "hook_logits" || name == "unembed.hook_out" {
             return Ok(HookPoint::Logits);
+        }
+        if let Some((base, site)) = name.rsplit_once('.') {
+            if let Some(site) = SaeSite::ALL.into_iter().find(|s| s.name() == site) {
+                let base: HookPoint = base.parse()?;
+                let at = SaeAt::new(base).ok_or_else(|| Error::UnknownHook {
+                    name: name.to_string(),
+                    near: format!(
+                        " (an SAE splices at a block's point, blocks.L.…, not at {base})"
+                    ),
+                })?;
+                return Ok(HookPoint::Sae(at, site));
+            }
         }
         let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
         let (layer, kind) = rest.split_once('.').ok_or_else(unknown)?;
@@ -381,6 +490,23 @@ mod tests {
             assert_eq!(p.to_string(), *n);
             assert_eq!(n.parse::<HookPoint>().unwrap(), *p);
         }
+    }
+
+    #[test]
+    fn sae_names_round_trip() {
+        for (n, f) in LAYER_KINDS {
+            for site in SaeSite::ALL {
+                let at = SaeAt::new(f(3)).unwrap();
+                let p = at.point(site);
+                assert_eq!(p.to_string(), format!("blocks.3.{n}.{}", site.name()));
+                assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
+                assert_eq!(p.layer(), Some(3));
+            }
+        }
+        let e = "hook_embed.hook_sae_input"
+            .parse::<HookPoint>()
+            .unwrap_err();
+        assert!(e.to_string().contains("block's point"), "{e}");
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub fn save_checkpoint(tr: &Trainer, path: &Path) -> Result<()> {
 
 /// The safetensors layout with sorted keys, so the same state gives the same bytes
 /// (`safetensors::serialize` orders its metadata map by hash).
-fn serialize(
+pub(crate) fn serialize(
     tensors: &[(String, Vec<usize>, Vec<u8>)],
     meta: &BTreeMap<String, String>,
 ) -> Vec<u8> {

@@ -7,7 +7,7 @@
 //! is clamped gets no gradient on `W_Q` and `W_K`, while its `W_V` and `W_O` still learn. Steps
 //! with none in force take the tape-free fused step where the model allows (`fused_step`).
 
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod evaluate;
 mod fused_step;
 mod model_spec;

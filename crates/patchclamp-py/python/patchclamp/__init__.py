@@ -9,11 +9,12 @@ with TransformerLens's names and shapes over patchclamp's Rust engine::
     cache["blocks.0.hook_resid_pre"].shape          # (1, pos, d_model), a numpy array
 """
 
-from . import analysis, lab, patching, steering, utils
+from . import analysis, lab, patching, sae, steering, utils
 from .analysis import AnalysisResult, dla, extremes, heads, hydra, lens, localize, neurons, probe, trace
 from ._native import __version__, get_num_threads, set_num_threads
 from .cache import ActivationCache
 from .model import Config, Generation, HookedTransformer, HookPoint, load
+from .sae import SAE, SAEConfig
 
 __all__ = [
     "ActivationCache",
@@ -28,6 +29,9 @@ __all__ = [
     "neurons",
     "trace",
     "Config",
+    "SAE",
+    "SAEConfig",
+    "sae",
     "Generation",
     "HookPoint",
     "HookedTransformer",

@@ -89,6 +89,8 @@ class HookedTransformer:
         self._m = native
         self.cfg = Config.from_engine(json.loads(native.cfg_json()))
         self._hook_names: Optional[List[str]] = None
+        # SAEs spliced into every pass (HookedSAETransformer's add_sae): (SAE, use_error_term).
+        self._saes: List[Tuple[Any, bool]] = []
 
     # --- loading ---
     @classmethod
@@ -107,21 +109,58 @@ class HookedTransformer:
 
     # --- names ---
     def hook_names(self) -> List[str]:
-        """Every hook point's TransformerLens name, in forward order."""
+        """Every hook point's TransformerLens name, in forward order (attached SAEs' included)."""
         if self._hook_names is None:
-            self._hook_names = list(self._m.hook_names())
+            self._hook_names = list(self._m.hook_names(self._native_saes(None)))
         return self._hook_names
+
+    # --- SAEs (SAELens's HookedSAETransformer names) ---
+    def add_sae(self, sae, use_error_term: Optional[bool] = None) -> None:
+        """Splices ``sae`` at its hook in every later pass until :meth:`reset_saes`; its
+        ``<hook>.hook_sae_*`` points can then be cached and hooked. With the error term the
+        model's output is unchanged until a latent is edited."""
+        err = sae.use_error_term if use_error_term is None else bool(use_error_term)
+        self._saes = [(s, e) for s, e in self._saes if s.hook_name != sae.hook_name] + [(sae, err)]
+        self._hook_names = None
+
+    def reset_saes(self) -> None:
+        """Removes every attached SAE."""
+        self._saes = []
+        self._hook_names = None
+
+    @property
+    def acts_to_saes(self) -> Dict[str, Any]:
+        return {s.hook_name: s for s, _ in self._saes}
+
+    def _native_saes(self, saes) -> List[Tuple[Any, bool]]:
+        """The attached SAEs plus the call's (an SAE object, or ``(sae, use_error_term)``)."""
+        out = list(self._saes)
+        for item in saes or ():
+            sae, err = item if isinstance(item, tuple) else (item, item.use_error_term)
+            out = [(s, e) for s, e in out if s.hook_name != sae.hook_name] + [(sae, bool(err))]
+        return [(s._s, e) for s, e in out]
+
+    def run_with_saes(self, input, saes=(), return_type: Optional[str] = "logits", use_error_term: Optional[bool] = None):
+        """A forward pass with ``saes`` spliced in for this call only."""
+        if use_error_term is not None:
+            saes = [(s, bool(use_error_term)) for s in saes]
+        return self._run(input, [], None, None, [], return_type, saes)[0]
+
+    def run_with_cache_with_saes(self, input, saes=(), names_filter: NamesFilter = None, **kw):
+        """``run_with_cache`` with ``saes`` spliced in for this call only."""
+        return self.run_with_cache(input, names_filter=names_filter, saes=saes, **kw)
 
     @property
     def hook_dict(self) -> Dict[str, HookPoint]:
         return {n: HookPoint(n) for n in self.hook_names()}
 
-    def _names(self, names_filter: NamesFilter) -> List[str]:
+    def _names(self, names_filter: NamesFilter, saes=None) -> List[str]:
         """The hook names a filter selects (globs allowed); unknown names raise KeyError."""
         if names_filter is None:
             return ["*"]
         if callable(names_filter):
-            names = [n for n in self.hook_names() if names_filter(n)]
+            every = self.hook_names() if not saes else list(self._m.hook_names(self._native_saes(saes)))
+            names = [n for n in every if names_filter(n)]
             if not names:
                 raise ValueError("names_filter selects no hook point")
             return names
@@ -178,7 +217,7 @@ class HookedTransformer:
         return tokens_array(input)
 
     # --- forward passes ---
-    def _run(self, input, capture, positions, interventions, functions, return_type):
+    def _run(self, input, capture, positions, interventions, functions, return_type, saes=None):
         tokens = self._tokens(input)
         ivs = _interventions_json(interventions)
         logits, cache = self._m.forward(
@@ -187,13 +226,14 @@ class HookedTransformer:
             None if positions is None else [int(p) for p in np.atleast_1d(positions)],
             ivs,
             functions,
+            self._native_saes(saes),
         )
         return _returned(logits, tokens, return_type), cache
 
-    def forward(self, input: Input, return_type: Optional[str] = "logits", interventions=None):
+    def forward(self, input: Input, return_type: Optional[str] = "logits", interventions=None, saes=()):
         """Logits ``[batch, pos, d_vocab]`` (``return_type="loss"``: the mean next-token loss,
-        ``"both"``: both, ``None``: nothing)."""
-        return self._run(input, [], None, interventions, [], return_type)[0]
+        ``"both"``: both, ``None``: nothing); ``saes`` spliced for this call."""
+        return self._run(input, [], None, interventions, [], return_type, saes)[0]
 
     __call__ = forward
 
@@ -205,11 +245,12 @@ class HookedTransformer:
         return_type: Optional[str] = "logits",
         remove_batch_dim: bool = False,
         interventions=None,
+        saes=(),
     ) -> Tuple[Any, ActivationCache]:
         """A forward pass that records ``names_filter``'s activations (all when ``None``),
-        only at ``positions`` when given."""
+        only at ``positions`` when given; ``saes`` spliced for this call (their points recorded too)."""
         out, cache = self._run(
-            input, self._names(names_filter), positions, interventions, [], return_type
+            input, self._names(names_filter, saes), positions, interventions, [], return_type, saes
         )
         ac = ActivationCache(cache, self)
         return out, ac.remove_batch_dim() if remove_batch_dim else ac
@@ -222,6 +263,7 @@ class HookedTransformer:
         return_type: Optional[str] = "logits",
         bwd_hooks: Sequence = (),
         reset_hooks_end: bool = True,
+        saes=(),
     ):
         """A forward pass with hook functions ``fn(activation, hook)`` (each may return a
         replacement array) and/or declarative ``interventions`` (dicts in the intervention-file
@@ -231,9 +273,13 @@ class HookedTransformer:
             raise NotImplementedError("backward hooks are not supported; use patchclamp.patching.attribute")
         functions = []
         for name, fn in fwd_hooks:
-            names = [r for n in self._names(name) for r in (self._m.resolve_hook_names(n) if "*" in n else [n])]
+            names = [
+                r
+                for n in self._names(name, saes)
+                for r in (self._m.resolve_hook_names(n, self._native_saes(saes)) if "*" in n else [n])
+            ]
             functions.append((names, _wrap(fn)))
-        return self._run(input, [], None, interventions, functions, return_type)[0]
+        return self._run(input, [], None, interventions, functions, return_type, saes)[0]
 
     # --- generation ---
     def generate(

@@ -4,6 +4,7 @@
 mod analyses;
 mod causal;
 mod model;
+mod sae;
 mod steering;
 mod studies;
 mod toy;
@@ -14,6 +15,7 @@ pub use model::{
     hook_point_shapes, CacheTarget, CacheWritten, GenerateOutcome, InspectOutcome, PointShape,
     RunOutcome, ShownGeneration,
 };
+pub use sae::{log_density_histogram, SaeEvalOutcome, SaeToyOutcome};
 pub use steering::{BatteryOutcome, SweepColumn, SweepOutcome};
 pub use studies::{LensOutcome, LocalizeOutcome, NeuronsOutcome, ProbeOutcome, MAX_LENS_FIGURES};
 pub use toy::{write_ablations, write_critical_periods, write_toy_phase};

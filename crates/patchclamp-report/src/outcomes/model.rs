@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use patchclamp_core::{ActivationCache, Config, HookPoint};
+use patchclamp_core::{ActivationCache, Config};
 use patchclamp_lab::analysis::predict::Prediction;
 use serde::Serialize;
 
@@ -125,17 +125,19 @@ pub struct InspectOutcome<'a> {
     pub hook_points: Vec<PointShape>,
 }
 
-/// Every hook point of `cfg` with its symbolic shape.
-pub fn hook_point_shapes(cfg: &Config) -> Vec<PointShape> {
+/// Every hook point of `cfg`, with `splices`' SAE points, and its symbolic shape.
+pub fn hook_point_shapes(cfg: &Config, splices: &[patchclamp_core::Splice]) -> Vec<PointShape> {
     // Sizes no model dimension takes, so they can be told apart in the shape.
     const BATCH: usize = 1_000_001;
     const POS: usize = 1_000_003;
-    HookPoint::all(cfg)
+    let hooks = patchclamp_core::Hooks::none().splice_all(splices.iter().cloned());
+    hooks
+        .points(cfg)
         .into_iter()
         .map(|p| PointShape {
             name: p.to_string(),
-            shape: p
-                .shape(cfg, BATCH, POS)
+            shape: hooks
+                .shape(p, cfg, BATCH, POS)
                 .iter()
                 .map(|&d| match d {
                     BATCH => "batch".to_string(),
