@@ -19,6 +19,37 @@ pub enum Cmd {
     Train(TrainArgs),
     /// Generation: prefill and decode time, plain and steered (compare with tools/bench/generate.py).
     Generate(GenerateArgs),
+    /// SAE training steps on stored activations, or harvest + training from text on a random
+    /// model (compare with tools/bench/sae.py).
+    Sae(SaeArgs),
+}
+
+/// Arguments of `bench sae`.
+#[derive(clap::Args)]
+pub struct SaeArgs {
+    /// An activation store (tools/bench/sae.py writes one); or --corpus to harvest.
+    #[arg(long, required_unless_present = "corpus")]
+    activations: Option<std::path::PathBuf>,
+    /// Harvest from this text through a random model of --shape at --hook instead.
+    #[arg(long, conflicts_with = "activations")]
+    corpus: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "gpt2-small")]
+    shape: String,
+    #[arg(long, default_value = "blocks.6.hook_resid_post")]
+    hook: String,
+    #[arg(long, default_value_t = 24576)]
+    d_sae: usize,
+    #[arg(long, default_value_t = 32)]
+    k: usize,
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: u64,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `bench generate`.
@@ -161,7 +192,139 @@ pub fn main(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Patch(a) => patch(a),
         Cmd::Train(a) => train(a),
         Cmd::Generate(a) => generate(a),
+        Cmd::Sae(a) => sae(a),
     }
+}
+
+/// One `bench sae` measurement.
+#[derive(serde::Serialize)]
+struct SaeRow {
+    framework: &'static str,
+    source: String,
+    d_in: usize,
+    d_sae: usize,
+    k: usize,
+    batch: usize,
+    steps: u64,
+    ms_per_step: f64,
+    tokens_per_s: f64,
+    peak_rss_mib: Option<f64>,
+    threads: usize,
+}
+
+fn sae(a: SaeArgs) -> anyhow::Result<()> {
+    use patchclamp_lab::sae::train::{BDecInit, TrainArch, TrainSpec, Trainer};
+    use patchclamp_lab::train::{LrSchedule, OptimSpec};
+    crate::set_threads(Some(a.threads));
+    if a.steps == 0 || a.batch == 0 {
+        bail!("--steps and --batch must be positive");
+    }
+    let model;
+    let mut store = None;
+    let mut harvest = None;
+    let (d_in, source) = match (&a.activations, &a.corpus) {
+        (Some(dir), _) => {
+            let r = patchclamp_lab::sae::store::StoreReader::open(dir)?;
+            let d = r.info.d_in;
+            store = Some(r);
+            (d, format!("store {}", dir.display()))
+        }
+        (None, Some(corpus)) => {
+            model = bench_model(&a.shape, &None)?;
+            let hook = patchclamp_core::HookPoint::parse_for(&a.hook, &model.cfg)?;
+            // A random model has no tokenizer: the corpus's bytes are the tokens.
+            let text = std::fs::read(corpus).with_context(|| corpus.display().to_string())?;
+            let vocab = model.cfg.d_vocab as u32;
+            let docs: Vec<Vec<u32>> = text
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| l.iter().map(|&b| b as u32 % vocab).collect())
+                .collect();
+            let packer = patchclamp_lab::sae::harvest::Packer::new(
+                Box::new(docs.into_iter().cycle().take(1 << 22).map(Ok)),
+                128,
+                Some(0),
+                Some(0),
+            )?;
+            let h = patchclamp_lab::sae::harvest::Harvest::new(
+                &model,
+                hook,
+                packer,
+                vec![0],
+                4 * a.batch,
+                0,
+            )?;
+            let d = h.width();
+            harvest = Some(h);
+            (
+                d,
+                format!(
+                    "harvest {} at {} of a random {}",
+                    corpus.display(),
+                    a.hook,
+                    a.shape
+                ),
+            )
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let mut next = |rows: usize| -> anyhow::Result<Vec<f32>> {
+        let got = match (&mut store, &mut harvest) {
+            (Some(s), _) => s.next_batch(rows)?,
+            (None, Some(h)) => h.next_batch(rows)?,
+            _ => None,
+        };
+        got.context("the activations ran out: store more rows or time fewer steps")
+    };
+    let spec = TrainSpec {
+        arch: TrainArch::Topk { k: a.k },
+        d_in,
+        d_sae: a.d_sae,
+        batch: a.batch,
+        steps: a.steps + 1,
+        lr: LrSchedule::constant(3e-4),
+        optim: OptimSpec::default(),
+        unit_decoder: true,
+        decoder_init_norm: 0.1,
+        tied: false,
+        b_dec_init: BDecInit::Zeros,
+        aux_coef: 1.0,
+        dead_window: 1000,
+        normalize: false,
+        seed: 0,
+    };
+    reset_peak_rss();
+    let first = next(a.batch)?;
+    let mut tr = Trainer::new(spec, &first)?;
+    tr.step(&first)?; // warm-up
+    let t0 = std::time::Instant::now();
+    for _ in 0..a.steps {
+        let b = next(a.batch)?;
+        tr.step(&b)?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let row = SaeRow {
+        framework: "patchclamp",
+        source,
+        d_in,
+        d_sae: a.d_sae,
+        k: a.k,
+        batch: a.batch,
+        steps: a.steps,
+        ms_per_step: 1e3 * secs / a.steps as f64,
+        tokens_per_s: (a.steps * a.batch as u64) as f64 / secs,
+        peak_rss_mib: rss_kib("VmHWM:").map(|k| k as f64 / 1024.0),
+        threads: a.threads,
+    };
+    if a.json {
+        crate::print(&serde_json::to_string(&row)?);
+    } else {
+        crate::print(&format!(
+            "TopK SAE {} → {} (k {}), batch {}: {:.0} ms/step, {:.0} tokens/s, peak RSS {:.0} MiB ({})",
+            d_in, a.d_sae, a.k, a.batch, row.ms_per_step, row.tokens_per_s, row.peak_rss_mib.unwrap_or(f64::NAN), row.source
+        ));
+    }
+    Ok(())
 }
 
 /// A random model of a bench shape, or the model at `spec`.

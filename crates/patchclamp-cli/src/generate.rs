@@ -2,7 +2,7 @@
 //! argument groups every generating command shares (prompts, decoding, control vectors).
 
 use anyhow::{bail, Context};
-use patchclamp_core::generate::{generate_batches, GenerateSpec, Sampling};
+use patchclamp_core::generate::{generate_spliced, GenerateSpec, Sampling};
 use patchclamp_core::hooks::Positions;
 use patchclamp_core::{Config, Intervention};
 use patchclamp_report::control_vector::ControlVector;
@@ -47,6 +47,8 @@ pub struct Args {
     /// (the positions run: prompt and generated, the last generated token excluded).
     #[arg(long, value_name = "FILE.safetensors")]
     out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    sae: crate::sae::SaeArgs,
     /// Print JSON: {"generations": [{"prompt", "prompt_tokens", "tokens", "text", "stop"}]}.
     #[arg(long)]
     json: bool,
@@ -332,8 +334,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let splices = a.sae.splices(&s.model.cfg)?;
     let mut record = vec![];
-    let all = patchclamp_core::HookPoint::all(&s.model.cfg);
+    let all = patchclamp_core::Hooks::none()
+        .splice_all(splices.iter().cloned())
+        .points(&s.model.cfg);
     for pattern in &a.cache {
         let sel = patchclamp_core::Selector::parse(pattern)
             .with_context(|| format!("--cache {pattern}"))?;
@@ -368,13 +373,14 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let spec = a.decode.spec(&s)?;
     let ids: Vec<Vec<u32>> = prompts.iter().map(|(_, ids)| ids.clone()).collect();
     let mut sofar: Vec<Vec<u32>> = vec![vec![]; ids.len()];
-    let done = generate_batches(
+    let done = generate_spliced(
         &s.model,
         &ids,
         a.decode.batch(),
         &spec,
         &interventions,
         &record,
+        &splices,
         |i, t| {
             // Decoding the text so far is only needed to look for stop strings.
             if a.stop.is_empty() {

@@ -46,6 +46,8 @@ pub enum Cmd {
       --d-sae 4096 --tokens 2000000 --out runs/sae-l1
   patchclamp sae train … --out runs/sae --resume     # continue from its checkpoint, bit for bit")]
     Train(TrainArgs),
+    /// Harvest activations at a hook into an on-disk store (sharded safetensors) for reuse.
+    Harvest(HarvestArgs),
     /// Evaluate an SAE on a model and corpus: L0, explained variance, CE-loss score, KL, density.
     Eval(EvalArgs),
     /// Feature dashboards: top contexts, quantile groups, logit weights, densities (HTML and
@@ -127,8 +129,15 @@ pub struct TrainArgs {
     #[arg(long)]
     hook: String,
     /// Text (one document per line) or JSONL (`{"text": …}` per line).
-    #[arg(long)]
-    corpus: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "activations",
+        conflicts_with = "activations"
+    )]
+    corpus: Option<PathBuf>,
+    /// Train on an activation store `sae harvest` wrote instead of harvesting.
+    #[arg(long, value_name = "DIR")]
+    activations: Option<PathBuf>,
     /// standard (ReLU + L1), topk, batchtopk (saved as jumprelu) or jumprelu.
     #[arg(long, default_value = "topk")]
     arch: String,
@@ -186,6 +195,14 @@ pub struct TrainArgs {
     /// Log every N steps.
     #[arg(long, default_value_t = 50)]
     log_every: u64,
+    /// Held-out text: CE-loss score, delta LM loss and KL score every --eval-every steps.
+    #[arg(long)]
+    eval_corpus: Option<PathBuf>,
+    #[arg(long, default_value_t = 500, requires = "eval_corpus")]
+    eval_every: u64,
+    /// Held-out contexts per evaluation.
+    #[arg(long, default_value_t = 16, requires = "eval_corpus")]
+    eval_contexts: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output folder.
@@ -201,6 +218,38 @@ pub struct TrainArgs {
     #[arg(long)]
     processed: bool,
     /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sae harvest`.
+#[derive(clap::Args)]
+pub struct HarvestArgs {
+    /// A model folder or a cached repo id.
+    model: String,
+    #[arg(long)]
+    hook: String,
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Activations to store.
+    #[arg(long)]
+    tokens: u64,
+    #[arg(long, default_value_t = 128)]
+    context_size: usize,
+    /// Shuffle-buffer rows.
+    #[arg(long, default_value_t = 16384)]
+    buffer: usize,
+    /// Rows per shard file.
+    #[arg(long, default_value_t = 65536)]
+    shard_rows: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    processed: bool,
     #[arg(long)]
     json: bool,
 }
@@ -246,6 +295,7 @@ pub struct InfoArgs {
 pub fn main(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Train(a) => train(a),
+        Cmd::Harvest(a) => harvest(a),
         Cmd::Eval(a) => eval(a),
         Cmd::Features(a) => features(a),
         Cmd::Contrast(a) => contrast(a),
@@ -484,11 +534,15 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             buffer: a.buffer_batches.max(1) * spec.batch,
             spec,
             hook,
-            corpus: a.corpus.clone(),
+            corpus: a.corpus.clone().unwrap_or_default(),
+            activations: a.activations.clone(),
             context_size: a.context_size,
             contexts_per_forward: a.contexts_per_forward,
             checkpoint_every: a.checkpoint_every,
             log_every: a.log_every,
+            eval_corpus: a.eval_corpus.clone(),
+            eval_every: a.eval_every,
+            eval_contexts: a.eval_contexts,
             out: a.out.clone(),
             resume: a.resume,
             force: a.force,
@@ -500,6 +554,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     if a.json {
         crate::print(&serde_json::to_string_pretty(&serde_json::json!({
             "dir": done.dir, "sae": done.sae, "report": done.report, "last": done.last,
+            "tokens_per_s": done.tokens_per_s,
         }))?);
         return Ok(());
     }
@@ -511,6 +566,43 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         done.sae.display(),
         done.report.display()
     ));
+    Ok(())
+}
+
+fn harvest(a: HarvestArgs) -> anyhow::Result<()> {
+    let subject = patchclamp_report::Subject::load(&a.model, a.processed, &crate::device())?;
+    let hook = patchclamp_core::HookPoint::parse_for(&a.hook, &subject.model.cfg)
+        .with_context(|| format!("--hook {}", a.hook))?;
+    let bar = indicatif::ProgressBar::new(a.tokens);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} activations [{elapsed} < {eta}]",
+    )?);
+    let (dir, info) = sae_run::harvest(
+        &subject,
+        hook,
+        &a.corpus,
+        a.tokens,
+        a.context_size,
+        a.buffer,
+        a.shard_rows,
+        a.seed,
+        &a.out,
+        a.force,
+        |d, _| bar.set_position(d),
+    )?;
+    bar.finish_and_clear();
+    if a.json {
+        crate::print(&serde_json::to_string_pretty(&info)?);
+    } else {
+        crate::print(&format!(
+            "{} activations of width {} at {} in {} shards: {}",
+            info.rows,
+            info.d_in,
+            info.hook,
+            info.shards.len(),
+            dir.display()
+        ));
+    }
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::hooks::{ActivationCache, HookPoint, Hooks, Op, RowWindow};
+use crate::hooks::{ActivationCache, HookPoint, Hooks, Op, RowWindow, Splice};
 use crate::input::{Input, Padding};
 use crate::model::{KvCache, Model, Span};
 use crate::rng::Rng;
@@ -223,8 +223,36 @@ pub fn generate_batches(
     spec: &GenerateSpec,
     interventions: &[Intervention],
     record: &[HookPoint],
+    on_token: impl FnMut(usize, u32) -> bool,
+) -> Result<Vec<Generated>> {
+    generate_spliced(
+        model,
+        prompts,
+        batch,
+        spec,
+        interventions,
+        record,
+        &[],
+        on_token,
+    )
+}
+
+/// [`generate_batches`] with SAEs spliced into every step's forward: their `hook_sae_*`
+/// points take interventions (steering by latents) and recordings like any other point.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_spliced(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    batch: usize,
+    spec: &GenerateSpec,
+    interventions: &[Intervention],
+    record: &[HookPoint],
+    splices: &[Splice],
     mut on_token: impl FnMut(usize, u32) -> bool,
 ) -> Result<Vec<Generated>> {
+    for s in splices {
+        s.check(&model.cfg)?;
+    }
     check(model, prompts, spec, interventions)?;
     if batch == 0 {
         return Err(Error::Input(
@@ -240,9 +268,10 @@ pub fn generate_batches(
             .enumerate()
             .filter_map(|(k, iv)| Some((k, iv.for_prompts(start, chunk.len())?)))
             .unzip();
-        let (done, local_acted) = one_batch(model, chunk, spec, &local, record, |i, t| {
-            on_token(start + i, t)
-        })?;
+        let (done, local_acted) =
+            one_batch(model, chunk, spec, &local, record, splices, |i, t| {
+                on_token(start + i, t)
+            })?;
         for (k, a) in which.into_iter().zip(local_acted) {
             acted[k] |= a;
         }
@@ -266,6 +295,7 @@ fn one_batch(
     spec: &GenerateSpec,
     interventions: &[Intervention],
     record: &[HookPoint],
+    splices: &[Splice],
     mut on_token: impl FnMut(usize, u32) -> bool,
 ) -> Result<(Vec<Generated>, Vec<bool>)> {
     let cfg = &model.cfg;
@@ -278,7 +308,9 @@ fn one_batch(
         let mut h = KvCache::points(cfg)
             .into_iter()
             .chain(record.iter().copied())
-            .fold(Hooks::none(), |h, p| h.capture(p));
+            .fold(Hooks::none().splice_all(splices.iter().cloned()), |h, p| {
+                h.capture(p)
+            });
         for (iv, acted) in interventions.iter().zip(acted.iter_mut()) {
             if let Some(iv) = iv.for_rows(step, rows) {
                 *acted = true;

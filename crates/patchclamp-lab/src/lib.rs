@@ -9,6 +9,8 @@
 //! 4. [`analysis`]: logit lens, DLA, Hydra, head detectors, extremes, neurons, linear probes.
 //! 5. [`toy`]: analytic toy models of learning dynamics.
 //! 6. [`steering`]: steering vectors from contrastive pairs, and the interventions that add them.
+//! 7. [`sae`]: sparse autoencoders — training on harvested activations, evaluation, feature
+//!    dashboards, contrast, and K11 (the SAE itself and its splice are the core's).
 //!
 //! [`util`] holds the statistics and linear algebra they share; every fallible function
 //! returns the lab's [`Error`].

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use numpy::PyArrayDyn;
-use patchclamp_core::generate::{generate_batches, GenerateSpec};
+use patchclamp_core::generate::{generate_spliced, GenerateSpec};
 use patchclamp_core::HookPoint;
 use patchclamp_report::outcomes::{GenerateOutcome, ShownGeneration};
 use pyo3::exceptions::PyValueError;
@@ -26,6 +26,7 @@ pub fn run<'py>(
     record: Vec<String>,
     batch: Option<usize>,
     stop: Vec<String>,
+    saes: Vec<(Py<crate::sae::Sae>, bool)>,
 ) -> PyResult<Out<'py>> {
     let s = &m.subject;
     let cfg = &s.model.cfg;
@@ -52,7 +53,10 @@ pub fn run<'py>(
         Some(j) => hooks::interventions(j)?,
         None => vec![],
     };
-    let all = HookPoint::all(cfg);
+    let splices = hooks::splices(&s.model, &saes)?;
+    let all = patchclamp_core::Hooks::none()
+        .splice_all(splices.iter().cloned())
+        .points(cfg);
     let mut points: Vec<HookPoint> = vec![];
     for pattern in &record {
         let sel = patchclamp_core::Selector::parse(pattern).map_err(errors::core)?;
@@ -66,22 +70,31 @@ pub fn run<'py>(
     let raised = Raised::default();
     let mut sofar: Vec<Vec<u32>> = vec![vec![]; prompts.len()];
     let done = py.detach(|| {
-        generate_batches(&s.model, &prompts, batch, &spec, &ivs, &points, |i, t| {
-            // Ctrl-C ends every prompt at its next token; the interrupt is raised after.
-            if let Err(e) = Python::attach(|py| py.check_signals()) {
-                raised.set(e);
-                return false;
-            }
-            if raised.is_set() {
-                return false;
-            }
-            if stop.is_empty() {
-                return true;
-            }
-            sofar[i].push(t);
-            let text = s.text_of(&sofar[i]);
-            !stop.iter().any(|x| text.contains(x))
-        })
+        generate_spliced(
+            &s.model,
+            &prompts,
+            batch,
+            &spec,
+            &ivs,
+            &points,
+            &splices,
+            |i, t| {
+                // Ctrl-C ends every prompt at its next token; the interrupt is raised after.
+                if let Err(e) = Python::attach(|py| py.check_signals()) {
+                    raised.set(e);
+                    return false;
+                }
+                if raised.is_set() {
+                    return false;
+                }
+                if stop.is_empty() {
+                    return true;
+                }
+                sofar[i].push(t);
+                let text = s.text_of(&sofar[i]);
+                !stop.iter().any(|x| text.contains(x))
+            },
+        )
     });
     if let Some(e) = raised.take() {
         return Err(e);

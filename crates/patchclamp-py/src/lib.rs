@@ -47,6 +47,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sae::Sae>()?;
     m.add_function(wrap_pyfunction!(sae::sae_train, m)?)?;
     m.add_function(wrap_pyfunction!(sae::sae_eval, m)?)?;
+    m.add_function(wrap_pyfunction!(sae::sae_harvest, m)?)?;
     m.add_function(wrap_pyfunction!(sae::sae_features, m)?)?;
     m.add_function(wrap_pyfunction!(sae::sae_contrast, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;

@@ -205,7 +205,7 @@ impl Model {
     /// Generates after each prompt (one ragged batch, `batch` prompts at a time); `spec` is
     /// the engine's `GenerateSpec` as JSON. Returns the generations as JSON and, per prompt,
     /// the activations recorded at `record` over the whole sequence.
-    #[pyo3(signature = (prompts, spec, interventions = None, record = vec![], batch = None, stop = vec![]))]
+    #[pyo3(signature = (prompts, spec, interventions = None, record = vec![], batch = None, stop = vec![], saes = vec![]))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn generate<'py>(
         &self,
@@ -216,8 +216,19 @@ impl Model {
         record: Vec<String>,
         batch: Option<usize>,
         stop: Vec<String>,
+        saes: Vec<(Py<crate::sae::Sae>, bool)>,
     ) -> PyResult<(String, Vec<HashMap<String, Bound<'py, PyArrayDyn<f32>>>>)> {
-        crate::generate::run(self, py, prompts, spec, interventions, record, batch, stop)
+        crate::generate::run(
+            self,
+            py,
+            prompts,
+            spec,
+            interventions,
+            record,
+            batch,
+            stop,
+            saes,
+        )
     }
 
     fn __repr__(&self) -> String {

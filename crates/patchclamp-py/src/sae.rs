@@ -129,7 +129,7 @@ impl Sae {
 /// l0, explained_variance, dead, tokens_per_s)` sees each step; Ctrl-C stops at a step with
 /// the last checkpoint kept. Returns (folder, SAELens folder, summary lines, last step JSON).
 #[pyfunction]
-#[pyo3(signature = (model, hook, corpus, spec, out, context_size = 128, buffer_batches = 4, contexts_per_forward = 8, checkpoint_every = 500, log_every = 50, resume = false, force = false, progress = None))]
+#[pyo3(signature = (model, hook, corpus, spec, out, context_size = 128, buffer_batches = 4, contexts_per_forward = 8, checkpoint_every = 500, log_every = 50, resume = false, force = false, progress = None, activations = None, eval_corpus = None, eval_every = 500, eval_contexts = 16))]
 #[allow(clippy::too_many_arguments)]
 pub fn sae_train(
     py: Python<'_>,
@@ -146,6 +146,10 @@ pub fn sae_train(
     resume: bool,
     force: bool,
     progress: Option<Py<PyAny>>,
+    activations: Option<PathBuf>,
+    eval_corpus: Option<PathBuf>,
+    eval_every: u64,
+    eval_contexts: usize,
 ) -> PyResult<(PathBuf, PathBuf, Vec<String>, String)> {
     let cfg = &model.subject.model.cfg;
     let point = crate::hooks::point(&model.subject.model, hook)?;
@@ -160,10 +164,14 @@ pub fn sae_train(
         spec,
         hook: point,
         corpus,
+        activations,
         context_size,
         contexts_per_forward,
         checkpoint_every,
         log_every,
+        eval_corpus,
+        eval_every,
+        eval_contexts,
         out,
         resume,
         force,
@@ -338,4 +346,46 @@ pub fn sae_contrast(
         })
         .map_err(errors::lab)?;
     serde_json::to_string(&c).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// Harvests `tokens` activations at `hook` from `corpus` into an activation store in `out`;
+/// returns the folder and `store.json`'s text.
+#[pyfunction]
+#[pyo3(signature = (model, hook, corpus, tokens, out, context_size = 128, buffer = 16384, shard_rows = 65536, seed = 0, force = false))]
+#[allow(clippy::too_many_arguments)]
+pub fn sae_harvest(
+    py: Python<'_>,
+    model: &Model,
+    hook: &str,
+    corpus: PathBuf,
+    tokens: u64,
+    out: PathBuf,
+    context_size: usize,
+    buffer: usize,
+    shard_rows: usize,
+    seed: u64,
+    force: bool,
+) -> PyResult<(PathBuf, String)> {
+    let point = crate::hooks::point(&model.subject.model, hook)?;
+    let (dir, info) = py
+        .detach(|| {
+            sae_run::harvest(
+                &model.subject,
+                point,
+                &corpus,
+                tokens,
+                context_size,
+                buffer,
+                shard_rows,
+                seed,
+                &out,
+                force,
+                |_, _| {},
+            )
+        })
+        .map_err(errors::report)?;
+    Ok((
+        dir,
+        serde_json::to_string(&info).map_err(|e| PyValueError::new_err(e.to_string()))?,
+    ))
 }

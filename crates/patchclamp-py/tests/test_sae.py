@@ -133,3 +133,33 @@ def test_features_and_contrast_equal_the_cli(gpt2, cli, tmp_path):
 def test_lab_sae_toy_runs_from_python(tmp_path):
     r = pc.lab.run("sae-toy", out=tmp_path / "k11", steps=300)
     assert (r.path / "report.html").is_file() and any("MMCS" in l for l in r.lines)
+
+
+def test_harvest_then_train_from_the_store(gpt2, tmp_path):
+    info = pc.sae.harvest(gpt2, "blocks.0.hook_resid_post", CORPUS, tokens=2000, out=tmp_path / "store", context_size=32,
+                          shard_rows=700)
+    assert info["rows"] == 2000 and len(info["shards"]) == 3 and info["d_in"] == 32
+    run = pc.sae.train(gpt2, "blocks.0.hook_resid_post", None, d_sae=32, tokens=2000, batch=200, k=2,
+                       activations=tmp_path / "store", out=tmp_path / "run")
+    assert run.last["step"] == 10
+    with pytest.raises(ValueError, match="fewer than"):
+        pc.sae.train(gpt2, "blocks.0.hook_resid_post", None, d_sae=32, tokens=4000, batch=200, k=2,
+                     activations=tmp_path / "store", out=tmp_path / "run2")
+
+
+def test_generate_with_a_spliced_sae_equals_the_cli(gpt2, cli):
+    sae = pc.SAE.load_from_disk(SAES / "standard-resid")
+    steer = [{"at": "blocks.0.hook_resid_post.hook_sae_acts_post", "select": {"units": [3, 11], "positions": "generated"},
+              "op": {"kind": "add", "vector": 40.0}}]
+    plain = gpt2.generate("the cat", max_new_tokens=6, do_sample=False, return_type="tokens")
+    same = gpt2.generate("the cat", max_new_tokens=6, do_sample=False, return_type="tokens", saes=[(sae, True)])
+    assert np.array_equal(plain, same)
+    g = gpt2.generate("the cat", max_new_tokens=6, do_sample=False, return_generations=True, saes=[(sae, True)],
+                      interventions=steer, record="blocks.0.hook_resid_post.hook_sae_acts_post")[0]
+    ivs = ROOT / "target" / "sae-steer.json"
+    ivs.write_text(json.dumps(steer))
+    out = subprocess.run([cli, "generate", str(ROOT / "tests/fixtures/models/gpt2"), "--prompt", "the cat", "--max-new-tokens", "6",
+                          "--sae", str(SAES / "standard-resid"), "--error-term", "--intervene", str(ivs), "--json"],
+                         check=True, capture_output=True, text=True)
+    assert json.loads(out.stdout)["generations"][0]["tokens"] == g.tokens
+    assert g.cache["blocks.0.hook_resid_post.hook_sae_acts_post"].shape[-1] == 64

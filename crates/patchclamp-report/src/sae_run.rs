@@ -162,13 +162,21 @@ pub struct SaeTrainRequest {
     /// The trainer's settings (`d_in` is the hook's width, `steps` from the token budget).
     pub spec: TrainSpec,
     pub hook: HookPoint,
+    /// Text or JSONL documents to harvest from…
     pub corpus: PathBuf,
+    /// … or a store `sae harvest` wrote (then `corpus` only names the run).
+    pub activations: Option<PathBuf>,
     pub context_size: usize,
     /// Shuffle-buffer rows.
     pub buffer: usize,
     pub contexts_per_forward: usize,
     pub checkpoint_every: u64,
     pub log_every: u64,
+    /// Held-out text for the LM-loss metrics (CE-loss score, delta LM loss, KL score), every
+    /// `eval_every` steps and at the end, over `eval_contexts` contexts.
+    pub eval_corpus: Option<PathBuf>,
+    pub eval_every: u64,
+    pub eval_contexts: usize,
     pub out: PathBuf,
     pub resume: bool,
     pub force: bool,
@@ -202,6 +210,8 @@ pub struct SaeTrainDone {
     pub report: PathBuf,
     pub lines: Vec<String>,
     pub last: StepStats,
+    /// Training tokens per second over the run (harvest included when harvesting).
+    pub tokens_per_s: f64,
 }
 
 /// The training report.
@@ -215,6 +225,34 @@ struct SaeTrainOutcome {
     harvested_tokens: u64,
     dead: usize,
     log: Vec<StepStats>,
+    /// The LM-loss metrics on held-out text (`--eval-corpus`).
+    evals: Vec<EvalRecord>,
+}
+
+/// One evaluation of the SAE being trained on held-out text.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EvalRecord {
+    pub step: u64,
+    pub ce_loss_score: f64,
+    pub delta_lm_loss: f64,
+    pub kl_div_score: f64,
+    pub explained_variance: f64,
+    pub l0: f64,
+}
+
+/// The trainer's current SAE evaluated on held-out contexts.
+fn held_out_eval(
+    model: &patchclamp_core::Model,
+    tr: &patchclamp_lab::sae::train::Trainer,
+    hook: &str,
+    contexts: &[Vec<u32>],
+    exclude: &[u32],
+) -> patchclamp_lab::Result<patchclamp_lab::sae::eval::SaeMetrics> {
+    let mut sae = tr.to_sae(hook, Default::default(), model.device())?;
+    if hook.ends_with("hook_z") {
+        sae.cfg.reshape_hook_z = true;
+    }
+    patchclamp_lab::sae::eval::evaluate(model, &Arc::new(sae), contexts, 8, exclude, |_, _| {})
 }
 
 impl Outcome for SaeTrainOutcome {
@@ -237,6 +275,12 @@ impl Outcome for SaeTrainOutcome {
             lines.push(format!(
                 "final step {}: loss {:.5}  MSE {:.5}  L0 {:.2}  explained variance {:.4}  dead {} (window {} steps)",
                 s.step, s.loss, s.mse, s.l0, s.explained_variance, self.dead, self.spec.dead_window
+            ));
+        }
+        if let Some(e) = self.evals.last() {
+            lines.push(format!(
+                "held-out text at step {}: CE-loss score {:.4}  delta LM loss {:.4}  KL score {:.4}  explained variance {:.4}  L0 {:.2}",
+                e.step, e.ce_loss_score, e.delta_lm_loss, e.kl_div_score, e.explained_variance, e.l0
             ));
         }
         lines
@@ -286,6 +330,26 @@ impl Outcome for SaeTrainOutcome {
                 self.log.iter().map(|s| s.dead as f64).collect(),
             ),
         );
+        if !self.evals.is_empty() {
+            page.line(
+                "ce_loss_score",
+                "CE-loss score on held-out text: 1 when the SAE's reconstruction loses nothing, 0 when it is as bad as zeros",
+                LinePlot {
+                    title: "CE-loss score (held-out)".into(),
+                    x_label: "step".into(),
+                    y_label: "CE-loss score".into(),
+                    series: vec![Series {
+                        name: "CE-loss score".into(),
+                        xs: self.evals.iter().map(|e| e.step as f64).collect(),
+                        ys: self.evals.iter().map(|e| e.ce_loss_score).collect(),
+                        dashed: false,
+                    }],
+                    markers: vec![],
+                    hline: None,
+                    y_range: None,
+                },
+            );
+        }
         Ok(())
     }
 }
@@ -305,66 +369,89 @@ pub fn train(
             "--log-every and the contexts per forward must be positive".into(),
         ));
     }
-    // Everything checked before the folder is touched: the hook, the corpus's length.
+    // Everything checked before the folder is touched: the hook, the source's length.
     let exclude = subject.special_tokens();
-    let mut harvest = Harvest::new(
-        model,
-        hook,
-        subject.packer(&req.corpus, req.context_size)?,
-        exclude.clone(),
-        req.buffer,
-        req.spec.seed,
-    )?;
-    if harvest.width() != req.spec.d_in {
-        return Err(Error::Input(format!(
-            "d_in {} is not {hook}'s width {}",
-            req.spec.d_in,
-            harvest.width()
-        )));
-    }
-    on_event(SaeTrainEvent::Counting);
-    let mut counter = subject.packer(&req.corpus, req.context_size)?;
-    let (mut available, mut contexts) = (0u64, 0u64);
     let need = req.spec.steps * req.spec.batch as u64;
-    while available < need {
-        match counter.next_context()? {
-            Some(c) => {
-                contexts += 1;
-                available += c.iter().filter(|t| !exclude.contains(t)).count() as u64;
+    let mut harvest = None;
+    let mut store = None;
+    let identity = match &req.activations {
+        Some(dir) => {
+            let r = patchclamp_lab::sae::store::StoreReader::open(dir)?;
+            if r.info.d_in != req.spec.d_in {
+                return Err(Error::Input(format!(
+                    "the store holds rows of width {}, {hook} has width {}",
+                    r.info.d_in, req.spec.d_in
+                )));
             }
-            None => break,
+            if !r.info.hook.is_empty() && r.info.hook != hook.to_string() {
+                return Err(Error::Input(format!(
+                    "the store was harvested at {}, not {hook}",
+                    r.info.hook
+                )));
+            }
+            if r.info.rows < need {
+                return Err(Error::Input(format!(
+                    "the store holds {} rows, fewer than the {need} the run needs ({} steps × batch {})",
+                    r.info.rows, req.spec.steps, req.spec.batch
+                )));
+            }
+            let index = std::fs::read(dir.join("store.json")).map_err(|e| Error::Read {
+                path: dir.clone(),
+                source: e,
+            })?;
+            let id = format!(
+                "model {} | hook {hook} | store {}",
+                subject.home.display(),
+                crate::content_hash(&index)
+            );
+            store = Some(r);
+            id
         }
-    }
-    if contexts == 0 {
-        return Err(Error::Input(format!(
-            "{} is shorter than one context of {} tokens",
-            req.corpus.display(),
-            req.context_size
-        )));
-    }
-    if available < need {
-        return Err(Error::Input(format!(
-            "{} holds {available} usable tokens ({contexts} contexts of {}), fewer than the {need} the run needs ({} steps × batch {})",
-            req.corpus.display(),
-            req.context_size,
-            req.spec.steps,
-            req.spec.batch
-        )));
-    }
-    harvest.contexts_per_forward = req.contexts_per_forward;
-    let corpus_hash = {
-        let bytes = std::fs::read(&req.corpus).map_err(|e| Error::Read {
-            path: req.corpus.clone(),
-            source: e,
-        })?;
-        crate::content_hash(&bytes)
+        None => {
+            let mut h = Harvest::new(
+                model,
+                hook,
+                subject.packer(&req.corpus, req.context_size)?,
+                exclude.clone(),
+                req.buffer,
+                req.spec.seed,
+            )?;
+            if h.width() != req.spec.d_in {
+                return Err(Error::Input(format!(
+                    "d_in {} is not {hook}'s width {}",
+                    req.spec.d_in,
+                    h.width()
+                )));
+            }
+            on_event(SaeTrainEvent::Counting);
+            count_usable(
+                subject,
+                &req.corpus,
+                req.context_size,
+                need,
+                &exclude,
+                req.spec.steps,
+                req.spec.batch,
+            )?;
+            h.contexts_per_forward = req.contexts_per_forward;
+            let bytes = std::fs::read(&req.corpus).map_err(|e| Error::Read {
+                path: req.corpus.clone(),
+                source: e,
+            })?;
+            harvest = Some(h);
+            format!(
+                "model {} | hook {hook} | corpus {} | context {} | buffer {}",
+                subject.home.display(),
+                crate::content_hash(&bytes),
+                req.context_size,
+                req.buffer
+            )
+        }
     };
-    let identity = format!(
-        "model {} | hook {hook} | corpus {corpus_hash} | context {} | buffer {}",
-        subject.home.display(),
-        req.context_size,
-        req.buffer
-    );
+    let held_out = match &req.eval_corpus {
+        Some(p) => Some(subject.contexts(p, req.context_size, req.eval_contexts.max(1))?),
+        None => None,
+    };
     let command = "sae train";
     let mut run = if req.resume {
         if !req.out.join(MANIFEST).is_file() {
@@ -398,29 +485,58 @@ pub fn train(
         from: 0,
     });
     let mut log: Vec<StepStats> = vec![];
+    let mut evals: Vec<EvalRecord> = vec![];
+    let mut eval_error: Option<patchclamp_lab::Error> = None;
+    let eval_every = req.eval_every;
+    let hook_name = hook.to_string();
     let log_every = req.log_every;
     let steps = req.spec.steps;
-    let (tr, _) = run::train(
-        req.spec.clone(),
-        |rows| harvest.next_batch(rows),
-        &opts,
-        |e| match e {
-            SaeEvent::Step {
+    let mut next = |rows: usize| -> patchclamp_lab::Result<Option<Vec<f32>>> {
+        match (&mut harvest, &mut store) {
+            (Some(h), _) => h.next_batch(rows),
+            (None, Some(s)) => s.next_batch(rows),
+            (None, None) => unreachable!("one source is set"),
+        }
+    };
+    let mut speed = 0.0;
+    let (tr, _) = run::train(req.spec.clone(), &mut next, &opts, |e| match e {
+        SaeEvent::Step {
+            stats,
+            tokens_per_s,
+            trainer,
+        } => {
+            speed = tokens_per_s;
+            if let Some(ctx) = &held_out {
+                let due = stats.step == steps
+                    || (eval_every > 0 && stats.step.is_multiple_of(eval_every));
+                if eval_error.is_none() && due {
+                    match held_out_eval(model, trainer, &hook_name, ctx, &exclude) {
+                        Ok(m) => evals.push(EvalRecord {
+                            step: stats.step,
+                            ce_loss_score: m.ce_loss_score,
+                            delta_lm_loss: m.delta_lm_loss,
+                            kl_div_score: m.kl_div_score,
+                            explained_variance: m.explained_variance,
+                            l0: m.l0,
+                        }),
+                        Err(e) => eval_error = Some(e),
+                    }
+                }
+            }
+            if stats.step.is_multiple_of(log_every) || stats.step == steps || stats.step == 1 {
+                log.push(*stats);
+            }
+            on_event(SaeTrainEvent::Step {
                 stats,
                 tokens_per_s,
-            } => {
-                if stats.step % log_every == 0 || stats.step == steps || stats.step == 1 {
-                    log.push(*stats);
-                }
-                on_event(SaeTrainEvent::Step {
-                    stats,
-                    tokens_per_s,
-                });
-            }
-            SaeEvent::Resuming { step } => on_event(SaeTrainEvent::Resuming { step }),
-            SaeEvent::Checkpoint { .. } => {}
-        },
-    )?;
+            });
+        }
+        SaeEvent::Resuming { step } => on_event(SaeTrainEvent::Resuming { step }),
+        SaeEvent::Checkpoint { .. } => {}
+    })?;
+    if let Some(e) = eval_error {
+        return Err(e.into());
+    }
     // A resumed run's log: the earlier lines, then this run's.
     let mut lines_out = String::new();
     if req.resume {
@@ -480,12 +596,16 @@ pub fn train(
     let outcome = SaeTrainOutcome {
         command: req.command.clone(),
         hook: hook.to_string(),
-        corpus: req.corpus.display().to_string(),
+        corpus: match &req.activations {
+            Some(d) => format!("activation store {}", d.display()),
+            None => req.corpus.display().to_string(),
+        },
         context_size: req.context_size,
         spec: req.spec.clone(),
-        harvested_tokens: harvest.harvested,
+        harvested_tokens: harvest.as_ref().map_or(tr.tokens, |h| h.harvested),
         dead: tr.dead(),
         log: full_log.clone(),
+        evals,
     };
     let vocab = subject.vocab();
     crate::write_outcome(
@@ -503,6 +623,7 @@ pub fn train(
         dir,
         lines,
         last: *full_log.last().expect("at least one step"),
+        tokens_per_s: speed,
     })
 }
 
@@ -825,4 +946,111 @@ impl Outcome for SaeContrastOutcome {
         );
         Ok(())
     }
+}
+
+/// Fails unless `path` packs into at least `need` usable (non-special) tokens.
+fn count_usable(
+    subject: &Subject,
+    path: &Path,
+    size: usize,
+    need: u64,
+    exclude: &[u32],
+    steps: u64,
+    batch: usize,
+) -> Result<()> {
+    let mut counter = subject.packer(path, size)?;
+    let (mut available, mut contexts) = (0u64, 0u64);
+    while available < need {
+        match counter.next_context()? {
+            Some(c) => {
+                contexts += 1;
+                available += c.iter().filter(|t| !exclude.contains(t)).count() as u64;
+            }
+            None => break,
+        }
+    }
+    if contexts == 0 {
+        return Err(Error::Input(format!(
+            "{} is shorter than one context of {size} tokens",
+            path.display()
+        )));
+    }
+    if available < need {
+        return Err(Error::Input(format!(
+            "{} holds {available} usable tokens ({contexts} contexts of {size}), fewer than the {need} the run needs ({steps} steps × batch {batch})",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Harvests `tokens` activations at `hook` from `corpus` into an activation store in `out`
+/// (shards of `shard_rows`), in the order the shuffle buffer draws them.
+#[allow(clippy::too_many_arguments)]
+pub fn harvest(
+    subject: &Subject,
+    hook: HookPoint,
+    corpus: &Path,
+    tokens: u64,
+    context_size: usize,
+    buffer: usize,
+    shard_rows: usize,
+    seed: u64,
+    out: &Path,
+    force: bool,
+    mut on_rows: impl FnMut(u64, u64),
+) -> Result<(PathBuf, patchclamp_lab::sae::store::StoreInfo)> {
+    use patchclamp_lab::sae::store::{write_info, write_shard, StoreInfo};
+    let hook = HookPoint::parse_for(&hook.to_string(), &subject.model.cfg)?;
+    if tokens == 0 || shard_rows == 0 {
+        return Err(Error::Input(
+            "--tokens and --shard-rows must be positive".into(),
+        ));
+    }
+    run_dir::outside_model(out, &subject.home)?;
+    let exclude = subject.special_tokens();
+    let mut h = Harvest::new(
+        &subject.model,
+        hook,
+        subject.packer(corpus, context_size)?,
+        exclude.clone(),
+        buffer,
+        seed,
+    )?;
+    count_usable(
+        subject,
+        corpus,
+        context_size,
+        tokens,
+        &exclude,
+        1,
+        tokens as usize,
+    )?;
+    let d = h.width();
+    let mut run = RunDir::create(out, "sae harvest", force)?;
+    let (mut done, mut shards) = (0u64, vec![]);
+    while done < tokens {
+        let rows = ((tokens - done) as usize).min(shard_rows);
+        let data = h
+            .next_batch(rows)?
+            .ok_or_else(|| Error::Input("the corpus ran out while harvesting".into()))?;
+        let name = patchclamp_lab::sae::store::shard_name(shards.len());
+        run.file(&name)?;
+        shards.push(write_shard(run.root(), shards.len(), &data, d)?);
+        done += rows as u64;
+        on_rows(done, tokens);
+    }
+    let info = StoreInfo {
+        format: "patchclamp-activation-store-1".into(),
+        hook: hook.to_string(),
+        d_in: d,
+        rows: done,
+        shards,
+        source: format!("{} from {}", subject.home.display(), corpus.display()),
+    };
+    run.file("store.json")?;
+    write_info(run.root(), &info)?;
+    let dir = run.root().to_path_buf();
+    run.finish()?;
+    Ok((dir, info))
 }

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod features;
 pub mod harvest;
 pub mod run;
+pub mod store;
 pub mod toy;
 pub mod train;
 

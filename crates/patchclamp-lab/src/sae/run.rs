@@ -21,6 +21,8 @@ pub enum SaeEvent<'a> {
     Step {
         stats: &'a StepStats,
         tokens_per_s: f64,
+        /// The trainer after the step (for evaluations between steps).
+        trainer: &'a Trainer,
     },
     /// A checkpoint was written after `step`.
     Checkpoint { step: u64 },
@@ -83,10 +85,12 @@ pub fn train(
         on_event(SaeEvent::Step {
             stats: &st,
             tokens_per_s: (tr.tokens - start_tokens) as f64 / secs,
+            trainer: &tr,
         });
         stats.push(st);
         if let Some(path) = opts.checkpoint {
-            if opts.checkpoint_every > 0 && (tr.step % opts.checkpoint_every == 0 || tr.step == end)
+            if opts.checkpoint_every > 0
+                && (tr.step.is_multiple_of(opts.checkpoint_every) || tr.step == end)
             {
                 checkpoint::save(&tr, &opts.identity, path)?;
                 on_event(SaeEvent::Checkpoint { step: tr.step });

@@ -254,7 +254,7 @@ fn train_variant(
     for _ in 0..spec.steps {
         crate::util::interrupt::check()?;
         let st: StepStats = tr.step(&batch)?;
-        if st.step % 50 == 0 || st.step == spec.steps {
+        if st.step.is_multiple_of(50) || st.step == spec.steps {
             curve.push((st.step, 1.0 - st.explained_variance, st.l0));
         }
         batch = data.sample(spec.batch).0;

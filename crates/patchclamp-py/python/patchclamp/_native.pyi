@@ -36,6 +36,7 @@ class Model:
         record: Sequence[str] = ...,
         batch: Optional[int] = None,
         stop: Sequence[str] = ...,
+        saes: Sequence[Tuple["Sae", bool]] = ...,
     ) -> Tuple[str, List[Dict[str, np.ndarray]]]: ...
 
 def set_num_threads(n: int) -> None: ...
@@ -136,7 +137,11 @@ class Sae:
 def sae_train(model: Model, hook: str, corpus: str, spec: str, out: str, context_size: int = 128,
               buffer_batches: int = 4, contexts_per_forward: int = 8, checkpoint_every: int = 500,
               log_every: int = 50, resume: bool = False, force: bool = False,
-              progress: Optional[Callable[[int, float, float, int, float], Any]] = None) -> Tuple[str, str, List[str], str]: ...
+              progress: Optional[Callable[[int, float, float, int, float], Any]] = None,
+              activations: Optional[str] = None, eval_corpus: Optional[str] = None, eval_every: int = 500,
+              eval_contexts: int = 16) -> Tuple[str, str, List[str], str]: ...
+def sae_harvest(model: Model, hook: str, corpus: str, tokens: int, out: str, context_size: int = 128,
+                buffer: int = 16384, shard_rows: int = 65536, seed: int = 0, force: bool = False) -> Tuple[str, str]: ...
 def sae_eval(model: Model, sae: str, corpus: str, contexts: int = 64, context_size: int = 128, batch: int = 8,
              out: Optional[str] = None, force: bool = False) -> str: ...
 def sae_features(model: Model, sae: str, corpus: str, out: str, latents: Sequence[int] = ..., contexts: int = 64,

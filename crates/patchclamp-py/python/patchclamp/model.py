@@ -304,6 +304,7 @@ class HookedTransformer:
         record: NamesFilter = (),
         return_generations: bool = False,
         verbose: bool = False,
+        saes=(),
     ):
         """Generates after the prompt(s) with the engine's KV cache, interventions and control
         vectors acting at every step by absolute position.
@@ -343,9 +344,10 @@ class HookedTransformer:
         ivs = list(_interventions_list(interventions))
         for cv in control_vectors:
             ivs += json.loads(self._control_vector(cv))
-        names = [] if not record else self._names(record)
+        names = [] if not record else self._names(record, saes)
         out, recordings = self._m.generate(
-            prompts, json.dumps(spec), _interventions_text(ivs) if ivs else None, names, batch, list(stop)
+            prompts, json.dumps(spec), _interventions_text(ivs) if ivs else None, names, batch, list(stop),
+            self._native_saes(saes),
         )
         gens = [
             Generation(g["prompt_tokens"], g["tokens"], g["text"], g["stop"], ActivationCache(r, self))

@@ -132,6 +132,12 @@ class TrainedSAE:
         return np.array([r["step"] for r in rows]), np.array([r[key] for r in rows], dtype=np.float64)
 
     @property
+    def evals(self) -> List[Dict[str, Any]]:
+        """Held-out evaluations (``eval_corpus``): step, ce_loss_score, delta_lm_loss, kl_div_score…"""
+        with open(self.path / "result.json") as f:
+            return json.load(f)["evals"]
+
+    @property
     def report(self) -> Path:
         return self.path / "report.html"
 
@@ -161,17 +167,22 @@ def _arch(arch: str, k: Optional[int], l1: Optional[float], l0: Optional[float],
     raise ValueError(f"unknown arch {arch!r}; use standard, topk, batchtopk or jumprelu")
 
 
-def train(model, hook: str, corpus: PathLike, d_sae: int, tokens: int, out: PathLike, arch: str = "topk",
+def train(model, hook: str, corpus: Optional[PathLike], d_sae: int, tokens: int, out: PathLike, arch: str = "topk",
           k: Optional[int] = None, l1: Optional[float] = None, l0: Optional[float] = None, batch: int = 4096,
           context_size: int = 128, lr: float = 3e-4, lr_warm_up_steps: int = 0, lr_decay: bool = False,
           sparsity_warm_up_steps: int = 0, normalize: bool = False, b_dec_init: str = "geometric_median",
           dead_window: int = 1000, buffer_batches: int = 4, contexts_per_forward: int = 8,
           checkpoint_every: int = 500, log_every: int = 50, seed: int = 0, resume: bool = False,
-          force: bool = False, progress: Optional[Callable[..., Any]] = None) -> TrainedSAE:
+          force: bool = False, progress: Optional[Callable[..., Any]] = None,
+          activations: Optional[PathLike] = None, eval_corpus: Optional[PathLike] = None,
+          eval_every: int = 500, eval_contexts: int = 16) -> TrainedSAE:
     """Trains an SAE on ``model``'s activations at ``hook`` harvested from ``corpus`` (text: one
-    document per line; JSONL: ``{"text": …}``) into ``out``, as ``patchclamp sae train`` does
-    (same flags, same numbers). ``progress(step, l0, explained_variance, dead, tokens_per_s)``
-    sees each step; Ctrl-C stops at a step and ``resume=True`` continues bit for bit."""
+    document per line; JSONL: ``{"text": …}``) — or read from an ``activations`` store
+    (:func:`harvest`) — into ``out``, as ``patchclamp sae train`` does (same flags, same
+    numbers). ``progress(step, l0, explained_variance, dead, tokens_per_s)`` sees each step;
+    Ctrl-C stops at a step and ``resume=True`` continues bit for bit."""
+    if (corpus is None) == (activations is None):
+        raise ValueError("give exactly one of corpus and activations")
     if tokens <= 0 or batch <= 0:
         raise ValueError("tokens and batch must be positive")
     if b_dec_init.replace("-", "_") not in ("geometric_median", "mean", "zeros"):
@@ -194,8 +205,10 @@ def train(model, hook: str, corpus: PathLike, d_sae: int, tokens: int, out: Path
         "seed": int(seed),
     }
     path, sae_path, lines, last = _native.sae_train(
-        model._m, hook, str(corpus), json.dumps(spec), str(out), int(context_size), int(buffer_batches),
-        int(contexts_per_forward), int(checkpoint_every), int(log_every), bool(resume), bool(force), progress,
+        model._m, hook, "" if corpus is None else str(corpus), json.dumps(spec), str(out), int(context_size),
+        int(buffer_batches), int(contexts_per_forward), int(checkpoint_every), int(log_every), bool(resume),
+        bool(force), progress, None if activations is None else str(activations),
+        None if eval_corpus is None else str(eval_corpus), int(eval_every), int(eval_contexts),
     )
     return TrainedSAE(path, sae_path, list(lines), json.loads(last))
 
@@ -275,3 +288,12 @@ def contrast(sae: Union[SAE, PathLike], model, prompts, control, top: int = 10, 
     s = sae if isinstance(sae, SAE) else SAE.load_from_disk(sae)
     rows = lambda ps: [list(model._m.to_tokens(p, None)) if isinstance(p, str) else [int(t) for t in p] for p in ps]
     return json.loads(_native.sae_contrast(model._m, s._s, rows(prompts), rows(control), int(top), bool(mean)))
+
+
+def harvest(model, hook: str, corpus: PathLike, tokens: int, out: PathLike, context_size: int = 128,
+            buffer: int = 16384, shard_rows: int = 65536, seed: int = 0, force: bool = False) -> Dict[str, Any]:
+    """Stores ``tokens`` activations at ``hook`` (sharded safetensors, ``store.json``) for
+    ``train(…, activations=out)``, as ``patchclamp sae harvest``; returns ``store.json``."""
+    _, text = _native.sae_harvest(model._m, hook, str(corpus), int(tokens), str(out), int(context_size), int(buffer),
+                                  int(shard_rows), int(seed), bool(force))
+    return json.loads(text)
