@@ -45,7 +45,7 @@ pub enum Cmd {
   patchclamp sae train MODEL --hook blocks.0.hook_mlp_out --corpus docs.jsonl --arch standard --l1 5 \\
       --d-sae 4096 --tokens 2000000 --out runs/sae-l1
   patchclamp sae train … --out runs/sae --resume     # continue from its checkpoint, bit for bit")]
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Harvest activations at a hook into an on-disk store (sharded safetensors) for reuse.
     Harvest(HarvestArgs),
     /// Evaluate an SAE on a model and corpus: L0, explained variance, CE-loss score, KL, density.
@@ -294,7 +294,7 @@ pub struct InfoArgs {
 
 pub fn main(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Train(a) => train(a),
+        Cmd::Train(a) => train(*a),
         Cmd::Harvest(a) => harvest(a),
         Cmd::Eval(a) => eval(a),
         Cmd::Features(a) => features(a),

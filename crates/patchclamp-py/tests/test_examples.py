@@ -21,4 +21,4 @@ def test_example_runs(script, tmp_path):
 
 
 def test_there_are_examples():
-    assert {p.stem for p in EXAMPLES} >= {"ioi_patching", "train_induction", "steering_sweep"}
+    assert {p.stem for p in EXAMPLES} >= {"ioi_patching", "train_induction", "steering_sweep", "sae_workflow"}

@@ -97,7 +97,7 @@ def cli_lines(cli, *args):
 
 def test_lab_experiments_are_the_cli_list(cli):
     names = [n for n, _ in pc.lab.experiments()]
-    assert names == ["induction", "singh-ih", "toy-phase", "critical-periods", "steering"]
+    assert names == ["induction", "singh-ih", "toy-phase", "critical-periods", "steering", "sae-toy"]
     listed = subprocess.run([cli, "lab"], check=True, capture_output=True, text=True).stdout
     assert all(f"  {n} " in listed for n in names)
 
