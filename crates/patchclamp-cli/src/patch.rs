@@ -52,6 +52,8 @@ pub struct Args {
     /// Output folder (result.json, result.safetensors, heatmap.svg/png, report.html).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    sae: crate::sae::SaeArgs,
     /// Print the JSON result to stdout instead of the summary.
     #[arg(long)]
     json: bool,
@@ -82,7 +84,8 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
             a.metric
         );
     }
-    let s = Subject::load(&a.model, a.processed, &crate::device())?;
+    let mut s = Subject::load(&a.model, a.processed, &crate::device())?;
+    s.model.saes = a.sae.splices(&s.model.cfg)?;
     patchclamp_lab::causal::patching::check_window(a.window, s.model.cfg.n_layers)
         .context("--window")?;
     let clean = s.encode(&a.clean).context("--clean")?;
@@ -148,6 +151,7 @@ pub fn main(a: Args, method: Method) -> anyhow::Result<()> {
         out: a.out,
         json: a.json,
         force: a.force,
+        sae: a.sae,
     };
     let command = match method {
         Method::Exact => "patch",

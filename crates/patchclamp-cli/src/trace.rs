@@ -48,6 +48,8 @@ pub struct Args {
     /// Variants per forward pass (default: about 4096 token rows per forward).
     #[arg(long)]
     batch: Option<usize>,
+    #[command(flatten)]
+    sae: crate::sae::SaeArgs,
     /// Output folder (result.json, result.safetensors, heatmap.svg, heatmap.png).
     #[arg(long)]
     out: PathBuf,
@@ -79,7 +81,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         // The library accepts it as a limit; a user asking for it gets a map of zeros.
         bail!("--noise 0 corrupts nothing, so every indirect effect is 0; give a positive standard deviation or omit it");
     }
-    let s = Subject::load(&a.model, false, &crate::device())?;
+    let mut s = Subject::load(&a.model, false, &crate::device())?;
+    s.model.saes = a.sae.splices(&s.model.cfg)?;
     let ids = s.encode(&a.prompt)?;
     let subject = match (&a.subject, &a.subject_positions) {
         (_, Some(p)) => p.clone(),
@@ -130,6 +133,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         out: a.out,
         json: a.json,
         force: a.force,
+        sae: a.sae,
     };
     report(&common, "trace", &s, &outcome)
 }

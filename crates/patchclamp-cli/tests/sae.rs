@@ -376,3 +376,34 @@ fn features_and_contrast_write_their_pages() {
     }
     let _ = std::fs::remove_dir_all(out);
 }
+
+/// `--sae` on the analysis commands: with the error term the analysis is the plain model's to
+/// the bit; without it the SAE's reconstruction is what the analysis sees.
+#[test]
+fn analyses_run_on_the_model_with_saes_spliced() {
+    let sae = sae_fixture("standard-resid");
+    for cmd in [vec!["lens"], vec!["dla", "--answer", " the"]] {
+        let run = |extra: &[&str]| {
+            let out = tmp(&format!("sae-an-{}-{}", cmd[0], extra.len()));
+            let mut a: Vec<String> = vec![
+                cmd[0].into(),
+                fixture("gpt2"),
+                "--prompt".into(),
+                "the cat sat on".into(),
+            ];
+            a.extend(cmd[1..].iter().map(|s| s.to_string()));
+            a.extend([
+                "--out".to_string(),
+                out.to_str().unwrap().into(),
+                "--json".into(),
+            ]);
+            a.extend(extra.iter().map(|s| s.to_string()));
+            let text = ok(bin().args(&a).output().unwrap());
+            let _ = std::fs::remove_dir_all(&out);
+            text
+        };
+        let plain = run(&[]);
+        assert_eq!(plain, run(&["--sae", &sae, "--error-term"]), "{}", cmd[0]);
+        assert_ne!(plain, run(&["--sae", &sae]), "{}", cmd[0]);
+    }
+}

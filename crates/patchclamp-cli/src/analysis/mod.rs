@@ -34,16 +34,16 @@ pub struct Common {
     /// Write into --out even if it holds files patchclamp did not write (they are kept).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub sae: crate::sae::SaeArgs,
 }
 
 impl Common {
-    /// Loads the model named on the command line.
+    /// Loads the model named on the command line, with its `--sae` SAEs spliced.
     pub fn subject(&self) -> anyhow::Result<Subject> {
-        Ok(Subject::load(
-            &self.model,
-            self.processed,
-            &crate::device(),
-        )?)
+        let mut s = Subject::load(&self.model, self.processed, &crate::device())?;
+        s.model.saes = self.sae.splices(&s.model.cfg)?;
+        Ok(s)
     }
 }
 

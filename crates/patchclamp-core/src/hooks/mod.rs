@@ -181,6 +181,16 @@ impl Hooks {
         splices.into_iter().fold(self, |h, s| h.splice(s))
     }
 
+    /// Splices each of `splices` unless an SAE already reads at its point (a model's own SAEs
+    /// join each pass's).
+    pub fn adopt_splices(&mut self, splices: &[Splice]) {
+        for s in splices {
+            if !self.splices.iter().any(|o| o.at == s.at) {
+                self.splices.push(s.clone());
+            }
+        }
+    }
+
     /// The spliced SAEs.
     pub fn splices(&self) -> &[Splice] {
         &self.splices

@@ -22,6 +22,9 @@ use crate::model::{ops, rope};
 pub struct Model {
     pub cfg: Config,
     pub weights: Weights,
+    /// SAEs spliced into every forward pass (SAELens's `add_sae`), after any the hooks bring;
+    /// empty for the plain model. What lets every analysis run on a model with SAEs in place.
+    pub saes: Vec<crate::hooks::Splice>,
     device: Device,
 }
 
@@ -71,6 +74,7 @@ impl Model {
         let model = Model {
             cfg,
             weights,
+            saes: vec![],
             device,
         };
         model.check_shapes()?;
@@ -111,6 +115,9 @@ impl Model {
                         .into(),
                 ));
             }
+        }
+        if !self.saes.is_empty() {
+            hooks.adopt_splices(&self.saes);
         }
         hooks.prepare_input(&self.cfg, input)?;
         let w = &self.weights;
