@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::Config;
 
 /// A loaded `tokenizer.json`.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }

@@ -58,6 +58,17 @@ impl Model {
         Ok(Model { subject, spec })
     }
 
+    /// This model with `saes` `(sae, use_error_term)` spliced into every pass (the weights
+    /// are shared, not copied): what the analyses run on when SAEs are attached.
+    fn with_saes(&self, saes: Vec<(Py<crate::sae::Sae>, bool)>) -> PyResult<Model> {
+        let mut subject = self.subject.clone();
+        subject.model.saes = hooks::splices(&self.subject.model, &saes)?;
+        Ok(Model {
+            subject,
+            spec: self.spec.clone(),
+        })
+    }
+
     /// The model's configuration as JSON (the engine's nested `Config`).
     fn cfg_json(&self) -> PyResult<String> {
         serde_json::to_string(&self.subject.model.cfg)

@@ -163,3 +163,16 @@ def test_generate_with_a_spliced_sae_equals_the_cli(gpt2, cli):
                          check=True, capture_output=True, text=True)
     assert json.loads(out.stdout)["generations"][0]["tokens"] == g.tokens
     assert g.cache["blocks.0.hook_resid_post.hook_sae_acts_post"].shape[-1] == 64
+
+
+def test_analyses_run_with_attached_saes(gpt2):
+    sae = pc.SAE.load_from_disk(SAES / "standard-resid")
+    plain = pc.lens(gpt2, "the cat sat on").to_dict()
+    gpt2.add_sae(sae, use_error_term=True)
+    try:
+        assert pc.lens(gpt2, "the cat sat on").to_dict() == plain, "the error term: the plain model's numbers"
+        gpt2.add_sae(sae, use_error_term=False)
+        assert pc.lens(gpt2, "the cat sat on").to_dict() != plain
+    finally:
+        gpt2.reset_saes()
+    assert pc.lens(gpt2, "the cat sat on").to_dict() == plain

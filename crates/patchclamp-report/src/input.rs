@@ -29,6 +29,7 @@ pub struct PromptSource {
 }
 
 /// A model and its tokenizer, if it has one.
+#[derive(Clone)]
 pub struct Subject {
     pub model: Model,
     pub tok: Option<Tokenizer>,

@@ -79,29 +79,28 @@ def lens(model: HookedTransformer, prompts: Prompts, top_k: int = 5, track: Sequ
          out=None, force: bool = False) -> AnalysisResult:
     """The logit lens: each layer's top tokens at every position (and ``track``'s probabilities)."""
     rows, texts = _prompts(model, prompts)
-    return _result("lens", _native.lens(model._m, rows, texts, top_k, [_token(model, t) for t in track], _out(out), force))
+    return _result("lens", _native.lens(model._engine, rows, texts, top_k, [_token(model, t) for t in track], _out(out), force))
 
 
 def dla(model: HookedTransformer, prompts: Prompts, answer: Token, wrong: Optional[Token] = None,
         out=None, force: bool = False) -> AnalysisResult:
     """Direct logit attribution of ``answer`` (minus ``wrong``) to every head and MLP."""
     rows, texts = _prompts(model, prompts)
-    return _result("dla", _native.dla(
-        model._m, rows, texts, _token(model, answer), str(answer),
+    return _result("dla", _native.dla(model._engine, rows, texts, _token(model, answer), str(answer),
         None if wrong is None else _token(model, wrong), None if wrong is None else str(wrong), _out(out), force))
 
 
 def heads(model: HookedTransformer, n: int = 64, block: int = 24, repeats: int = 2, seed: int = 0,
           out=None, force: bool = False) -> AnalysisResult:
     """Every head detector's score grid [layer, head] on repeated random blocks."""
-    return _result("heads", _native.heads(model._m, n, block, repeats, seed, _out(out), force))
+    return _result("heads", _native.heads(model._engine, n, block, repeats, seed, _out(out), force))
 
 
 def extremes(model: HookedTransformer, prompts: Prompts, triggers: Sequence[Token] = (), abs_min: float = 100.0,
              ratio: float = 1000.0, out=None, force: bool = False) -> AnalysisResult:
     """Attention sinks, value drains, residual peaks and massive activations."""
     rows, _ = _prompts(model, prompts)
-    return _result("extremes", _native.extremes(model._m, rows, [_token(model, t) for t in triggers], abs_min, ratio, _out(out), force))
+    return _result("extremes", _native.extremes(model._engine, rows, [_token(model, t) for t in triggers], abs_min, ratio, _out(out), force))
 
 
 def neurons(model: HookedTransformer, prompts: Prompts, labels: Optional[Sequence[Optional[str]]] = None,
@@ -112,7 +111,7 @@ def neurons(model: HookedTransformer, prompts: Prompts, labels: Optional[Sequenc
     average-precision experts."""
     rows, _ = _prompts(model, prompts)
     labs = [None] * len(rows) if labels is None else list(labels)
-    return _result("neurons", _native.neurons(model._m, rows, labs, batch, top, lape_top_rate, _out(out), force, progress))
+    return _result("neurons", _native.neurons(model._engine, rows, labs, batch, top, lape_top_rate, _out(out), force, progress))
 
 
 def localize(model: HookedTransformer, stimuli: Prompts, control: Prompts, units: str = "resid_post",
@@ -124,7 +123,7 @@ def localize(model: HookedTransformer, stimuli: Prompts, control: Prompts, units
     a, _ = _prompts(model, stimuli)
     b, _ = _prompts(model, control)
     e = None if eval is None else _prompts(model, eval)[0]
-    return _result("localize", _native.localize(model._m, a, b, units, fraction, e, random_draws, seed, _out(out), force))
+    return _result("localize", _native.localize(model._engine, a, b, units, fraction, e, random_draws, seed, _out(out), force))
 
 
 def probe(model: HookedTransformer, prompts: Prompts, labels: Sequence[str], points: Optional[Sequence[str]] = None,
@@ -137,8 +136,7 @@ def probe(model: HookedTransformer, prompts: Prompts, labels: Sequence[str], poi
     t = None
     if tcav is not None:
         t = (tcav["concept"], tcav["random"], _token(model, tcav["class"]), str(tcav["class"]), tcav.get("inputs"))
-    return _result("probe", _native.probe(
-        model._m, rows, list(labels), None if points is None else list(points), pooling, test_fraction, seed, t,
+    return _result("probe", _native.probe(model._engine, rows, list(labels), None if points is None else list(points), pooling, test_fraction, seed, t,
         tcav_runs, _out(out), force))
 
 
@@ -148,8 +146,7 @@ def hydra(model: HookedTransformer, prompts: Prompts, sources: Prompts, answer: 
     ``sources``, and the compensation by later layers."""
     rows, texts = _prompts(model, prompts)
     srows, stexts = _prompts(model, sources)
-    return _result("hydra", _native.hydra(
-        model._m, rows, texts, srows, stexts, _token(model, answer), None if wrong is None else _token(model, wrong),
+    return _result("hydra", _native.hydra(model._engine, rows, texts, srows, stexts, _token(model, answer), None if wrong is None else _token(model, wrong),
         _out(out), force))
 
 
@@ -177,6 +174,5 @@ def trace(model: HookedTransformer, prompt: Union[str, Sequence[int]], answer: T
         raise ValueError("give the subject: its text or its positions")
     else:
         positions = [int(p) for p in subject]
-    return _result("trace", _native.trace(
-        model._m, ids, text, positions, _token(model, answer), kind, window, samples, noise, seed, severed,
+    return _result("trace", _native.trace(model._engine, ids, text, positions, _token(model, answer), kind, window, samples, noise, seed, severed,
         batch, _out(out), force, progress))

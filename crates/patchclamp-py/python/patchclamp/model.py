@@ -129,6 +129,11 @@ class HookedTransformer:
         self._hook_names = None
 
     @property
+    def _engine(self) -> "_native.Model":
+        """The engine model the analyses run on: with the attached SAEs spliced into every pass."""
+        return self._m if not self._saes else self._m.with_saes(self._native_saes(None))
+
+    @property
     def acts_to_saes(self) -> Dict[str, Any]:
         return {s.hook_name: s for s, _ in self._saes}
 

@@ -125,8 +125,7 @@ def sweep(
     into the other: clean into corrupted (denoising) or, with ``noising``, the reverse."""
     if metric is None:
         raise ValueError("give a metric: patching.logit_diff(answer, wrong), prob, logprob or kl")
-    j = _native.patching_sweep(
-        model._m, _ids(model, clean), _ids(model, corrupted), site, json.dumps(metric(model)),
+    j = _native.patching_sweep(model._engine, _ids(model, clean), _ids(model, corrupted), site, json.dumps(metric(model)),
         noising, batch, window, progress,
     )
     return _result(j)
@@ -139,8 +138,7 @@ def attribute(
     forwards and one backward."""
     if metric is None:
         raise ValueError("give a metric: patching.logit_diff(answer, wrong), prob, logprob or kl")
-    j = _native.attribution_sweep(
-        model._m, _ids(model, clean), _ids(model, corrupted), site, json.dumps(metric(model)), noising
+    j = _native.attribution_sweep(model._engine, _ids(model, clean), _ids(model, corrupted), site, json.dumps(metric(model)), noising
     )
     return _result(j)
 

@@ -56,8 +56,7 @@ def extract(
     "llama-mean" or "llama-pca". With ``out`` (``.gguf``) writes the llama.cpp control vector
     (and ``.safetensors`` beside it) that ``generate(control_vectors=[out])`` reads."""
     rows = [(_ids(model, p), _ids(model, n)) for p, n in pairs]
-    blocks, vectors = _native.steering_extract(
-        model._m, rows, tuple(layers), method, position, None if out is None else os.fspath(out), force
+    blocks, vectors = _native.steering_extract(model._engine, rows, tuple(layers), method, position, None if out is None else os.fspath(out), force
     )
     return SteeringVectors(method, {b: np.asarray(v, dtype=np.float32) for b, v in zip(blocks, vectors)})
 
@@ -69,7 +68,7 @@ def directional_ablation(model: HookedTransformer, direction) -> List[Dict[str, 
     if isinstance(direction, tuple) and len(direction) == 2 and not np.isscalar(direction[0]):
         direction = _native.control_vector_direction(os.fspath(direction[0]), int(direction[1]))
     d = np.asarray(direction, dtype=np.float32).ravel().tolist()
-    return json.loads(_native.directional_ablation_interventions(model._m, d))
+    return json.loads(_native.directional_ablation_interventions(model._engine, d))
 
 
 def fit_act(model: HookedTransformer, source: Sequence[Prompt], target: Sequence[Prompt],
@@ -78,13 +77,13 @@ def fit_act(model: HookedTransformer, source: Sequence[Prompt], target: Sequence
     """Fits Linear-AcT maps (Rodriguez et al. 2024) at ``point`` carrying the activations of
     ``source`` prompts onto those of ``target`` prompts, and writes them to ``out``; returns the
     number of units mapped. Apply them with :func:`transport`."""
-    return _native.fit_act(model._m, [_ids(model, p) for p in source], [_ids(model, p) for p in target], point,
+    return _native.fit_act(model._engine, [_ids(model, p) for p in source], [_ids(model, p) for p in target], point,
                            os.fspath(out), force)
 
 
 def transport(model: HookedTransformer, path: Union[str, os.PathLike], strength: float = 1.0) -> List[Dict[str, Any]]:
     """The intervention that applies a Linear-AcT map file at ``strength`` λ ∈ [0, 1]."""
-    return json.loads(_native.transport_intervention(model._m, os.fspath(path), float(strength)))
+    return json.loads(_native.transport_intervention(model._engine, os.fspath(path), float(strength)))
 
 
 def sweep(
@@ -118,6 +117,5 @@ def sweep(
                      "frequency_penalty": 0.0, "seed": int(seed)},
         "stop_tokens": [] if eos is None else [eos],
     }
-    return _result("steer sweep", _native.steering_sweep(
-        model._m, rows, texts, vecs, [float(s) for s in scales], json.dumps(spec), None if layers is None else tuple(layers),
+    return _result("steer sweep", _native.steering_sweep(model._engine, rows, texts, vecs, [float(s) for s in scales], json.dumps(spec), None if layers is None else tuple(layers),
         after_prompt, list(contains), batch, None if out is None else os.fspath(out), force, progress))
