@@ -278,18 +278,23 @@ fn singh_lines(runs: &[FinishedRun]) -> Vec<String> {
     lines
 }
 
+/// The request's `--steps` override, refusing 0 (a run that trains nothing).
+fn steps(req: &LabRequest) -> Result<Option<u64>> {
+    match req.steps {
+        Some(0) => Err(Error::Input(
+            "--steps 0 trains nothing; give at least 1".into(),
+        )),
+        s => Ok(s),
+    }
+}
+
 /// K8: the two-style toy LM trained, then the steering battery, into one report.
 fn steering(req: LabRequest, on_event: &(impl Fn(LabEvent) + Sync)) -> Result<LabDone> {
     let mut spec = BatterySpec {
         seed: req.seed,
         ..BatterySpec::default()
     };
-    if let Some(steps) = req.steps {
-        if steps == 0 {
-            return Err(Error::Input(
-                "--steps 0 trains nothing; give at least 1".into(),
-            ));
-        }
+    if let Some(steps) = steps(&req)? {
         spec.steps = steps;
     }
     run_dir::check(&req.out, &kind(&req), req.force)?;
@@ -307,12 +312,7 @@ fn sae_toy(req: LabRequest, on_event: &(impl Fn(LabEvent) + Sync)) -> Result<Lab
         seed: req.seed,
         ..Default::default()
     };
-    if let Some(steps) = req.steps {
-        if steps == 0 {
-            return Err(Error::Input(
-                "--steps 0 trains nothing; give at least 1".into(),
-            ));
-        }
+    if let Some(steps) = steps(&req)? {
         spec.steps = steps;
     }
     run_dir::check(&req.out, &kind(&req), req.force)?;

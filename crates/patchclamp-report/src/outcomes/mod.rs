@@ -3,6 +3,7 @@
 
 mod analyses;
 mod causal;
+mod checks;
 mod model;
 mod sae;
 mod steering;

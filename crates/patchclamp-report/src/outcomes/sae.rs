@@ -6,7 +6,6 @@ use patchclamp_lab::sae::eval::SaeMetrics;
 use patchclamp_lab::sae::toy::ToyResult;
 
 use crate::error::Result;
-use crate::html::esc;
 use crate::output::{Outcome, Page};
 use crate::plot::{LinePlot, Series};
 use crate::vocab::Vocab;
@@ -15,23 +14,6 @@ use crate::vocab::Vocab;
 #[derive(Serialize)]
 pub struct SaeToyOutcome {
     pub result: ToyResult,
-}
-
-fn checks_table(checks: &[patchclamp_lab::steering::battery::Check]) -> String {
-    let mut t = String::from(
-        "<h2>Checks</h2><table><tr><th>check</th><th>value</th><th>needs</th><th></th></tr>",
-    );
-    for c in checks {
-        t.push_str(&format!(
-            "<tr><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td></tr>",
-            esc(&c.name),
-            c.value,
-            esc(&c.rule),
-            if c.pass { "pass" } else { "<b>fail</b>" }
-        ));
-    }
-    t.push_str("</table>");
-    t
 }
 
 impl Outcome for SaeToyOutcome {
@@ -67,15 +49,7 @@ impl Outcome for SaeToyOutcome {
             "loss recovered on a K1-shaped model: identity {:.4}, zeros {:.4}",
             r.loss_recovered_identity, r.loss_recovered_zero
         ));
-        for c in &r.checks {
-            lines.push(format!(
-                "{} {}: {:.4} (needs {})",
-                if c.pass { "PASS" } else { "FAIL" },
-                c.name,
-                c.value,
-                c.rule
-            ));
-        }
+        lines.extend(super::checks::check_lines(&r.checks, 4));
         lines
     }
 
@@ -119,7 +93,8 @@ impl Outcome for SaeToyOutcome {
                 y_range: None,
             },
         );
-        page.html.push_str(&checks_table(&r.checks));
+        page.html
+            .push_str(&super::checks::checks_table(&r.checks, 4));
         Ok(())
     }
 }

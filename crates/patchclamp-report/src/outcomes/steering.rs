@@ -206,15 +206,7 @@ impl Outcome for BatteryOutcome {
             "function vector (heads {:?}): neutral rate {:.2} → {:.2}",
             r.fv.heads, r.fv.rate_without, r.fv.rate_with
         ));
-        for c in &r.checks {
-            lines.push(format!(
-                "{} {}: {:.3} (needs {})",
-                if c.pass { "PASS" } else { "FAIL" },
-                c.name,
-                c.value,
-                c.rule
-            ));
-        }
+        lines.extend(super::checks::check_lines(&r.checks, 3));
         lines
     }
 
@@ -264,20 +256,8 @@ impl Outcome for BatteryOutcome {
                 y_range: Some((0.0, 2.0)),
             },
         );
-        let mut t = String::from(
-            "<h2>Checks</h2><table><tr><th>check</th><th>value</th><th>needs</th><th></th></tr>",
-        );
-        for c in &r.checks {
-            t.push_str(&format!(
-                "<tr><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td></tr>",
-                esc(&c.name),
-                c.value,
-                esc(&c.rule),
-                if c.pass { "pass" } else { "<b>fail</b>" }
-            ));
-        }
-        t.push_str("</table>");
-        page.html.push_str(&t);
+        page.html
+            .push_str(&super::checks::checks_table(&r.checks, 3));
         Ok(())
     }
 }
