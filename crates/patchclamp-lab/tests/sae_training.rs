@@ -195,3 +195,90 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Feature dashboards: each latent's correlated input dimensions are the Pearson correlations
+/// a brute-force pass over the same tokens gives, and its top examples are its largest
+/// activations.
+#[test]
+fn dashboards_agree_with_a_brute_force_pass() {
+    use patchclamp_core::hooks::SaeSite;
+    use patchclamp_core::{Hooks, Input, Padding, Sae, Selector, Splice};
+    use patchclamp_lab::sae::features::{features, FeatureSpec};
+    use std::sync::Arc;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+    let m = patchclamp_core::load(&format!("{root}/models/gpt2"), &Device::Cpu).unwrap();
+    let sae = Arc::new(Sae::load(format!("{root}/saes/standard-resid"), &Device::Cpu).unwrap());
+    let contexts: Vec<Vec<u32>> = (0..6u32)
+        .map(|c| (0..16u32).map(|i| 1 + (c * 37 + i * 11) % 300).collect())
+        .collect();
+    let spec = FeatureSpec {
+        latents: vec![0, 1, 2, 3],
+        ..Default::default()
+    };
+    let f = features(&m.model, &sae, &contexts, 4, &[], &spec, |_, _| {}).unwrap();
+    assert_eq!(f.tokens, 96);
+    // Brute force: every token's input and latents.
+    let s = Splice::new(sae.clone(), true).unwrap();
+    let mut hooks = Hooks::none()
+        .splice(s.clone())
+        .capture(Selector::Point(s.point(SaeSite::Input)))
+        .capture(Selector::Point(s.point(SaeSite::ActsPost)));
+    m.model
+        .forward(
+            &Input::batch(&contexts, Padding::Right, 0, &Device::Cpu).unwrap(),
+            &mut hooks,
+        )
+        .unwrap();
+    let c = hooks.take_cache();
+    let x: Vec<f32> = c
+        .get(s.point(SaeSite::Input))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let a: Vec<f32> = c
+        .get(s.point(SaeSite::ActsPost))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (n, d, k) = (96usize, 32usize, 64usize);
+    for feat in &f.features {
+        let j = feat.index;
+        let aj: Vec<f64> = (0..n).map(|t| a[t * k + j] as f64).collect();
+        let max = aj.iter().copied().fold(0.0, f64::max);
+        assert!((feat.max_activation as f64 - max).abs() < 1e-6);
+        if let Some(e) = feat.top.first() {
+            assert!(
+                (e.max_value as f64 - max).abs() < 1e-6,
+                "the top example is the largest activation"
+            );
+        }
+        let pearson = |i: usize| {
+            let xi: Vec<f64> = (0..n).map(|t| x[t * d + i] as f64).collect();
+            let (ma, mx) = (
+                aj.iter().sum::<f64>() / n as f64,
+                xi.iter().sum::<f64>() / n as f64,
+            );
+            let cov: f64 = aj.iter().zip(&xi).map(|(p, q)| (p - ma) * (q - mx)).sum();
+            let va: f64 = aj.iter().map(|p| (p - ma).powi(2)).sum();
+            let vx: f64 = xi.iter().map(|q| (q - mx).powi(2)).sum();
+            cov / (va * vx).sqrt()
+        };
+        if feat.frac_nonzero > 0.0 {
+            let (best, r) = feat.correlated_neurons[0];
+            assert!(
+                (r - pearson(best)).abs() < 1e-6,
+                "latent {j}: {r} vs {}",
+                pearson(best)
+            );
+            let strongest = (0..d).map(pearson).fold(0.0f64, |m, v| m.max(v.abs()));
+            assert!(
+                (r.abs() - strongest).abs() < 1e-9,
+                "latent {j}: the strongest correlation is listed first"
+            );
+        }
+    }
+}

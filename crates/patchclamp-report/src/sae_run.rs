@@ -844,6 +844,8 @@ pub fn features(
             "neuron_alignment_indices": feat.alignment.iter().map(|a| a.0).collect::<Vec<_>>(),
             "neuron_alignment_values": feat.alignment.iter().map(|a| a.1).collect::<Vec<_>>(),
             "neuron_alignment_l1": feat.alignment.iter().map(|a| a.2).collect::<Vec<_>>(),
+            "correlated_neurons_indices": feat.correlated_neurons.iter().map(|c| c.0).collect::<Vec<_>>(),
+            "correlated_neurons_pearson": feat.correlated_neurons.iter().map(|c| c.1).collect::<Vec<_>>(),
             "pos_str": feat.pos_tokens.iter().map(|(t, _)| tok(*t)).collect::<Vec<_>>(),
             "pos_values": feat.pos_tokens.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
             "neg_str": feat.neg_tokens.iter().map(|(t, _)| tok(*t)).collect::<Vec<_>>(),

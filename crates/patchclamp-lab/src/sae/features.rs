@@ -88,6 +88,46 @@ pub struct Feature {
     pub logits_hist: (Vec<f32>, Vec<u64>),
     /// The residual dimensions its decoder direction weighs most (index, value, share of L1).
     pub alignment: Vec<(usize, f32, f32)>,
+    /// The input dimensions (the hook's basis: neurons for MLP points) its activation
+    /// correlates with most over the tokens: (index, Pearson r).
+    pub correlated_neurons: Vec<(usize, f64)>,
+}
+
+/// Sums over tokens for Pearson correlations between kept latents and input dimensions.
+struct Corr {
+    n: f64,
+    sum_x: Vec<f64>,
+    sum_xx: Vec<f64>,
+    sum_a: Vec<f64>,
+    sum_aa: Vec<f64>,
+    /// `[kept, d_in]`.
+    sum_ax: Vec<f64>,
+}
+
+impl Corr {
+    /// The `top` dimensions latent `i` (a kept index) correlates with most, by |r|.
+    fn top(&self, i: usize, top: usize) -> Vec<(usize, f64)> {
+        let d = self.sum_x.len();
+        let (n, sa, saa) = (self.n, self.sum_a[i], self.sum_aa[i]);
+        let va = n * saa - sa * sa;
+        if va <= 0.0 {
+            return vec![];
+        }
+        let mut r: Vec<(usize, f64)> = (0..d)
+            .filter_map(|k| {
+                let vx = n * self.sum_xx[k] - self.sum_x[k] * self.sum_x[k];
+                (vx > 0.0).then(|| {
+                    (
+                        k,
+                        (n * self.sum_ax[i * d + k] - sa * self.sum_x[k]) / (va * vx).sqrt(),
+                    )
+                })
+            })
+            .collect();
+        r.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+        r.truncate(top);
+        r
+    }
 }
 
 /// Every dashboard of one run, with the contexts they quote.
@@ -112,11 +152,21 @@ fn activations(
     exclude: &[u32],
     keep: &[usize],
     mut on_batch: impl FnMut(usize, usize),
-) -> Result<(Hits, u64)> {
+) -> Result<(Hits, u64, Corr)> {
     let splice = Splice::new(sae.clone(), true)?;
     splice.check(&model.cfg)?;
     let d_sae = sae.cfg.d_sae;
+    let d_in = sae.cfg.d_in;
     let point = splice.point(SaeSite::ActsPost);
+    let input_point = splice.point(SaeSite::Input);
+    let mut corr = Corr {
+        n: 0.0,
+        sum_x: vec![0.0; d_in],
+        sum_xx: vec![0.0; d_in],
+        sum_a: vec![0.0; keep.len()],
+        sum_aa: vec![0.0; keep.len()],
+        sum_ax: vec![0.0; keep.len() * d_in],
+    };
     let mut slot: Vec<Option<usize>> = vec![None; d_sae];
     for (i, &j) in keep.iter().enumerate() {
         slot[j] = Some(i);
@@ -129,7 +179,8 @@ fn activations(
         let input = Input::batch(chunk, Padding::Right, 0, model.device())?;
         let mut hooks = Hooks::none()
             .splice(splice.clone())
-            .capture(Selector::Point(point));
+            .capture(Selector::Point(point))
+            .capture(Selector::Point(input_point));
         let stop = splice
             .at
             .base()
@@ -144,13 +195,17 @@ fn activations(
                 ..Default::default()
             },
         )?;
-        let acts: Vec<f32> = hooks
-            .take_cache()
-            .get(point)
-            .cloned()
-            .expect("captured")
-            .flatten_all()?
-            .to_vec1()?;
+        let cache = hooks.take_cache();
+        let flat = |p| -> Result<Vec<f32>> {
+            Ok(cache
+                .get(p)
+                .cloned()
+                .expect("captured")
+                .flatten_all()?
+                .to_vec1()?)
+        };
+        let acts = flat(point)?;
+        let xs = flat(input_point)?;
         for (r, ctx) in chunk.iter().enumerate() {
             let c = (ci * batch + r) as u32;
             for (pos, tok) in ctx.iter().enumerate() {
@@ -158,11 +213,25 @@ fn activations(
                     continue;
                 }
                 tokens += 1;
-                let row = &acts[(r * ctx.len() + pos) * d_sae..(r * ctx.len() + pos + 1) * d_sae];
+                let t = r * ctx.len() + pos;
+                let row = &acts[t * d_sae..(t + 1) * d_sae];
+                let x = &xs[t * d_in..(t + 1) * d_in];
+                corr.n += 1.0;
+                for (k, &v) in x.iter().enumerate() {
+                    corr.sum_x[k] += v as f64;
+                    corr.sum_xx[k] += (v as f64) * (v as f64);
+                }
                 for (j, &a) in row.iter().enumerate() {
                     if a != 0.0 {
                         if let Some(i) = slot[j] {
                             hits[i].push((a, c, pos as u32));
+                            let a = a as f64;
+                            corr.sum_a[i] += a;
+                            corr.sum_aa[i] += a * a;
+                            for (acc, &v) in corr.sum_ax[i * d_in..(i + 1) * d_in].iter_mut().zip(x)
+                            {
+                                *acc += a * v as f64;
+                            }
                         }
                     }
                 }
@@ -170,7 +239,7 @@ fn activations(
         }
         on_batch(ci + 1, chunks.len());
     }
-    Ok((hits, tokens))
+    Ok((hits, tokens, corr))
 }
 
 fn histogram(values: &[f32], bins: usize) -> (Vec<f32>, Vec<u64>) {
@@ -218,7 +287,7 @@ pub fn features(
     } else {
         spec.latents.clone()
     };
-    let (hits, tokens) = activations(model, sae, contexts, batch, exclude, &keep, on_batch)?;
+    let (hits, tokens, corr) = activations(model, sae, contexts, batch, exclude, &keep, on_batch)?;
     // Logit weights: the decoder directions through the unembedding, when they live in the
     // residual stream.
     let d_model = model.cfg.d_model;
@@ -340,6 +409,7 @@ pub fn features(
             freq_hist: histogram(&values, spec.bins),
             logits_hist,
             alignment,
+            correlated_neurons: corr.top(i, 3),
         });
     }
     Ok(Features {
