@@ -189,7 +189,7 @@ pub struct TrainArgs {
     /// Contexts per forward pass of the model.
     #[arg(long, default_value_t = 8)]
     contexts_per_forward: usize,
-    /// Write a checkpoint every N steps (and at the end).
+    /// Write a checkpoint every N steps (0: only at the end; always at the end).
     #[arg(long, default_value_t = 500)]
     checkpoint_every: u64,
     /// Log every N steps.

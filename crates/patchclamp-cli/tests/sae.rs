@@ -407,3 +407,22 @@ fn analyses_run_on_the_model_with_saes_spliced() {
         assert_ne!(plain, run(&["--sae", &sae]), "{}", cmd[0]);
     }
 }
+
+/// Every file the manifest lists is there: `--checkpoint-every 0` still checkpoints the end.
+#[test]
+fn a_run_without_periodic_checkpoints_still_holds_its_final_one() {
+    let out = tmp("sae-ck0");
+    let mut a = train_args(out.to_str().unwrap(), &[]);
+    let i = a.iter().position(|x| x == "--checkpoint-every").unwrap();
+    a[i + 1] = "0".into();
+    ok(bin().args(&a).output().unwrap());
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    for f in m["files"].as_array().unwrap() {
+        assert!(
+            out.join(f.as_str().unwrap()).is_file(),
+            "{f} listed but missing"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -148,9 +148,10 @@ pub fn evaluate(
             "evaluation contexts must share one length of at least 2 tokens".into(),
         ));
     }
-    let (d_in, d_sae) = (sae.cfg.d_in, sae.cfg.d_sae);
+    let d_sae = sae.cfg.d_sae;
+    // What is reconstructed: the SAE's input, or a transcoder's output point.
     let mut sums = Sums {
-        sum_x: vec![0.0; d_in],
+        sum_x: vec![0.0; sae.cfg.d_out],
         ..Default::default()
     };
     let mut fires = FireCounter::new(d_sae);
@@ -187,25 +188,19 @@ pub fn evaluate(
         let zeroed = model.forward(&input, &mut Hooks::none().intervene(zero))?;
 
         // Reconstruction, token by token (flattened as the SAE reads it).
-        let flat = |t: &Tensor, w: usize| -> Result<Vec<f32>> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> {
             Ok(t.contiguous()?
                 .to_dtype(DType::F32)?
                 .flatten_all()?
-                .to_vec1::<f32>()?
-                .chunks(w)
-                .flat_map(|r| r.to_vec())
-                .collect())
+                .to_vec1::<f32>()?)
         };
         let w_out = sae.cfg.d_out;
-        let xs = flat(&x, w_out)?;
-        let xh = flat(cache.get(out_point).expect("captured"), w_out)?;
-        let acts = flat(cache.get(acts_point).expect("captured"), d_sae)?;
+        let xs = flat(&x)?;
+        let xh = flat(cache.get(out_point).expect("captured"))?;
+        let acts = flat(cache.get(acts_point).expect("captured"))?;
         let toks: Vec<u32> = chunk.iter().flatten().copied().collect();
         let skip: Vec<bool> = toks.iter().map(|t| exclude.contains(t)).collect();
         fires.add(&acts, &skip);
-        if sums.sum_x.len() != w_out {
-            sums.sum_x = vec![0.0; w_out];
-        }
         for (r, (xr, hr)) in xs.chunks(w_out).zip(xh.chunks(w_out)).enumerate() {
             if skip[r] {
                 continue;

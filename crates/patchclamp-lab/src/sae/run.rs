@@ -31,6 +31,7 @@ pub enum SaeEvent<'a> {
 /// Where and how often the loop saves, and whether it resumes.
 pub struct SaeRunOptions<'a> {
     pub checkpoint: Option<&'a Path>,
+    /// Every this many steps (0: only at the end).
     pub checkpoint_every: u64,
     pub resume: bool,
     /// Names what the run trains on; a checkpoint of another run is refused.
@@ -89,9 +90,9 @@ pub fn train(
         });
         stats.push(st);
         if let Some(path) = opts.checkpoint {
-            if opts.checkpoint_every > 0
-                && (tr.step.is_multiple_of(opts.checkpoint_every) || tr.step == end)
-            {
+            // Always at the last step, so a folder that lists a checkpoint holds one.
+            let due = opts.checkpoint_every > 0 && tr.step.is_multiple_of(opts.checkpoint_every);
+            if due || tr.step == end {
                 checkpoint::save(&tr, &opts.identity, path)?;
                 on_event(SaeEvent::Checkpoint { step: tr.step });
             }
