@@ -31,7 +31,7 @@ fn padded_batch_equals_each_prompt_alone() {
         "blocks.0.attn.hook_z",
         "blocks.1.attn.hook_pattern",
     ];
-    for name in ["gpt2", "llama", "mistral", "qwen2"] {
+    for name in ["gpt2", "llama", "mistral", "qwen2", "mixtral", "olmoe"] {
         let m = load(&fixture(name), &dev).unwrap();
         let tok = m.tokenizer().unwrap();
         let seqs: Vec<Vec<u32>> = prompts

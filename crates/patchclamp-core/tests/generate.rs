@@ -11,7 +11,16 @@ use patchclamp_core::generate::{
 use patchclamp_core::hooks::RowWindow;
 use patchclamp_core::{load, ActivationCache, HookPoint, Hooks, Input, Intervention, Model};
 
-const FAMILIES: [&str; 4] = ["gpt2", "llama", "mistral", "qwen2"];
+const FAMILIES: [&str; 8] = [
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+];
 const PROMPT: [u32; 5] = [3, 7, 8, 9, 10];
 
 fn greedy(n: usize) -> GenerateSpec {

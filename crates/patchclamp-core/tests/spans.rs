@@ -11,7 +11,16 @@ use patchclamp_core::model::{KvCache, Span};
 use patchclamp_core::{load, HookPoint, Hooks, Input, Intervention, Op, Selection, Selector};
 
 const TOL: f32 = 1e-4;
-const FAMILIES: [&str; 4] = ["gpt2", "llama", "mistral", "qwen2"];
+const FAMILIES: [&str; 8] = [
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+];
 const TOKENS: [u32; 9] = [3, 7, 8, 9, 10, 11, 7, 8, 12];
 
 /// Every block's residual, keys (after rotary) and values of a batch-1 run, and its logits.

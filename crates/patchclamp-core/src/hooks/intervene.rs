@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -230,6 +230,13 @@ pub enum Op {
     },
     /// `h + U Uᵀ (h_src − h)` with `U` the rows of `basis`, from a named source run.
     SubspacePatch { basis: Values, source: String },
+    /// Switch experts off at a router (`blocks.L.mlp.gate.hook_out`): their logits become
+    /// −∞, so they are never chosen and the next-best expert takes each freed slot; the
+    /// weights are recomputed the family's way over what remains.
+    SwitchOff { experts: Vec<usize> },
+    /// Force experts on at a router: each is chosen for every selected token, weighted as
+    /// if its logit were just above the token's best (SteerMoE's `max + 0.01`).
+    Force { experts: Vec<usize> },
     /// Clamp an attention pattern to the perfect previous-token pattern (Singh et al. 2024):
     /// `A[t, t−1] = strength`, `A[t, t] = 1 − strength`, `A[0, 0] = 1`.
     PrevToken {
@@ -268,7 +275,28 @@ impl Intervention {
                 .validate()
                 .map_err(|e| Error::Input(format!("intervention at {p}: {e}")));
         }
-        self.validate_shaped(&p.shape(cfg, batch, seq), batch, seq, sources)
+        self.validate_shaped(&p.shape(cfg, batch, seq), batch, seq, sources)?;
+        if let (Op::SwitchOff { experts } | Op::Force { experts }, Some(m)) = (&self.op, cfg.moe())
+        {
+            let (n, k) = (m.n_experts, m.top_k);
+            let mut unique = experts.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            if matches!(self.op, Op::SwitchOff { .. }) && n - unique.len() < k {
+                return Err(Error::Input(format!(
+                    "switching off {} of {n} experts at {p} leaves {}, fewer than the {k} each token is routed to",
+                    unique.len(),
+                    n - unique.len()
+                )));
+            }
+            if matches!(self.op, Op::Force { .. }) && unique.len() > k {
+                return Err(Error::Input(format!(
+                    "forcing {} experts at {p}, but each token is routed to only {k}",
+                    unique.len()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// [`Intervention::validate`] for an activation of `shape` (an SAE point's).
@@ -300,6 +328,12 @@ impl Intervention {
             }
         };
         let s = &self.select;
+        if p.is_flat() && (s.rows.is_some() || s.positions.is_some()) {
+            let l = p.layer().unwrap_or(0);
+            return Err(Error::Input(format!(
+                "{p} runs over tokens, not [batch, pos]: select rows and positions at blocks.{l}.mlp.gate.hook_out instead"
+            )));
+        }
         if let Some(rows) = &s.rows {
             range("batch row", rows, batch)?;
         }
@@ -445,6 +479,29 @@ impl Intervention {
             Op::SubspacePatch { basis, source } => {
                 check_basis(basis)?;
                 check_source(source)
+            }
+            Op::SwitchOff { experts } | Op::Force { experts } => {
+                let off = matches!(self.op, Op::SwitchOff { .. });
+                let kind = if off { "switch_off" } else { "force" };
+                if !matches!(p, HookPoint::RouterLogits(_)) {
+                    return Err(Error::Input(format!(
+                        "{kind} acts on router logits (blocks.L.mlp.gate.hook_out), not {p}"
+                    )));
+                }
+                if s.units.is_some() {
+                    return Err(Error::Input(format!(
+                        "{kind} at {p} names its experts itself: drop 'units'"
+                    )));
+                }
+                let n = *shape.last().unwrap_or(&0);
+                range("expert", experts, n)?;
+                let mut unique = experts.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                if unique.is_empty() {
+                    return Err(Error::Input(format!("{kind} at {p} names no experts")));
+                }
+                Ok(())
             }
             Op::PrevToken { strength } | Op::Induction { strength } => {
                 if !matches!(p, HookPoint::Pattern(_)) {
@@ -632,6 +689,26 @@ impl Intervention {
                 let patched = (x + coords.broadcast_matmul(&u)?)?;
                 // The patched part of h is a constant from the source run, the rest keeps h.
                 self.blend(x, &patched)
+            }
+            Op::SwitchOff { experts } | Op::Force { experts } => {
+                // ±∞ marks the experts; the router reads them (see `model::moe`).
+                let mark = match self.op {
+                    Op::SwitchOff { .. } => f32::NEG_INFINITY,
+                    _ => f32::INFINITY,
+                };
+                let n = x.dim(D::Minus1)?;
+                let mut v = vec![0u8; n];
+                for &e in experts.iter().filter(|&&e| e < n) {
+                    v[e] = 1;
+                }
+                let mut shape = vec![1; x.rank()];
+                shape[x.rank() - 1] = n;
+                let cols = Tensor::from_vec(v, shape, dev)?.broadcast_as(x.shape())?;
+                let marked = cols.where_cond(
+                    &Tensor::new(mark, dev)?.to_dtype(x.dtype())?.broadcast_as(x.shape())?,
+                    x,
+                )?;
+                self.blend(x, &marked)
             }
             Op::PrevToken { strength } => {
                 let (_, _, sq, sk) = x.dims4()?;

@@ -82,7 +82,7 @@ mod splice;
 
 pub use cache::{is_cache_file, ActivationCache, CACHE_FORMAT};
 pub use intervene::{Intervention, Op, Positions, RowWindow, Schedule, Selection, Values};
-pub use point::{HookPoint, NormSite, SaeAt, SaeSite};
+pub use point::{ExpertSite, HookPoint, NormSite, SaeAt, SaeSite};
 pub use select::Selector;
 pub use splice::Splice;
 
@@ -482,8 +482,12 @@ impl Hooks {
     }
 }
 
-/// Selects positions (negative = from the end) along the point's position dimension.
+/// Selects positions (negative = from the end) along the point's position dimension. A
+/// routing point over tokens is kept whole (its rows are not positions).
 fn slice_positions(point: HookPoint, x: &Tensor, positions: &[i64]) -> Result<Tensor> {
+    if point.is_flat() {
+        return Ok(x.clone());
+    }
     let dim = point.pos_dim();
     let n = x.dim(dim)? as i64;
     let idx = positions

@@ -39,6 +39,11 @@ pub enum HookPoint {
     K(usize),
     /// `blocks.L.attn.hook_v` — values `[batch, pos, n_kv_heads, d_head]`.
     V(usize),
+    /// `blocks.L.attn.hook_q_normed` — queries after the q RMSNorm (OLMoE, Qwen3)
+    /// `[batch, pos, n_heads, d_head]`.
+    QNormed(usize),
+    /// `blocks.L.attn.hook_k_normed` — keys after the k RMSNorm `[batch, pos, n_kv_heads, d_head]`.
+    KNormed(usize),
     /// `blocks.L.attn.hook_rot_q` — queries after rotary embedding.
     RotQ(usize),
     /// `blocks.L.attn.hook_rot_k` — keys after rotary embedding.
@@ -61,6 +66,25 @@ pub enum HookPoint {
     MlpPreLinear(usize),
     /// `blocks.L.mlp.hook_post` — MLP hidden activation `[batch, pos, d_mlp]`.
     MlpPost(usize),
+    /// `blocks.L.mlp.gate.hook_in` — what a routing layer's router reads `[batch, pos, d_model]`.
+    RouterIn(usize),
+    /// `blocks.L.mlp.gate.hook_out` — router logits `[batch, pos, n_experts]`; an edit here
+    /// (switch-off, forcing, a bias) changes the routing.
+    RouterLogits(usize),
+    /// `blocks.L.mlp.hook_expert_weights` — TransformerLens's full softmax (or sigmoid) over
+    /// every expert before top-k, `[batch·pos, n_experts]`; editing it changes the selection.
+    ExpertWeights(usize),
+    /// `blocks.L.mlp.hook_expert_indices` — chosen experts `[batch·pos, top_k]` (as numbers).
+    ExpertIndices(usize),
+    /// `blocks.L.mlp.hook_topk_weights` — the chosen experts' final weights (renormalised and
+    /// scaled the family's way) `[batch·pos, top_k]`.
+    TopkWeights(usize),
+    /// `blocks.L.mlp.experts.E.hook_pre|hook_pre_linear|hook_post` — one expert's hidden
+    /// activations over the tokens routed to it, `[n_routed, d_expert]` in token order.
+    Expert(usize, u32, ExpertSite),
+    /// `blocks.L.mlp.shared_expert.hook_out` — the shared expert's output (after its gate)
+    /// `[batch, pos, d_model]`.
+    SharedOut(usize),
     /// `blocks.L.hook_mlp_out` — MLP output added to the residual.
     MlpOut(usize),
     /// `blocks.L.hook_resid_post` — residual leaving block L.
@@ -74,6 +98,31 @@ pub enum HookPoint {
     /// `<point>.hook_sae_*` — a point of an SAE spliced at a block's point (SAELens's names);
     /// it exists only while an SAE is spliced there.
     Sae(SaeAt, SaeSite),
+}
+
+/// A point inside one routed expert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExpertSite {
+    /// `hook_pre` — the gate branch's pre-activation.
+    Pre,
+    /// `hook_pre_linear` — the linear (up) branch.
+    PreLinear,
+    /// `hook_post` — the hidden activation fed to `W_out` (scaling it scales the expert's output).
+    Post,
+}
+
+impl ExpertSite {
+    /// Every site, in firing order.
+    pub const ALL: [ExpertSite; 3] = [ExpertSite::Pre, ExpertSite::PreLinear, ExpertSite::Post];
+
+    /// TransformerLens's suffix.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExpertSite::Pre => "hook_pre",
+            ExpertSite::PreLinear => "hook_pre_linear",
+            ExpertSite::Post => "hook_post",
+        }
+    }
 }
 
 /// The block point an SAE is spliced at (`blocks.L.hook_resid_post`, …), kept `Copy`.
@@ -162,6 +211,8 @@ const LAYER_KINDS: &[(&str, LayerKind)] = &[
     ("attn.hook_q", HookPoint::Q),
     ("attn.hook_k", HookPoint::K),
     ("attn.hook_v", HookPoint::V),
+    ("attn.hook_q_normed", HookPoint::QNormed),
+    ("attn.hook_k_normed", HookPoint::KNormed),
     ("attn.hook_rot_q", HookPoint::RotQ),
     ("attn.hook_rot_k", HookPoint::RotK),
     ("attn.hook_attn_scores", HookPoint::AttnScores),
@@ -177,6 +228,12 @@ const LAYER_KINDS: &[(&str, LayerKind)] = &[
     ("mlp.hook_pre", HookPoint::MlpPre),
     ("mlp.hook_pre_linear", HookPoint::MlpPreLinear),
     ("mlp.hook_post", HookPoint::MlpPost),
+    ("mlp.gate.hook_in", HookPoint::RouterIn),
+    ("mlp.gate.hook_out", HookPoint::RouterLogits),
+    ("mlp.hook_expert_weights", HookPoint::ExpertWeights),
+    ("mlp.hook_expert_indices", HookPoint::ExpertIndices),
+    ("mlp.hook_topk_weights", HookPoint::TopkWeights),
+    ("mlp.shared_expert.hook_out", HookPoint::SharedOut),
     ("hook_mlp_out", HookPoint::MlpOut),
     ("hook_resid_post", HookPoint::ResidPost),
 ];
@@ -207,6 +264,7 @@ impl HookPoint {
                 | NormNormalized(_, NormSite::Ln1)
                 | K(_)
                 | V(_)
+                | KNormed(_)
                 | RotK(_)
         )
     }
@@ -221,6 +279,8 @@ impl HookPoint {
             | Q(l)
             | K(l)
             | V(l)
+            | QNormed(l)
+            | KNormed(l)
             | RotQ(l)
             | RotK(l)
             | AttnScores(l)
@@ -232,6 +292,13 @@ impl HookPoint {
             | MlpPre(l)
             | MlpPreLinear(l)
             | MlpPost(l)
+            | RouterIn(l)
+            | RouterLogits(l)
+            | ExpertWeights(l)
+            | ExpertIndices(l)
+            | TopkWeights(l)
+            | Expert(l, ..)
+            | SharedOut(l)
             | MlpOut(l)
             | ResidPost(l) => Some(l),
             Sae(at, _) => Some(at.layer),
@@ -244,6 +311,12 @@ impl HookPoint {
     pub fn kind_name(&self) -> &'static str {
         if let HookPoint::Sae(_, site) = self {
             site.name()
+        } else if let HookPoint::Expert(_, _, site) = self {
+            match site {
+                ExpertSite::Pre => "mlp.experts.*.hook_pre",
+                ExpertSite::PreLinear => "mlp.experts.*.hook_pre_linear",
+                ExpertSite::Post => "mlp.experts.*.hook_post",
+            }
         } else if let Some(l) = self.layer() {
             LAYER_KINDS
                 .iter()
@@ -283,7 +356,27 @@ impl HookPoint {
         use HookPoint::*;
         matches!(
             self,
-            Q(_) | K(_) | V(_) | RotQ(_) | RotK(_) | AttnScores(_) | Pattern(_) | Z(_) | Result(_)
+            Q(_) | K(_)
+                | V(_)
+                | QNormed(_)
+                | KNormed(_)
+                | RotQ(_)
+                | RotK(_)
+                | AttnScores(_)
+                | Pattern(_)
+                | Z(_)
+                | Result(_)
+        )
+    }
+
+    /// Whether this activation's first dimension runs over tokens (`[batch·pos, …]`, or an
+    /// expert's routed tokens) instead of `[batch, pos, …]`: row and position selections do
+    /// not apply (select at `blocks.L.mlp.gate.hook_out` instead).
+    pub fn is_flat(&self) -> bool {
+        use HookPoint::*;
+        matches!(
+            self,
+            ExpertWeights(_) | ExpertIndices(_) | TopkWeights(_) | Expert(..)
         )
     }
 
@@ -304,6 +397,16 @@ impl HookPoint {
         for l in 0..cfg.n_layers {
             for (_, f) in LAYER_KINDS {
                 let p = f(l);
+                if p == HookPoint::SharedOut(l) {
+                    // Experts fire between the selection and the shared expert.
+                    if let Some(m) = cfg.moe_at(l) {
+                        for e in 0..m.n_experts as u32 {
+                            for site in ExpertSite::ALL {
+                                out.push(HookPoint::Expert(l, e, site));
+                            }
+                        }
+                    }
+                }
                 if p.exists_in(cfg) {
                     out.push(p);
                 }
@@ -332,8 +435,14 @@ impl HookPoint {
                 cfg.has_norm() && cfg.has_mlp()
             }
             RotQ(_) | RotK(_) => cfg.rotary().is_some(),
-            ResidMid(_) | MlpPre(_) | MlpPost(_) | MlpOut(_) => cfg.has_mlp(),
-            MlpPreLinear(_) => cfg.gated_mlp(),
+            QNormed(_) | KNormed(_) => cfg.attn.qk_norm.is_some(),
+            ResidMid(_) | MlpOut(_) => cfg.has_mlp(),
+            MlpPre(l) | MlpPost(l) => cfg.dense_mlp_at(*l),
+            MlpPreLinear(l) => cfg.gated_mlp() && cfg.dense_mlp_at(*l),
+            RouterIn(l) | RouterLogits(l) | ExpertWeights(l) | ExpertIndices(l)
+            | TopkWeights(l) => cfg.moe_at(*l).is_some(),
+            Expert(l, e, _) => cfg.moe_at(*l).is_some_and(|m| (*e as usize) < m.n_experts),
+            SharedOut(l) => cfg.moe_at(*l).is_some_and(|m| m.shared.is_some()),
             FinalScale | FinalNormalized => cfg.norm.final_norm && cfg.has_norm(),
             Sae(at, _) => at.base().exists_in(cfg),
             _ => true,
@@ -352,10 +461,19 @@ impl HookPoint {
         );
         match self {
             Embed | PosEmbed | ResidPre(_) | ResidMid(_) | ResidPost(_) | AttnOut(_)
-            | MlpOut(_) | NormNormalized(..) | FinalNormalized => vec![batch, pos, d],
+            | MlpOut(_) | NormNormalized(..) | FinalNormalized | RouterIn(_) | SharedOut(_) => {
+                vec![batch, pos, d]
+            }
+            RouterLogits(_) => vec![batch, pos, moe_n(cfg)],
+            ExpertWeights(_) => vec![batch * pos, moe_n(cfg)],
+            ExpertIndices(_) | TopkWeights(_) => {
+                vec![batch * pos, cfg.moe().map_or(0, |m| m.top_k)]
+            }
+            // At most every token (each token visits an expert once); how many is the router's.
+            Expert(..) => vec![batch * pos, cfg.moe().map_or(0, |m| m.d_expert)],
             NormScale(..) | FinalScale => vec![batch, pos, 1],
-            Q(_) | RotQ(_) | Z(_) => vec![batch, pos, h, dh],
-            K(_) | V(_) | RotK(_) => vec![batch, pos, kv, dh],
+            Q(_) | QNormed(_) | RotQ(_) | Z(_) => vec![batch, pos, h, dh],
+            K(_) | V(_) | KNormed(_) | RotK(_) => vec![batch, pos, kv, dh],
             AttnScores(_) | Pattern(_) => vec![batch, h, pos, pos],
             Result(_) => vec![batch, pos, h, d],
             MlpPre(_) | MlpPreLinear(_) | MlpPost(_) => vec![batch, pos, cfg.d_mlp()],
@@ -365,6 +483,9 @@ impl HookPoint {
     }
 
     /// Parses `name` and checks it exists in `cfg`, with a helpful error otherwise.
+    ///
+    /// An expert point of a layer that routes names its expert range; one of a dense layer,
+    /// the layers that route.
     pub fn parse_for(name: &str, cfg: &Config) -> Result<HookPoint> {
         let p: HookPoint = name.parse()?;
         if let Some(l) = p.layer() {
@@ -374,6 +495,24 @@ impl HookPoint {
                     index: l as i64,
                     limit: format!("{} layers (0..={})", cfg.n_layers, cfg.n_layers - 1),
                 });
+            }
+        }
+        if let (Some(l), Some(m)) = (p.layer(), cfg.moe()) {
+            let routed = p.is_routing();
+            if routed && !m.routes(l) {
+                return Err(Error::Input(format!(
+                    "{name}: layer {l} has a dense MLP, not experts (layers that route: {})",
+                    join_layers(&cfg.moe_layers())
+                )));
+            }
+            if let HookPoint::Expert(_, e, _) = p {
+                if e as usize >= m.n_experts {
+                    return Err(Error::OutOfRange {
+                        what: "expert",
+                        index: e as i64,
+                        limit: format!("{} experts in layer {l}", m.n_experts),
+                    });
+                }
             }
         }
         if !p.exists_in(cfg) {
@@ -387,20 +526,58 @@ impl HookPoint {
         Ok(p)
     }
 
+    /// Whether this point belongs to a layer's routing (router, selection, experts).
+    pub fn is_routing(&self) -> bool {
+        use HookPoint::*;
+        matches!(
+            self,
+            RouterIn(_)
+                | RouterLogits(_)
+                | ExpertWeights(_)
+                | ExpertIndices(_)
+                | TopkWeights(_)
+                | Expert(..)
+                | SharedOut(_)
+        )
+    }
+
     /// Canonical names of every point of a generic 1-layer model, for suggestions.
     fn vocabulary() -> Vec<String> {
         let mut v: Vec<String> = GLOBAL_KINDS.iter().map(|(n, _)| n.to_string()).collect();
         for (n, _) in LAYER_KINDS {
             v.push(format!("blocks.0.{n}"));
         }
+        for site in ExpertSite::ALL {
+            v.push(format!("blocks.0.mlp.experts.0.{}", site.name()));
+        }
         v
     }
+}
+
+/// The number of routed experts of `cfg` (0 for a dense model).
+fn moe_n(cfg: &Config) -> usize {
+    cfg.moe().map_or(0, |m| m.n_experts)
+}
+
+/// `0, 2, 3` (or `none`).
+fn join_layers(layers: &[usize]) -> String {
+    if layers.is_empty() {
+        return "none".into();
+    }
+    layers
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl fmt::Display for HookPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let HookPoint::Sae(at, site) = self {
             return write!(f, "{}.{}", at.base(), site.name());
+        }
+        if let HookPoint::Expert(l, e, site) = self {
+            return write!(f, "blocks.{l}.mlp.experts.{e}.{}", site.name());
         }
         match self.layer() {
             Some(l) => write!(f, "blocks.{l}.{}", self.kind_name()),
@@ -454,6 +631,15 @@ impl FromStr for HookPoint {
         let rest = name.strip_prefix("blocks.").ok_or_else(unknown)?;
         let (layer, kind) = rest.split_once('.').ok_or_else(unknown)?;
         let layer: usize = layer.parse().map_err(|_| unknown())?;
+        if let Some(rest) = kind.strip_prefix("mlp.experts.") {
+            let (e, site) = rest.split_once('.').ok_or_else(unknown)?;
+            let e: u32 = e.parse().map_err(|_| unknown())?;
+            let site = ExpertSite::ALL
+                .into_iter()
+                .find(|s| s.name() == site)
+                .ok_or_else(unknown)?;
+            return Ok(HookPoint::Expert(layer, e, site));
+        }
         LAYER_KINDS
             .iter()
             .find(|(n, _)| *n == kind)
@@ -490,6 +676,22 @@ mod tests {
             assert_eq!(p.to_string(), *n);
             assert_eq!(n.parse::<HookPoint>().unwrap(), *p);
         }
+    }
+
+    #[test]
+    fn expert_names_round_trip() {
+        for site in ExpertSite::ALL {
+            let p = HookPoint::Expert(2, 13, site);
+            let name = format!("blocks.2.mlp.experts.13.{}", site.name());
+            assert_eq!(p.to_string(), name);
+            assert_eq!(name.parse::<HookPoint>().unwrap(), p);
+        }
+        assert!("blocks.2.mlp.experts.x.hook_pre"
+            .parse::<HookPoint>()
+            .is_err());
+        assert!("blocks.2.mlp.experts.1.hook_mid"
+            .parse::<HookPoint>()
+            .is_err());
     }
 
     #[test]

@@ -90,8 +90,101 @@ pub enum Mlp {
         bias: bool,
         d_mlp: usize,
     },
-    // A mixture-of-experts variant (router + experts of the kinds above) lands here; the block
-    // code already dispatches on this enum, so it is one more arm.
+    /// A mixture of gated experts chosen per token by a router (see [`Moe`]); layers listed
+    /// in `dense_layers` carry a plain gated MLP of width `d_mlp` instead.
+    Moe(Moe),
+}
+
+/// How router logits become per-expert scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    /// Softmax over all experts (Mixtral, Qwen-MoE, OLMoE, DeepSeek-V2).
+    Softmax,
+    /// An independent sigmoid per expert (DeepSeek-V3).
+    Sigmoid,
+}
+
+/// Which experts a token may choose from before its top-k.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Selection {
+    /// Top-k over every expert.
+    Greedy,
+    /// Experts split into `n_group` groups; only the best `topk_group` groups compete
+    /// (DeepSeek's group-limited routing).
+    GroupLimited {
+        n_group: usize,
+        topk_group: usize,
+        /// How a group ranks: by its best score (V2) or the sum of its best two (V3).
+        rank: GroupRank,
+    },
+}
+
+/// How DeepSeek ranks an expert group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupRank {
+    Max,
+    SumTop2,
+}
+
+/// A shared expert every token passes through besides its routed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SharedExpert {
+    /// Hidden width of the shared (gated) MLP.
+    pub d_mlp: usize,
+    /// Scaled by `sigmoid(x · w_gate)` per token (Qwen2-MoE); DeepSeek's are ungated.
+    pub gated: bool,
+}
+
+/// A mixture-of-experts MLP: router, top-k selection, routed gated experts, shared experts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Moe {
+    /// Every expert's activation (experts are gated MLPs: `W_out · (act(W_gate·x) ⊙ W_in·x)`).
+    pub act: Activation,
+    /// Routed experts per MoE layer.
+    pub n_experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+    /// Hidden width of each routed expert.
+    pub d_expert: usize,
+    pub scoring: Scoring,
+    pub selection: Selection,
+    /// A per-expert bias added to the scores for selection only (DeepSeek-V3's
+    /// `e_score_correction_bias`); the weights use the unbiased scores.
+    pub selection_bias: bool,
+    /// Renormalise the chosen experts' scores to sum to one (`norm_topk_prob`).
+    pub norm_topk_prob: bool,
+    /// Added to the renormalising sum (DeepSeek's 1e-20; 0 elsewhere).
+    pub norm_eps: f64,
+    /// The routed weights are multiplied by this (`routed_scaling_factor`, 1 elsewhere).
+    pub routed_scaling_factor: f64,
+    pub shared: Option<SharedExpert>,
+    /// Layers whose MLP is a plain gated MLP of width `d_mlp` (DeepSeek's
+    /// `first_k_dense_replace`, Qwen's `decoder_sparse_step` / `mlp_only_layers`).
+    #[serde(default)]
+    pub dense_layers: Vec<usize>,
+    /// Width of the dense layers' MLP (0 when there are none).
+    #[serde(default)]
+    pub d_mlp: usize,
+}
+
+impl Moe {
+    /// Whether layer `l` routes (is not one of the dense layers).
+    pub fn routes(&self, l: usize) -> bool {
+        !self.dense_layers.contains(&l)
+    }
+}
+
+/// A norm on queries and keys before the rotary embedding (RMSNorm with its own gain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QkNorm {
+    /// Over each head's `d_head` values (Qwen3): gains `[d_head]`.
+    PerHead,
+    /// Over the whole projection, all heads at once (OLMoE): gains `[heads·d_head]`.
+    Full,
 }
 
 /// The attention half of a block.
@@ -109,6 +202,9 @@ pub struct Attention {
     pub scale: f64,
     /// Keys further back than this are masked (Mistral); `None` is full causal attention.
     pub sliding_window: Option<usize>,
+    /// RMSNorm of queries and keys before rotation (OLMoE, Qwen3); `None` for most models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qk_norm: Option<QkNorm>,
 }
 
 /// The normalisation of every block and before the unembedding.
@@ -128,6 +224,10 @@ pub enum Family {
     Llama,
     Mistral,
     Qwen2,
+    Mixtral,
+    Qwen2Moe,
+    Qwen3Moe,
+    Olmoe,
     /// Built in code (the lab's models, random test models).
     Custom,
 }
@@ -140,6 +240,10 @@ impl Family {
             Family::Llama => "llama",
             Family::Mistral => "mistral",
             Family::Qwen2 => "qwen2",
+            Family::Mixtral => "mixtral",
+            Family::Qwen2Moe => "qwen2_moe",
+            Family::Qwen3Moe => "qwen3_moe",
+            Family::Olmoe => "olmoe",
             Family::Custom => "custom",
         }
     }
@@ -201,11 +305,13 @@ impl Config {
         self.attn.n_heads / self.attn.n_kv_heads
     }
 
-    /// Hidden width of the MLP (0 for attention-only models).
+    /// Hidden width of the (dense) MLP: 0 for attention-only models; for a mixture of
+    /// experts, its dense layers' width.
     pub fn d_mlp(&self) -> usize {
-        match self.mlp {
+        match &self.mlp {
             Mlp::None => 0,
-            Mlp::Dense { d_mlp, .. } | Mlp::Gated { d_mlp, .. } => d_mlp,
+            Mlp::Dense { d_mlp, .. } | Mlp::Gated { d_mlp, .. } => *d_mlp,
+            Mlp::Moe(m) => m.d_mlp,
         }
     }
 
@@ -216,7 +322,36 @@ impl Config {
 
     /// Whether the MLP is gated (has `hook_pre_linear`).
     pub fn gated_mlp(&self) -> bool {
-        matches!(self.mlp, Mlp::Gated { .. })
+        matches!(self.mlp, Mlp::Gated { .. } | Mlp::Moe(_))
+    }
+
+    /// The mixture of experts, if the model has one.
+    pub fn moe(&self) -> Option<&Moe> {
+        match &self.mlp {
+            Mlp::Moe(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The mixture of experts of layer `l`, if that layer routes.
+    pub fn moe_at(&self, l: usize) -> Option<&Moe> {
+        self.moe().filter(|m| m.routes(l))
+    }
+
+    /// Whether layer `l` has a plain (dense or gated) MLP with `blocks.L.mlp.hook_pre/post`.
+    pub fn dense_mlp_at(&self, l: usize) -> bool {
+        match &self.mlp {
+            Mlp::None => false,
+            Mlp::Dense { .. } | Mlp::Gated { .. } => true,
+            Mlp::Moe(m) => !m.routes(l),
+        }
+    }
+
+    /// The layers whose MLP routes tokens to experts.
+    pub fn moe_layers(&self) -> Vec<usize> {
+        (0..self.n_layers)
+            .filter(|&l| self.moe_at(l).is_some())
+            .collect()
     }
 
     /// Whether the model has rotary embeddings (and so `hook_rot_q/k`).
@@ -254,7 +389,9 @@ impl Config {
                 self.attn.n_heads, self.attn.n_kv_heads
             ));
         }
-        if self.has_mlp() && self.d_mlp() == 0 {
+        if let Some(m) = self.moe() {
+            self.validate_moe(m)?;
+        } else if self.has_mlp() && self.d_mlp() == 0 {
             return bad("d_mlp must be positive for a model with an MLP".into());
         }
         if let Some(r) = self.rotary() {
@@ -307,6 +444,68 @@ impl Config {
         Ok(())
     }
 
+    /// The mixture-of-experts part of [`Config::validate`].
+    fn validate_moe(&self, m: &Moe) -> Result<()> {
+        let bad = |msg: String| Err(Error::config("model config", msg));
+        if m.n_experts == 0 || m.d_expert == 0 {
+            return bad(format!(
+                "a mixture of experts needs experts (num_experts {}) of positive width (moe_intermediate_size {})",
+                m.n_experts, m.d_expert
+            ));
+        }
+        if m.top_k == 0 || m.top_k > m.n_experts {
+            return bad(format!(
+                "num_experts_per_tok {} must be in 1..={} (the experts per layer)",
+                m.top_k, m.n_experts
+            ));
+        }
+        if let Selection::GroupLimited {
+            n_group,
+            topk_group,
+            ..
+        } = m.selection
+        {
+            if n_group == 0 || !m.n_experts.is_multiple_of(n_group) {
+                return bad(format!(
+                    "n_group {n_group} must divide the {} experts",
+                    m.n_experts
+                ));
+            }
+            let per_group = m.n_experts / n_group;
+            if topk_group == 0 || topk_group > n_group || topk_group * per_group < m.top_k {
+                return bad(format!(
+                    "topk_group {topk_group} must be in 1..={n_group} and leave at least top_k {} experts ({per_group} per group)",
+                    m.top_k
+                ));
+            }
+        }
+        if !(m.routed_scaling_factor.is_finite() && m.routed_scaling_factor > 0.0) {
+            return bad(format!(
+                "routed_scaling_factor must be positive, got {}",
+                m.routed_scaling_factor
+            ));
+        }
+        if !(m.norm_eps.is_finite() && m.norm_eps >= 0.0) {
+            return bad(format!(
+                "the routing renormalisation epsilon must be >= 0, got {}",
+                m.norm_eps
+            ));
+        }
+        if m.shared.is_some_and(|s| s.d_mlp == 0) {
+            return bad("the shared expert's width must be positive".into());
+        }
+        if let Some(&l) = m.dense_layers.iter().find(|&&l| l >= self.n_layers) {
+            return bad(format!(
+                "dense layer {l} is outside the model's {} layers",
+                self.n_layers
+            ));
+        }
+        if !m.dense_layers.is_empty() && m.d_mlp == 0 {
+            return bad("the dense layers' MLP width (intermediate_size) must be positive".into());
+        }
+        Ok(())
+    }
+
     /// Number of parameters the weights of this config hold (`usize::MAX` when that overflows,
     /// so a config declaring absurd sizes is caught before anything is allocated).
     pub fn n_params(&self) -> usize {
@@ -324,18 +523,43 @@ impl Config {
         if a.o_bias {
             block = block.checked_add(d)?;
         }
-        let mats = match self.mlp {
+        if let Some(qk) = a.qk_norm {
+            block = block.checked_add(match qk {
+                QkNorm::PerHead => mul(2, a.d_head)?,
+                QkNorm::Full => qkv.checked_sub(mul(a.n_kv_heads, a.d_head)?)?,
+            })?;
+        }
+        let mats = match &self.mlp {
             Mlp::None => 0,
             Mlp::Dense { bias, .. } => {
-                mul(mul(2, d)?, m)?.checked_add(if bias { m.checked_add(d)? } else { 0 })?
+                mul(mul(2, d)?, m)?.checked_add(if *bias { m.checked_add(d)? } else { 0 })?
             }
-            Mlp::Gated { bias, .. } => mul(mul(3, d)?, m)?.checked_add(if bias {
+            Mlp::Gated { bias, .. } => mul(mul(3, d)?, m)?.checked_add(if *bias {
                 mul(2, m)?.checked_add(d)?
             } else {
                 0
             })?,
+            Mlp::Moe(_) => 0, // per layer, below
         };
         block = block.checked_add(mats)?;
+        let mut moe_total = 0usize;
+        if let Some(moe) = self.moe() {
+            let gated = |w: usize| mul(mul(3, d)?, w);
+            let mut routed =
+                mul(moe.n_experts, gated(moe.d_expert)?)?.checked_add(mul(d, moe.n_experts)?)?;
+            if moe.selection_bias {
+                routed = routed.checked_add(moe.n_experts)?;
+            }
+            if let Some(s) = moe.shared {
+                routed = routed.checked_add(gated(s.d_mlp)?)?;
+                if s.gated {
+                    routed = routed.checked_add(d)?;
+                }
+            }
+            let dense = moe.dense_layers.len();
+            moe_total = mul(self.n_layers.checked_sub(dense)?, routed)?
+                .checked_add(mul(dense, gated(moe.d_mlp)?)?)?;
+        }
         let norm_params = match self.norm.kind {
             NormKind::LayerNorm => mul(2, d)?,
             NormKind::RmsNorm => d,
@@ -344,7 +568,9 @@ impl Config {
         let n_norms_per_block = if self.has_mlp() { 2 } else { 1 };
         block = block.checked_add(mul(n_norms_per_block, norm_params)?)?;
         let embed = mul(self.d_vocab, d)?;
-        let mut total = mul(self.n_layers, block)?.checked_add(embed)?;
+        let mut total = mul(self.n_layers, block)?
+            .checked_add(embed)?
+            .checked_add(moe_total)?;
         if !self.tied_embeddings {
             total = total.checked_add(embed)?;
         }
@@ -409,6 +635,7 @@ impl Config {
         let Ok(f) = serde_json::from_str::<FlatConfig>(text) else {
             return Err(e);
         };
+        // Checkpoints written before the nested config came only from these families.
         let family = match f.family.as_str() {
             "gpt2" => Family::Gpt2,
             "llama" => Family::Llama,
@@ -431,6 +658,7 @@ impl Config {
                 o_bias: f.o_bias,
                 scale: f.attn_scale,
                 sliding_window: f.sliding_window,
+                qk_norm: None,
             },
             mlp: match f.mlp {
                 FlatMlp::None => Mlp::None,

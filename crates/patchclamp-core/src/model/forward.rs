@@ -271,9 +271,9 @@ impl Model {
             false => resid,
         };
         let resid = (resid + attn_out)?;
-        let Some(mlp) = &w.mlp else {
+        if w.mlp.is_none() && w.moe.is_none() {
             return hooks.at(P::ResidPost(l), resid);
-        };
+        }
         let resid = hooks.at(P::ResidMid(l), resid)?;
         let x = self.norm(
             &resid,
@@ -282,7 +282,11 @@ impl Model {
             P::NormNormalized(l, NormSite::Ln2),
             hooks,
         )?;
-        let mlp_out = self.mlp(l, mlp, &x, hooks)?;
+        let mlp_out = match (&w.moe, &w.mlp) {
+            (Some(moe), _) => self.moe(l, moe, &x, hooks)?,
+            (None, Some(mlp)) => self.mlp(l, mlp, &x, hooks)?,
+            (None, None) => unreachable!("checked above"),
+        };
         let mlp_out = hooks.at(P::MlpOut(l), mlp_out)?;
         hooks.at(P::ResidPost(l), (resid + mlp_out)?)
     }
@@ -373,6 +377,10 @@ impl Model {
         let mut q = hooks.at(P::Q(l), q)?;
         let mut k = hooks.at(P::K(l), k)?;
         let mut v = hooks.at(P::V(l), v)?;
+        if let (Some(gq), Some(gk)) = (&w.q_norm, &w.k_norm) {
+            q = hooks.at(P::QNormed(l), self.qk_norm(&q, gq)?)?;
+            k = hooks.at(P::KNormed(l), self.qk_norm(&k, gk)?)?;
+        }
         if let Some((cos, sin)) = &ctx.rope {
             // Rows that join later are not here yet: the tables cover the first `b` rows.
             let (cos, sin) = (first_rows(cos, b)?, first_rows(sin, b)?);
@@ -425,6 +433,25 @@ impl Model {
         linear(&z.reshape((b, sq, h * e))?, &w.w_o, w.b_o.as_ref())
     }
 
+    /// RMSNorm of queries or keys `[B, S, heads, E]` with gain `g`: over each head's `E`
+    /// values (an `[E]` gain) or over all heads at once (a `[heads·E]` gain).
+    fn qk_norm(&self, x: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let (b, s, heads, e) = x.dims4()?;
+        let x = match g.dim(0)? == e {
+            true => x.clone(),
+            false => x.reshape((b, s, heads * e))?,
+        };
+        let zero = g.zeros_like()?;
+        let y = match ops::norm(&x, g, &zero, false, self.cfg.norm.eps)? {
+            Some(y) => y,
+            None => {
+                let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.cfg.norm.eps)?.sqrt()?;
+                x.broadcast_div(&scale)?.broadcast_mul(g)?
+            }
+        };
+        Ok(y.reshape((b, s, heads, e))?)
+    }
+
     /// `z = pattern · v` through explicit scores and pattern (each a hook point); `[B, S, H, E]`.
     fn attention_map(
         &self,
@@ -469,12 +496,19 @@ impl Model {
 
     /// Dense `W_out·act(W_in·x)` or gated `W_out·(act(W_gate·x) ⊙ W_in·x)`.
     fn mlp(&self, l: usize, w: &MlpWeights, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
-        let post = match &self.cfg.mlp {
-            Mlp::Dense { act, .. } => {
+        let (gated, act) = match &self.cfg.mlp {
+            Mlp::Dense { act, .. } => (false, *act),
+            // A mixture of experts' dense layers are gated MLPs with the experts' activation.
+            Mlp::Gated { act, .. } => (true, *act),
+            Mlp::Moe(m) => (true, m.act),
+            Mlp::None => unreachable!("blocks without an MLP carry no MlpWeights"),
+        };
+        let post = match gated {
+            false => {
                 let pre = hooks.at(P::MlpPre(l), linear(x, &w.w_in, w.b_in.as_ref())?)?;
-                activation(&pre, *act)?
+                activation(&pre, act)?
             }
-            Mlp::Gated { act, .. } => {
+            true => {
                 let w_gate = w
                     .w_gate
                     .as_ref()
@@ -482,9 +516,8 @@ impl Model {
                 let pre = hooks.at(P::MlpPre(l), linear(x, w_gate, w.b_gate.as_ref())?)?;
                 let pre_linear =
                     hooks.at(P::MlpPreLinear(l), linear(x, &w.w_in, w.b_in.as_ref())?)?;
-                (activation(&pre, *act)? * pre_linear)?
+                (activation(&pre, act)? * pre_linear)?
             }
-            Mlp::None => unreachable!("blocks without an MLP carry no MlpWeights"),
         };
         let post = hooks.at(P::MlpPost(l), post)?;
         linear(&post, &w.w_out, w.b_out.as_ref())

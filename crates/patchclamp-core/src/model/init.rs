@@ -4,7 +4,9 @@ use candle_core::{Device, Tensor};
 
 use crate::error::Result;
 use crate::model::config::{Config, Mlp, NormKind};
-use crate::model::weights::{AttnWeights, BlockWeights, MlpWeights, NormWeights, Weights};
+use crate::model::weights::{
+    AttnWeights, BlockWeights, MlpWeights, MoeWeights, NormWeights, Weights,
+};
 use crate::rng::Rng;
 
 impl Weights {
@@ -48,7 +50,14 @@ impl Weights {
             }
         };
         let mut blocks = Vec::with_capacity(cfg.n_layers);
-        for _ in 0..cfg.n_layers {
+        let qk_gain = |full: usize| -> Result<Option<Tensor>> {
+            match cfg.attn.qk_norm {
+                None => Ok(None),
+                Some(crate::model::QkNorm::PerHead) => ones(cfg.attn.d_head).map(Some),
+                Some(crate::model::QkNorm::Full) => ones(full).map(Some),
+            }
+        };
+        for l in 0..cfg.n_layers {
             let attn = AttnWeights {
                 w_q: normal((d, qd))?,
                 b_q: opt(cfg.attn.qkv_bias, qd)?,
@@ -58,31 +67,65 @@ impl Weights {
                 b_v: opt(cfg.attn.qkv_bias, kvd)?,
                 w_o: normal((qd, d))?,
                 b_o: opt(cfg.attn.o_bias, d)?,
+                q_norm: qk_gain(qd)?,
+                k_norm: qk_gain(kvd)?,
             };
-            let mlp = match cfg.mlp {
-                Mlp::None => None,
-                Mlp::Dense { bias, .. } | Mlp::Gated { bias, .. } => Some(MlpWeights {
-                    w_gate: if cfg.gated_mlp() {
-                        Some(normal((d, cfg.d_mlp()))?)
+            let (mlp, moe) = match &cfg.mlp {
+                Mlp::None => (None, None),
+                Mlp::Dense { bias, .. } | Mlp::Gated { bias, .. } => {
+                    let (bias, m, gated) = (*bias, cfg.d_mlp(), cfg.gated_mlp());
+                    let mlp = MlpWeights {
+                        w_gate: if gated { Some(normal((d, m))?) } else { None },
+                        b_gate: opt(bias && gated, m)?,
+                        w_in: normal((d, m))?,
+                        b_in: opt(bias, m)?,
+                        w_out: normal((m, d))?,
+                        b_out: opt(bias, d)?,
+                    };
+                    (Some(mlp), None)
+                }
+                Mlp::Moe(m) => {
+                    let mut gated = |width: usize| -> Result<MlpWeights> {
+                        Ok(MlpWeights {
+                            w_gate: Some(normal((d, width))?),
+                            b_gate: None,
+                            w_in: normal((d, width))?,
+                            b_in: None,
+                            w_out: normal((width, d))?,
+                            b_out: None,
+                        })
+                    };
+                    if !m.routes(l) {
+                        (Some(gated(m.d_mlp)?), None)
                     } else {
-                        None
-                    },
-                    b_gate: opt(bias && cfg.gated_mlp(), cfg.d_mlp())?,
-                    w_in: normal((d, cfg.d_mlp()))?,
-                    b_in: opt(bias, cfg.d_mlp())?,
-                    w_out: normal((cfg.d_mlp(), d))?,
-                    b_out: opt(bias, d)?,
-                }),
+                        let experts = (0..m.n_experts)
+                            .map(|_| gated(m.d_expert))
+                            .collect::<Result<Vec<_>>>()?;
+                        let shared = m.shared.map(|s| gated(s.d_mlp)).transpose()?;
+                        let moe = MoeWeights {
+                            w_router: normal((d, m.n_experts))?,
+                            router_bias: opt(m.selection_bias, m.n_experts)?,
+                            experts,
+                            shared,
+                            w_shared_gate: match m.shared {
+                                Some(s) if s.gated => Some(normal((d, 1))?),
+                                _ => None,
+                            },
+                        };
+                        (None, Some(moe))
+                    }
+                }
             };
             blocks.push(BlockWeights {
                 ln1: norm(cfg.norm.kind)?,
                 attn,
-                ln2: if mlp.is_some() {
+                ln2: if cfg.has_mlp() {
                     norm(cfg.norm.kind)?
                 } else {
                     NormWeights { w: None, b: None }
                 },
                 mlp,
+                moe,
             });
         }
         Ok(Weights {
@@ -136,6 +179,7 @@ impl Config {
                 o_bias: true,
                 scale: ((d_model / n_heads) as f64).sqrt(),
                 sliding_window: None,
+                qk_norm: None,
             },
             mlp: Mlp::Dense {
                 act: crate::model::Activation::GeluNew,

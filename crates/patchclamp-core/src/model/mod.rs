@@ -6,6 +6,7 @@ mod forward;
 mod init;
 pub mod kernels;
 mod kv;
+mod moe;
 mod ops;
 mod param;
 mod process;
@@ -14,11 +15,14 @@ mod validate;
 mod weights;
 
 pub use config::{
-    Activation, Attention, Config, Family, Mlp, Norm, NormKind, Positions, Processing, Rope,
-    RopeScaling,
+    Activation, Attention, Config, Family, GroupRank, Mlp, Moe, Norm, NormKind, Positions,
+    Processing, QkNorm, Rope, RopeScaling, Scoring, Selection, SharedExpert,
 };
 pub use forward::{Model, Span};
 pub use kv::KvCache;
+pub use moe::Routing;
 pub use ops::{activation, ensure_finite, linear, softmax_last_dim};
-pub use param::{AttnPart, BlockNorm, MlpPart, NormPart, Param};
-pub use weights::{AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights};
+pub use param::{AttnPart, BlockNorm, MlpPart, MoePart, NormPart, Param};
+pub use weights::{
+    AttnWeights, BlockWeights, Checkpoint, MlpWeights, MoeWeights, NormWeights, Weights,
+};

@@ -33,6 +33,10 @@ pub enum AttnPart {
     BV,
     WO,
     BO,
+    /// Query RMSNorm gain (OLMoE, Qwen3).
+    QNorm,
+    /// Key RMSNorm gain.
+    KNorm,
 }
 
 /// A weight of one MLP layer.
@@ -44,6 +48,21 @@ pub enum MlpPart {
     BIn,
     WOut,
     BOut,
+}
+
+/// A weight of one mixture-of-experts layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MoePart {
+    /// `W_router` `[d_model, n_experts]`.
+    Router,
+    /// `router_bias` `[n_experts]`, for selection only.
+    RouterBias,
+    /// Routed expert `e`'s weight.
+    Expert(u32, MlpPart),
+    /// The shared expert's weight.
+    Shared(MlpPart),
+    /// `W_shared_gate` `[d_model, 1]`.
+    SharedGate,
 }
 
 /// One weight of the canonical layout.
@@ -63,6 +82,8 @@ pub enum Param {
     Attn { layer: usize, part: AttnPart },
     /// `blocks.L.mlp.W_in` …
     Mlp { layer: usize, part: MlpPart },
+    /// `blocks.L.mlp.W_router`, `blocks.L.mlp.experts.E.W_in` … (layers that route).
+    Moe { layer: usize, part: MoePart },
     /// `ln_final.w` / `ln_final.b` `[d_model]`.
     FinalNorm(NormPart),
     /// `unembed.W_U` `[d_model, d_vocab]`.
@@ -92,13 +113,28 @@ impl Param {
                 AttnPart::BK | AttnPart::BV => vec![kv],
                 AttnPart::WO => vec![q, d],
                 AttnPart::BO => vec![d],
+                AttnPart::QNorm | AttnPart::KNorm => {
+                    let full = if *part == AttnPart::QNorm { q } else { kv };
+                    match a.qk_norm {
+                        Some(crate::model::QkNorm::Full) => vec![full],
+                        _ => vec![a.d_head],
+                    }
+                }
             },
-            Param::Mlp { part, .. } => match part {
-                MlpPart::WGate | MlpPart::WIn => vec![d, m],
-                MlpPart::BGate | MlpPart::BIn => vec![m],
-                MlpPart::WOut => vec![m, d],
-                MlpPart::BOut => vec![d],
-            },
+            Param::Mlp { part, .. } => mlp_shape(*part, d, m),
+            Param::Moe { part, .. } => {
+                let moe = cfg.moe();
+                let e = moe.map_or(0, |m| m.n_experts);
+                match part {
+                    MoePart::Router => vec![d, e],
+                    MoePart::RouterBias => vec![e],
+                    MoePart::Expert(_, p) => mlp_shape(*p, d, moe.map_or(0, |m| m.d_expert)),
+                    MoePart::Shared(p) => {
+                        mlp_shape(*p, d, moe.and_then(|m| m.shared).map_or(0, |s| s.d_mlp))
+                    }
+                    MoePart::SharedGate => vec![d, 1],
+                }
+            }
             Param::Unembed => vec![d, cfg.d_vocab],
             Param::UnembedBias => vec![cfg.d_vocab],
         }
@@ -119,7 +155,36 @@ impl Param {
                     part: MlpPart::WGate | MlpPart::WIn | MlpPart::WOut,
                     ..
                 }
+                | Param::Moe {
+                    part: MoePart::Router
+                        | MoePart::SharedGate
+                        | MoePart::Expert(_, MlpPart::WGate | MlpPart::WIn | MlpPart::WOut)
+                        | MoePart::Shared(MlpPart::WGate | MlpPart::WIn | MlpPart::WOut),
+                    ..
+                }
         )
+    }
+}
+
+/// A (gated) MLP weight's shape for width `m`.
+fn mlp_shape(part: MlpPart, d: usize, m: usize) -> Vec<usize> {
+    match part {
+        MlpPart::WGate | MlpPart::WIn => vec![d, m],
+        MlpPart::BGate | MlpPart::BIn => vec![m],
+        MlpPart::WOut => vec![m, d],
+        MlpPart::BOut => vec![d],
+    }
+}
+
+/// An MLP weight's TransformerLens name within its MLP.
+fn mlp_name(part: MlpPart) -> &'static str {
+    match part {
+        MlpPart::WGate => "W_gate",
+        MlpPart::BGate => "b_gate",
+        MlpPart::WIn => "W_in",
+        MlpPart::BIn => "b_in",
+        MlpPart::WOut => "W_out",
+        MlpPart::BOut => "b_out",
     }
 }
 
@@ -149,20 +214,23 @@ impl fmt::Display for Param {
                     AttnPart::BV => "b_V",
                     AttnPart::WO => "W_O",
                     AttnPart::BO => "b_O",
+                    AttnPart::QNorm => "q_norm.w",
+                    AttnPart::KNorm => "k_norm.w",
                 };
                 write!(f, "blocks.{layer}.attn.{p}")
             }
-            Param::Mlp { layer, part } => {
-                let p = match part {
-                    MlpPart::WGate => "W_gate",
-                    MlpPart::BGate => "b_gate",
-                    MlpPart::WIn => "W_in",
-                    MlpPart::BIn => "b_in",
-                    MlpPart::WOut => "W_out",
-                    MlpPart::BOut => "b_out",
-                };
-                write!(f, "blocks.{layer}.mlp.{p}")
-            }
+            Param::Mlp { layer, part } => write!(f, "blocks.{layer}.mlp.{}", mlp_name(*part)),
+            Param::Moe { layer, part } => match part {
+                MoePart::Router => write!(f, "blocks.{layer}.mlp.W_router"),
+                MoePart::RouterBias => write!(f, "blocks.{layer}.mlp.router_bias"),
+                MoePart::Expert(e, p) => {
+                    write!(f, "blocks.{layer}.mlp.experts.{e}.{}", mlp_name(*p))
+                }
+                MoePart::Shared(p) => {
+                    write!(f, "blocks.{layer}.mlp.shared_expert.{}", mlp_name(*p))
+                }
+                MoePart::SharedGate => write!(f, "blocks.{layer}.mlp.W_shared_gate"),
+            },
             Param::FinalNorm(p) => write!(f, "ln_final.{}", norm_part(p)),
             Param::Unembed => f.write_str("unembed.W_U"),
             Param::UnembedBias => f.write_str("unembed.b_U"),

@@ -5,7 +5,7 @@
 
 use candle_core::{Tensor, D};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::config::{NormKind, Processing};
 use crate::model::forward::Model;
 use crate::model::weights::NormWeights;
@@ -58,6 +58,11 @@ impl Model {
             NormKind::RmsNorm => (false, false),
             _ => return Ok(()),
         };
+        if fold_bias && self.cfg.moe().is_some() {
+            return Err(Error::Input(
+                "fold_ln would fold a LayerNorm's bias into each router, which has no bias: it is not supported for a mixture of experts with LayerNorm".into(),
+            ));
+        }
         let w = &mut self.weights;
         for blk in &mut w.blocks {
             let ln1 = std::mem::replace(&mut blk.ln1, NormWeights { w: None, b: None });
@@ -74,6 +79,20 @@ impl Model {
                 fold_into(&ln2, &mut m.w_in, &mut m.b_in, fold_bias, center)?;
                 if let Some(g) = &mut m.w_gate {
                     fold_into(&ln2, g, &mut m.b_gate, fold_bias, center)?;
+                }
+            }
+            if let Some(moe) = &mut blk.moe {
+                // Every reader of ln2: the router, each expert, the shared expert and its gate.
+                let ln2 = std::mem::replace(&mut blk.ln2, NormWeights { w: None, b: None });
+                fold_into(&ln2, &mut moe.w_router, &mut None, fold_bias, center)?;
+                if let Some(g) = &mut moe.w_shared_gate {
+                    fold_into(&ln2, g, &mut None, fold_bias, center)?;
+                }
+                for m in moe.experts.iter_mut().chain(moe.shared.as_mut()) {
+                    fold_into(&ln2, &mut m.w_in, &mut m.b_in, fold_bias, center)?;
+                    if let Some(g) = &mut m.w_gate {
+                        fold_into(&ln2, g, &mut m.b_gate, fold_bias, center)?;
+                    }
                 }
             }
         }
@@ -104,7 +123,11 @@ impl Model {
             if let Some(b) = &blk.attn.b_o {
                 blk.attn.b_o = Some(center(b, D::Minus1)?);
             }
-            if let Some(m) = &mut blk.mlp {
+            let experts = blk
+                .moe
+                .iter_mut()
+                .flat_map(|moe| moe.experts.iter_mut().chain(moe.shared.as_mut()));
+            for m in blk.mlp.iter_mut().chain(experts) {
                 m.w_out = center(&m.w_out, D::Minus1)?;
                 if let Some(b) = &m.b_out {
                     m.b_out = Some(center(b, D::Minus1)?);

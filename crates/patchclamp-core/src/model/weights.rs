@@ -10,7 +10,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{nearest_hint, Error, Result};
-use crate::model::param::{AttnPart, BlockNorm, MlpPart, NormPart, Param};
+use crate::model::param::{AttnPart, BlockNorm, MlpPart, MoePart, NormPart, Param};
 
 /// A norm's optional gain and bias (absent once folded away).
 #[derive(Debug, Clone)]
@@ -34,6 +34,9 @@ pub struct AttnWeights {
     /// `[n_heads·d_head, d_model]`
     pub w_o: Tensor,
     pub b_o: Option<Tensor>,
+    /// Query and key RMSNorm gains (`[d_head]` per head or `[heads·d_head]`), if the model has them.
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
 }
 
 /// One MLP layer.
@@ -50,13 +53,31 @@ pub struct MlpWeights {
     pub b_out: Option<Tensor>,
 }
 
+/// One mixture-of-experts layer.
+#[derive(Debug, Clone)]
+pub struct MoeWeights {
+    /// Router `[d_model, n_experts]`.
+    pub w_router: Tensor,
+    /// Selection-only bias `[n_experts]` (DeepSeek-V3's `e_score_correction_bias`).
+    pub router_bias: Option<Tensor>,
+    /// The routed experts, gated MLPs `[d_model, d_expert]` / `[d_expert, d_model]`.
+    pub experts: Vec<MlpWeights>,
+    /// The shared expert, if the family has one.
+    pub shared: Option<MlpWeights>,
+    /// The shared expert's gate `[d_model, 1]` (Qwen2-MoE).
+    pub w_shared_gate: Option<Tensor>,
+}
+
 /// One transformer block.
 #[derive(Debug, Clone)]
 pub struct BlockWeights {
     pub ln1: NormWeights,
     pub attn: AttnWeights,
     pub ln2: NormWeights,
+    /// The dense MLP (absent in attention-only blocks and in layers that route).
     pub mlp: Option<MlpWeights>,
+    /// The mixture of experts of a layer that routes.
+    pub moe: Option<MoeWeights>,
 }
 
 /// All weights of a model.
@@ -124,25 +145,67 @@ impl Weights {
                 b_v: opt(at(AttnPart::BV), &a.b_v, &mut one)?,
                 w_o: one(at(AttnPart::WO), &a.w_o)?,
                 b_o: opt(at(AttnPart::BO), &a.b_o, &mut one)?,
+                q_norm: opt(at(AttnPart::QNorm), &a.q_norm, &mut one)?,
+                k_norm: opt(at(AttnPart::KNorm), &a.k_norm, &mut one)?,
             };
             let ln2 = norm(BlockNorm::Ln2, &b.ln2, &mut one)?;
-            let at = |part| Param::Mlp { layer, part };
+            let mlp_of = |m: &MlpWeights,
+                          at: &dyn Fn(MlpPart) -> Param,
+                          one: &mut dyn FnMut(Param, &Tensor) -> Result<Tensor>|
+             -> Result<MlpWeights> {
+                Ok(MlpWeights {
+                    w_gate: opt(at(MlpPart::WGate), &m.w_gate, one)?,
+                    b_gate: opt(at(MlpPart::BGate), &m.b_gate, one)?,
+                    w_in: one(at(MlpPart::WIn), &m.w_in)?,
+                    b_in: opt(at(MlpPart::BIn), &m.b_in, one)?,
+                    w_out: one(at(MlpPart::WOut), &m.w_out)?,
+                    b_out: opt(at(MlpPart::BOut), &m.b_out, one)?,
+                })
+            };
             let mlp = match &b.mlp {
                 None => None,
-                Some(m) => Some(MlpWeights {
-                    w_gate: opt(at(MlpPart::WGate), &m.w_gate, &mut one)?,
-                    b_gate: opt(at(MlpPart::BGate), &m.b_gate, &mut one)?,
-                    w_in: one(at(MlpPart::WIn), &m.w_in)?,
-                    b_in: opt(at(MlpPart::BIn), &m.b_in, &mut one)?,
-                    w_out: one(at(MlpPart::WOut), &m.w_out)?,
-                    b_out: opt(at(MlpPart::BOut), &m.b_out, &mut one)?,
-                }),
+                Some(m) => Some(mlp_of(m, &|part| Param::Mlp { layer, part }, &mut one)?),
+            };
+            let moe = match &b.moe {
+                None => None,
+                Some(m) => {
+                    let at = |part| Param::Moe { layer, part };
+                    let w_router = one(at(MoePart::Router), &m.w_router)?;
+                    let router_bias = opt(at(MoePart::RouterBias), &m.router_bias, &mut one)?;
+                    let mut experts = Vec::with_capacity(m.experts.len());
+                    for (e, x) in m.experts.iter().enumerate() {
+                        let at = |part| Param::Moe {
+                            layer,
+                            part: MoePart::Expert(e as u32, part),
+                        };
+                        experts.push(mlp_of(x, &at, &mut one)?);
+                    }
+                    let shared = match &m.shared {
+                        None => None,
+                        Some(x) => {
+                            let at = |part| Param::Moe {
+                                layer,
+                                part: MoePart::Shared(part),
+                            };
+                            Some(mlp_of(x, &at, &mut one)?)
+                        }
+                    };
+                    let w_shared_gate = opt(at(MoePart::SharedGate), &m.w_shared_gate, &mut one)?;
+                    Some(MoeWeights {
+                        w_router,
+                        router_bias,
+                        experts,
+                        shared,
+                        w_shared_gate,
+                    })
+                }
             };
             blocks.push(BlockWeights {
                 ln1,
                 attn,
                 ln2,
                 mlp,
+                moe,
             });
         }
         let ln_final = NormWeights {

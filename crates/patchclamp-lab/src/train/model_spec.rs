@@ -85,6 +85,7 @@ impl ModelSpec {
                 o_bias: false,
                 scale: (d_head as f64).sqrt(),
                 sliding_window: None,
+                qk_norm: None,
             },
             mlp: if self.d_mlp == 0 {
                 Mlp::None

@@ -139,9 +139,15 @@ pub fn hook_point_shapes(cfg: &Config, splices: &[patchclamp_core::Splice]) -> V
             shape: hooks
                 .shape(p, cfg, BATCH, POS)
                 .iter()
-                .map(|&d| match d {
+                .enumerate()
+                .map(|(i, &d)| match d {
                     BATCH => "batch".to_string(),
                     POS => "pos".to_string(),
+                    // An expert's rows are the tokens routed to it; the others' every token.
+                    _ if i == 0 && matches!(p, patchclamp_core::HookPoint::Expert(..)) => {
+                        "routed".to_string()
+                    }
+                    n if n == BATCH * POS => "batch·pos".to_string(),
                     n => n.to_string(),
                 })
                 .collect(),

@@ -44,6 +44,7 @@ pub(super) fn config(f: &Fields) -> Result<Config> {
                 1.0
             },
             sliding_window: None,
+            qk_norm: None,
         },
         mlp: Mlp::Dense {
             act: f.activation("activation_function", "gelu_new")?,
@@ -97,6 +98,8 @@ pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
             b_v: Some(bias(2)?),
             w_o: ckpt.get(&format!("{p}.attn.c_proj.weight"), &[d, d])?,
             b_o: Some(ckpt.get(&format!("{p}.attn.c_proj.bias"), &[d])?),
+            q_norm: None,
+            k_norm: None,
         };
         let mlp = MlpWeights {
             w_gate: None,
@@ -111,6 +114,7 @@ pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
             attn,
             ln2: ln(&format!("h.{l}.ln_2"))?,
             mlp: Some(mlp),
+            moe: None,
         });
     }
     // GPT-2's unembedding is the token embedding; a stored head is that same matrix.

@@ -4,9 +4,9 @@
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::arch::{linear_t, Fields};
+use crate::model::arch::{linear_t, moe, Fields};
 use crate::model::config::{
-    Attention, Config, Family, Mlp, Norm, NormKind, Positions, Rope, RopeScaling,
+    Attention, Config, Family, Mlp, Norm, NormKind, Positions, QkNorm, Rope, RopeScaling,
 };
 use crate::model::weights::{
     AttnWeights, BlockWeights, Checkpoint, MlpWeights, NormWeights, Weights,
@@ -43,6 +43,7 @@ pub(super) fn config(f: &Fields, family: Family) -> Result<Config> {
             o_bias: bias,
             scale: (d_head as f64).sqrt(),
             sliding_window: None,
+            qk_norm: None,
         },
         mlp: Mlp::Gated {
             act: f.activation("hidden_act", "silu")?,
@@ -129,9 +130,10 @@ fn rope(f: &Fields, rotary_dim: usize) -> Result<Rope> {
     })
 }
 
-/// Weights under HF Llama names (`model.layers.L.self_attn.q_proj.weight`, …).
+/// Weights under HF Llama names (`model.layers.L.self_attn.q_proj.weight`, …); the mixtures
+/// of experts built on Llama read their expert layers through `moe::weights`.
 pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
-    let (d, m) = (cfg.d_model, cfg.d_mlp());
+    let d = cfg.d_model;
     let (qd, kvd) = (
         cfg.attn.n_heads * cfg.attn.d_head,
         cfg.attn.n_kv_heads * cfg.attn.d_head,
@@ -142,12 +144,18 @@ pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
             b: None,
         })
     };
-    let mlp_bias = matches!(cfg.mlp, Mlp::Gated { bias: true, .. });
     let opt = |name: String, n: usize, on: bool| -> Result<Option<candle_core::Tensor>> {
         if on {
             ckpt.get(&name, &[n]).map(Some)
         } else {
             Ok(None)
+        }
+    };
+    let qk = |name: String, full: usize| -> Result<Option<candle_core::Tensor>> {
+        match cfg.attn.qk_norm {
+            None => Ok(None),
+            Some(QkNorm::PerHead) => ckpt.get(&name, &[cfg.attn.d_head]).map(Some),
+            Some(QkNorm::Full) => ckpt.get(&name, &[full]).map(Some),
         }
     };
     let mut blocks = Vec::with_capacity(cfg.n_layers);
@@ -163,20 +171,22 @@ pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
             b_v: opt(format!("{a}.v_proj.bias"), kvd, cfg.attn.qkv_bias)?,
             w_o: linear_t(ckpt, &format!("{a}.o_proj.weight"), d, qd)?,
             b_o: opt(format!("{a}.o_proj.bias"), d, cfg.attn.o_bias)?,
+            q_norm: qk(format!("{a}.q_norm.weight"), qd)?,
+            k_norm: qk(format!("{a}.k_norm.weight"), kvd)?,
         };
-        let mlp = MlpWeights {
-            w_gate: Some(linear_t(ckpt, &format!("{p}.mlp.gate_proj.weight"), m, d)?),
-            b_gate: opt(format!("{p}.mlp.gate_proj.bias"), m, mlp_bias)?,
-            w_in: linear_t(ckpt, &format!("{p}.mlp.up_proj.weight"), m, d)?,
-            b_in: opt(format!("{p}.mlp.up_proj.bias"), m, mlp_bias)?,
-            w_out: linear_t(ckpt, &format!("{p}.mlp.down_proj.weight"), d, m)?,
-            b_out: opt(format!("{p}.mlp.down_proj.bias"), d, mlp_bias)?,
+        let (mlp, moe) = match cfg.moe_at(l) {
+            Some(_) => (None, Some(moe::weights(cfg, ckpt, l)?)),
+            None => (
+                Some(gated_mlp(cfg, ckpt, &format!("{p}.mlp"), cfg.d_mlp())?),
+                None,
+            ),
         };
         blocks.push(BlockWeights {
             ln1: rms(&format!("{p}.input_layernorm.weight"))?,
             attn,
             ln2: rms(&format!("{p}.post_attention_layernorm.weight"))?,
-            mlp: Some(mlp),
+            mlp,
+            moe,
         });
     }
     let w_u = if cfg.tied_embeddings {
@@ -193,5 +203,27 @@ pub(super) fn weights(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
         ln_final: rms("model.norm.weight")?,
         w_u,
         b_u: None,
+    })
+}
+
+/// A SwiGLU MLP of width `m` under `{p}.gate_proj` / `up_proj` / `down_proj` (with biases when
+/// the config's MLP has them).
+pub(super) fn gated_mlp(cfg: &Config, ckpt: &Checkpoint, p: &str, m: usize) -> Result<MlpWeights> {
+    let d = cfg.d_model;
+    let bias = matches!(cfg.mlp, Mlp::Gated { bias: true, .. });
+    let opt = |name: String, n: usize| -> Result<Option<candle_core::Tensor>> {
+        if bias {
+            ckpt.get(&name, &[n]).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    Ok(MlpWeights {
+        w_gate: Some(linear_t(ckpt, &format!("{p}.gate_proj.weight"), m, d)?),
+        b_gate: opt(format!("{p}.gate_proj.bias"), m)?,
+        w_in: linear_t(ckpt, &format!("{p}.up_proj.weight"), m, d)?,
+        b_in: opt(format!("{p}.up_proj.bias"), m)?,
+        w_out: linear_t(ckpt, &format!("{p}.down_proj.weight"), d, m)?,
+        b_out: opt(format!("{p}.down_proj.bias"), d)?,
     })
 }

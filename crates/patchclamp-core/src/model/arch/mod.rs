@@ -3,6 +3,7 @@
 mod gpt2;
 mod llama;
 mod mistral;
+mod moe;
 mod qwen2;
 
 use std::path::Path;
@@ -14,7 +15,16 @@ use crate::model::config::{Activation, Config, Family};
 use crate::model::weights::{Checkpoint, Weights};
 
 /// The families patchclamp can load, by their `model_type`.
-pub const FAMILIES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
+pub const FAMILIES: &[&str] = &[
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+];
 
 /// Maps `config.json` (already parsed) onto the canonical config.
 pub fn config_from_hf(json: &Value, path: &Path) -> Result<Config> {
@@ -25,6 +35,10 @@ pub fn config_from_hf(json: &Value, path: &Path) -> Result<Config> {
         "llama" => llama::config(&f, Family::Llama)?,
         "mistral" => mistral::config(&f)?,
         "qwen2" => qwen2::config(&f)?,
+        "mixtral" => moe::mixtral(&f)?,
+        "qwen2_moe" => moe::qwen2_moe(&f)?,
+        "qwen3_moe" => moe::qwen3_moe(&f)?,
+        "olmoe" => moe::olmoe(&f)?,
         _ => unreachable!("family_of only returns known families"),
     };
     cfg.validate().map_err(|e| match e {
@@ -38,7 +52,13 @@ pub fn config_from_hf(json: &Value, path: &Path) -> Result<Config> {
 pub fn weights_from_hf(cfg: &Config, ckpt: &Checkpoint) -> Result<Weights> {
     match cfg.family {
         Family::Gpt2 => gpt2::weights(cfg, ckpt),
-        Family::Llama | Family::Mistral | Family::Qwen2 => llama::weights(cfg, ckpt),
+        Family::Llama
+        | Family::Mistral
+        | Family::Qwen2
+        | Family::Mixtral
+        | Family::Qwen2Moe
+        | Family::Qwen3Moe
+        | Family::Olmoe => llama::weights(cfg, ckpt),
         other => Err(Error::UnknownFamily {
             found: other.to_string(),
             path: "config".into(),
@@ -76,6 +96,10 @@ fn family_of(json: &Value, path: &Path) -> Result<String> {
         ("LlamaForCausalLM", "llama"),
         ("MistralForCausalLM", "mistral"),
         ("Qwen2ForCausalLM", "qwen2"),
+        ("MixtralForCausalLM", "mixtral"),
+        ("Qwen2MoeForCausalLM", "qwen2_moe"),
+        ("Qwen3MoeForCausalLM", "qwen3_moe"),
+        ("OlmoeForCausalLM", "olmoe"),
     ];
     by_arch
         .iter()
