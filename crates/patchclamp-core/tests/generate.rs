@@ -11,16 +11,8 @@ use patchclamp_core::generate::{
 use patchclamp_core::hooks::RowWindow;
 use patchclamp_core::{load, ActivationCache, HookPoint, Hooks, Input, Intervention, Model};
 
-const FAMILIES: [&str; 8] = [
-    "gpt2",
-    "llama",
-    "mistral",
-    "qwen2",
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-    "olmoe",
-];
+// Every family patchclamp loads has a committed fixture.
+use patchclamp_core::model::arch::FAMILIES;
 const PROMPT: [u32; 5] = [3, 7, 8, 9, 10];
 
 fn greedy(n: usize) -> GenerateSpec {
@@ -72,7 +64,7 @@ fn recomputed(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
 #[test]
 fn cached_greedy_decoding_equals_recomputing_every_step() {
     // Mistral's sliding window (4) is shorter than the sequences: the cache must mask too.
-    for name in FAMILIES {
+    for &name in FAMILIES {
         let m = load(&fixture(name), &Device::Cpu).unwrap().model;
         let g = generate(&m, &PROMPT, &greedy(12), |_| true).unwrap();
         assert_eq!(g.stop, Stop::MaxNewTokens);
@@ -259,7 +251,7 @@ fn steering(cfg: &patchclamp_core::Config) -> Vec<patchclamp_core::Intervention>
 #[test]
 fn steering_with_the_cache_equals_steering_a_full_recompute() {
     let n = 10;
-    for name in FAMILIES {
+    for &name in FAMILIES {
         let m = load(&fixture(name), &Device::Cpu).unwrap().model;
         let ivs = steering(&m.cfg);
         let record = [
@@ -416,7 +408,7 @@ fn a_ragged_batch_generates_what_each_prompt_generates_alone() {
     // Left padding, per-row position ids (rotary and learned) and Mistral's window: each row
     // of the batch gets exactly its tokens alone, greedy and sampled (its own draws).
     let prompts = ragged();
-    for name in FAMILIES {
+    for &name in FAMILIES {
         let m = load(&fixture(name), &Device::Cpu).unwrap().model;
         for spec in [greedy(10), sampled(10, 3)] {
             let batch = generate_batch(&m, &prompts, &spec, &[], &[], |_, _| true).unwrap();
@@ -442,7 +434,7 @@ fn a_ragged_batch_steers_and_records_each_prompt_as_it_would_alone() {
         HookPoint::AttnScores(0),
         HookPoint::Z(0),
     ];
-    for name in FAMILIES {
+    for &name in FAMILIES {
         let m = load(&fixture(name), &Device::Cpu).unwrap().model;
         let mut ivs = steering(&m.cfg);
         // Generated positions of prompts 0 and 2 only.

@@ -6,30 +6,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Device, Tensor, D};
-use common::{fixture, fixture_path, max_diff};
+use common::{fixture, max_diff};
 use patchclamp_core::{load, HookPoint, Hooks, Input, Intervention, Processing};
 
 const TOL: f32 = 1e-4;
 const FAMILIES: &[&str] = &["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"];
 
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(
-        fixture_path(name).join("reference.safetensors"),
-        &Device::Cpu,
-    )
-    .expect("reference.safetensors (regenerate with tools/fixtures/moe.py)")
-}
-
-fn tokens(r: &HashMap<String, Tensor>, i: usize) -> Vec<u32> {
-    r[&format!("tokens.{i}")]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+use common::{reference, reference_tokens as tokens};
 
 fn centered(x: &Tensor) -> Tensor {
     x.broadcast_sub(&x.mean_keepdim(D::Minus1).unwrap())

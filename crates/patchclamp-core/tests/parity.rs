@@ -6,27 +6,16 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use common::fixture_path as fixture;
 use patchclamp_core::{load, HookPoint, Hooks, Input, Processing};
 
 const TOL: f32 = 1e-4;
 const FAMILIES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
 
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
-        .expect("reference.safetensors (regenerate with tools/fixtures/regenerate.sh)")
-}
-
-fn tokens(r: &HashMap<String, Tensor>, i: usize) -> Vec<u32> {
-    r[&format!("tokens.{i}")]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+use common::{reference, reference_tokens as tokens};
 
 use patchclamp_core::testing::max_diff;
 

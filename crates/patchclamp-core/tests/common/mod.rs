@@ -17,3 +17,24 @@ pub fn fixture(name: &str) -> String {
 
 #[allow(unused_imports)] // not every test binary compares tensors
 pub use patchclamp_core::testing::max_diff;
+
+/// A fixture's `reference.safetensors` (written by `tools/fixtures/`), by tensor name.
+pub fn reference(name: &str) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(
+        fixture_path(name).join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .expect("reference.safetensors (regenerate with tools/fixtures/regenerate.sh)")
+}
+
+/// The token ids of a reference's prompt `i`.
+pub fn reference_tokens(
+    r: &std::collections::HashMap<String, candle_core::Tensor>,
+    i: usize,
+) -> Vec<u32> {
+    r[&format!("tokens.{i}")]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}

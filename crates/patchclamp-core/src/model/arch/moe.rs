@@ -7,26 +7,37 @@ use crate::model::arch::{linear_t, llama, Fields};
 use crate::model::config::{Config, Family, Mlp, Moe, QkNorm, Scoring, Selection, SharedExpert};
 use crate::model::weights::{Checkpoint, MlpWeights, MoeWeights};
 
-/// Mixtral: Mistral's attention, 8 experts top-2, softmax weights always renormalised.
-pub(super) fn mixtral(f: &Fields) -> Result<Config> {
-    let mut cfg = llama::config(f, Family::Mixtral)?;
-    cfg.attn.sliding_window = f.opt_positive_usize("sliding_window")?;
-    let act = f.activation("hidden_act", "silu")?;
-    cfg.mlp = Mlp::Moe(Moe {
-        act,
-        n_experts: f.usize("num_local_experts")?,
+/// Softmax-scored greedy top-k routing with no bias, scaling, shared expert or dense layer:
+/// what Mixtral, Qwen and OLMoE share; each family sets what differs.
+fn softmax_top_k(f: &Fields, n_experts: usize, d_expert: usize) -> Result<Moe> {
+    Ok(Moe {
+        act: f.activation("hidden_act", "silu")?,
+        n_experts,
         top_k: f.usize("num_experts_per_tok")?,
-        d_expert: f.usize("intermediate_size")?,
+        d_expert,
         scoring: Scoring::Softmax,
         selection: Selection::Greedy,
         selection_bias: false,
-        norm_topk_prob: true,
+        norm_topk_prob: f.bool_or("norm_topk_prob", false)?,
         norm_eps: 0.0,
         routed_scaling_factor: 1.0,
         shared: None,
         dense_layers: vec![],
         d_mlp: 0,
-    });
+    })
+}
+
+/// Mixtral: Mistral's attention, 8 experts top-2, softmax weights always renormalised.
+pub(super) fn mixtral(f: &Fields) -> Result<Config> {
+    let mut cfg = llama::config(f, Family::Mixtral)?;
+    cfg.attn.sliding_window = f.opt_positive_usize("sliding_window")?;
+    let mut moe = softmax_top_k(
+        f,
+        f.usize("num_local_experts")?,
+        f.usize("intermediate_size")?,
+    )?;
+    moe.norm_topk_prob = true; // Mixtral always renormalises
+    cfg.mlp = Mlp::Moe(moe);
     Ok(cfg)
 }
 
@@ -71,22 +82,11 @@ pub(super) fn olmoe(f: &Fields) -> Result<Config> {
             "clip_qkv (clamping q, k and v) is not supported for olmoe",
         ));
     }
-    let act = f.activation("hidden_act", "silu")?;
-    cfg.mlp = Mlp::Moe(Moe {
-        act,
-        n_experts: n_experts(f)?,
-        top_k: f.usize("num_experts_per_tok")?,
-        d_expert: f.usize("intermediate_size")?,
-        scoring: Scoring::Softmax,
-        selection: Selection::Greedy,
-        selection_bias: false,
-        norm_topk_prob: f.bool_or("norm_topk_prob", false)?,
-        norm_eps: 0.0,
-        routed_scaling_factor: 1.0,
-        shared: None,
-        dense_layers: vec![],
-        d_mlp: 0,
-    });
+    cfg.mlp = Mlp::Moe(softmax_top_k(
+        f,
+        n_experts(f)?,
+        f.usize("intermediate_size")?,
+    )?);
     Ok(cfg)
 }
 
@@ -115,24 +115,14 @@ fn qwen_routing(f: &Fields, cfg: &Config) -> Result<Moe> {
     let dense_layers: Vec<usize> = (0..cfg.n_layers)
         .filter(|l| only.contains(l) || n_experts == 0 || (l + 1) % step != 0)
         .collect();
+    let d_mlp = match dense_layers.is_empty() {
+        true => 0,
+        false => f.usize("intermediate_size")?,
+    };
     Ok(Moe {
-        act: f.activation("hidden_act", "silu")?,
-        n_experts,
-        top_k: f.usize("num_experts_per_tok")?,
-        d_expert: f.usize("moe_intermediate_size")?,
-        scoring: Scoring::Softmax,
-        selection: Selection::Greedy,
-        selection_bias: false,
-        norm_topk_prob: f.bool_or("norm_topk_prob", false)?,
-        norm_eps: 0.0,
-        routed_scaling_factor: 1.0,
-        shared: None,
-        d_mlp: if dense_layers.is_empty() {
-            0
-        } else {
-            f.usize("intermediate_size")?
-        },
         dense_layers,
+        d_mlp,
+        ..softmax_top_k(f, n_experts, f.usize("moe_intermediate_size")?)?
     })
 }
 
