@@ -6,19 +6,14 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use common::{fixture, max_diff};
 use patchclamp_core::{load, HookPoint, Hooks, Input, Intervention, Processing};
 
 const TOL: f32 = 1e-4;
 const FAMILIES: &[&str] = &["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"];
 
-use common::{reference, reference_tokens as tokens};
-
-fn centered(x: &Tensor) -> Tensor {
-    x.broadcast_sub(&x.mean_keepdim(D::Minus1).unwrap())
-        .unwrap()
-}
+use common::{centered, reference, reference_tokens as tokens};
 
 fn iv(json: &str) -> Intervention {
     serde_json::from_str(json).unwrap()

@@ -8,22 +8,16 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::Device;
 use common::fixture_path as fixture;
 use patchclamp_core::{load, HookPoint, Hooks, Input, Processing};
 
 const TOL: f32 = 1e-4;
 const FAMILIES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
 
-use common::{reference, reference_tokens as tokens};
+use common::{centered, reference, reference_tokens as tokens};
 
 use patchclamp_core::testing::max_diff;
-
-fn centered(logits: &Tensor) -> Tensor {
-    logits
-        .broadcast_sub(&logits.mean_keepdim(D::Minus1).unwrap())
-        .unwrap()
-}
 
 fn check_family(name: &str, mode: &str) {
     let dev = Device::Cpu;

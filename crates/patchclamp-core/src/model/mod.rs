@@ -20,7 +20,6 @@ pub use config::{
 };
 pub use forward::{Model, Span};
 pub use kv::KvCache;
-pub use moe::Routing;
 pub use ops::{activation, ensure_finite, linear, softmax_last_dim};
 pub use param::{AttnPart, BlockNorm, MlpPart, MoePart, NormPart, Param};
 pub use weights::{

@@ -22,12 +22,11 @@ use crate::model::weights::{MlpWeights, MoeWeights};
 const FORCE_MARGIN: f32 = 0.01;
 
 /// One layer's routing decision.
-#[derive(Debug, Clone)]
-pub struct Routing {
+struct Routing {
     /// Chosen experts per token `[N][k]`, best first.
-    pub indices: Vec<Vec<u32>>,
+    indices: Vec<Vec<u32>>,
     /// Their weights `[N, k]` (a tensor, so training differentiates through it).
-    pub weights: Tensor,
+    weights: Tensor,
 }
 
 impl Model {

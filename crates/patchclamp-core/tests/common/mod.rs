@@ -38,3 +38,9 @@ pub fn reference_tokens(
         .to_vec1()
         .unwrap()
 }
+
+/// Logits with each position's mean removed (`center_unembed` shifts them by a constant).
+pub fn centered(x: &candle_core::Tensor) -> candle_core::Tensor {
+    x.broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1).unwrap())
+        .unwrap()
+}
